@@ -1,0 +1,81 @@
+"""Selection speed and memory at scale (BM25, budget M).
+
+Prints one line per size: N, M, seconds (similarity build + selection), peak MiB of the process
+that ran it. At sizes up to --naive-max it also runs the naive path in the same process - rank-bm25
+scoring every query one by one into a dense N x N matrix, then select() on that matrix - and
+prints the time ratio naive / ours and whether both chose the same tasks.
+
+    .venv/bin/python bench/selection.py                    # 1000 (+naive), 20000, 100000
+    .venv/bin/python bench/selection.py --sizes 2000 --naive-max 2000
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from alllabel import BM25Similarity, select  # noqa: E402
+from alllabel.tokenize import tokenize  # noqa: E402
+from bench.corpus import corpus  # noqa: E402
+
+
+def ours(n: int, m: int) -> tuple[float, list[int]]:
+    texts = corpus(n)
+    t = time.perf_counter()
+    sel = select(BM25Similarity(texts), m)
+    return time.perf_counter() - t, sel.indices
+
+
+def naive(n: int, m: int) -> tuple[float, list[int]]:
+    from rank_bm25 import BM25Okapi
+
+    texts = corpus(n)
+    t = time.perf_counter()
+    tokens = [tokenize(x) for x in texts]
+    bm25 = BM25Okapi(tokens)
+    S = np.array([bm25.get_scores(q) for q in tokens])
+    np.fill_diagonal(S, -np.inf)
+    U = np.maximum(S, 0) / S.max(axis=1, keepdims=True)
+    sel = select(U, m)
+    return time.perf_counter() - t, sel.indices
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000, 100000])
+    ap.add_argument("--budget", type=int, default=1000, help="M (capped at 5%% of N for small N)")
+    ap.add_argument("--naive-max", type=int, default=1000)
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one size, JSON out
+    a = ap.parse_args()
+    if a.one:
+        m = min(a.budget, max(1, a.one // 20))
+        secs, idx = ours(a.one, m)
+        print(json.dumps({"n": a.one, "m": m, "seconds": secs, "peak_mib": peak_mib(), "head": idx[:5]}))
+        return
+    print(f"{'N':>7} {'M':>5} {'seconds':>8} {'peak MiB':>9}  naive")
+    for n in a.sizes:
+        # Each size in a fresh process, so its peak memory is its own.
+        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--budget", str(a.budget)],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        extra = ""
+        if n <= a.naive_max:
+            t_ours, idx_ours = ours(n, r["m"])
+            t_naive, idx_naive = naive(n, r["m"])
+            extra = f"{t_naive:.1f}s = {t_naive / t_ours:.0f}x ours ({t_ours:.2f}s in this process), same tasks: {idx_naive == idx_ours}"
+        print(f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f}  {extra}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
