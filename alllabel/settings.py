@@ -1,0 +1,96 @@
+"""Backend settings, all from environment variables (see the README's configuration table)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def parse_budget(value: str | int | float) -> int | float:
+    """``"50"`` -> 50 tasks; ``"0.05"`` or ``"5%"`` -> that fraction of the project's tasks."""
+    s = str(value).strip()
+    try:
+        if s.endswith("%"):
+            frac = float(s[:-1]) / 100
+        elif "." in s:
+            frac = float(s)
+        else:
+            n = int(s)
+            if n < 1:
+                raise ValueError
+            return n
+    except ValueError:
+        raise ValueError(f"ALLABEL_BUDGET must be a task count (e.g. 50) or a fraction (0.05 or 5%), got {value!r}") from None
+    if not 0 < frac <= 1:
+        raise ValueError(f"ALLABEL_BUDGET as a fraction must be in (0, 1], got {value!r}")
+    return frac
+
+
+def resolve_budget(budget: int | float, n_tasks: int) -> int:
+    """The number of tasks humans should annotate: at least 1, at most every task."""
+    m = budget if isinstance(budget, int) else round(budget * n_tasks)
+    return max(1, min(n_tasks, m))
+
+
+def parse_ratios(value: str) -> tuple[float, float, float]:
+    parts = value.replace(",", ":").split(":")
+    try:
+        r = tuple(float(p) for p in parts)
+    except ValueError:
+        r = ()
+    if len(r) != 3:
+        raise ValueError(f"ALLABEL_RATIOS must look like 1:3:1 (diversity:similarity:uncertainty), got {value!r}")
+    return r  # type: ignore[return-value]
+
+
+@dataclass
+class Settings:
+    model_version: str = "alllabel"
+    state_dir: Path = Path("data/state")
+    budget: int | float = 0.05
+    k: int = 3
+    ratios: tuple[float, float, float] = (1, 3, 1)
+    order: str = "DSU"
+    similarity: str = "bm25"
+    sbert_model: str | None = None
+    annotator: str = "auto"  # auto | llm | projection
+    push_batch: int = 100
+    label_descriptions: dict[str, str] = field(default_factory=dict)
+    prompt_role: str | None = None
+    prompt_task: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    sync_interval: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ
+        descriptions = {}
+        if env.get("ALLABEL_LABEL_DESCRIPTIONS"):
+            path = Path(env["ALLABEL_LABEL_DESCRIPTIONS"])
+            try:
+                descriptions = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"ALLABEL_LABEL_DESCRIPTIONS must name a JSON file {{label: description}}: {e}") from None
+        annotator = env.get("ALLABEL_ANNOTATOR", "auto")
+        if annotator not in ("auto", "llm", "projection"):
+            raise ValueError(f"ALLABEL_ANNOTATOR must be auto, llm or projection, got {annotator!r}")
+        return cls(
+            model_version=env.get("ALLABEL_MODEL_VERSION", "alllabel"),
+            state_dir=Path(env.get("ALLABEL_STATE_DIR", "data/state")),
+            budget=parse_budget(env.get("ALLABEL_BUDGET", "5%")),
+            k=int(env.get("ALLABEL_K", 3)),
+            ratios=parse_ratios(env.get("ALLABEL_RATIOS", "1:3:1")),
+            order=env.get("ALLABEL_ORDER", "DSU"),
+            similarity=env.get("ALLABEL_SIMILARITY", "bm25"),
+            sbert_model=env.get("ALLABEL_SBERT_MODEL") or None,
+            annotator=annotator,
+            push_batch=int(env.get("ALLABEL_PUSH_BATCH", 100)),
+            label_descriptions=descriptions,
+            prompt_role=env.get("ALLABEL_PROMPT_ROLE") or None,
+            prompt_task=env.get("ALLABEL_PROMPT_TASK") or None,
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            sync_interval=float(env.get("ALLABEL_SYNC_INTERVAL", 30)),
+        )
