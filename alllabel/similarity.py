@@ -210,8 +210,10 @@ class BM25Similarity(_IntegerDotSimilarity):
         return out
 
     def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
-        safe = np.where(rowmax > 0, rowmax, 1.0)
-        return np.where(rowmax > 0, np.maximum(raw, 0.0) / safe, 0.0)
+        # In place (blocks are large); the same float operations for rows and columns.
+        np.maximum(raw, 0.0, out=raw)
+        raw /= np.where(rowmax > 0, rowmax, np.inf)  # a row whose max is <= 0 becomes all 0
+        return raw
 
     def raw_scores(self, i: int) -> np.ndarray:
         """Unnormalised BM25 scores of text i against every text (rank-bm25's ``get_scores``)."""

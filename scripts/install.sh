@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs, from package registries only:
-#   .venv     the project (runtime + SBERT + test tools)
-#   .venv-ls  a real Label Studio server for the end-to-end tests (kept apart: it pins its own Django stack)
-# Idempotent: an existing venv whose requirements did not change is left alone.
+# Installs what a mode needs, from package registries only (idempotent: an up-to-date venv is left alone).
+#   scripts/install.sh runtime   .venv with the backend and CLI (requirements.txt)
+#   scripts/install.sh test      .venv with runtime + SBERT + test tools, and .venv-ls with a real
+#                                Label Studio for the end-to-end tests (kept apart: it pins its own Django)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${1:-test}
 PY=${PYTHON:-python3.11}
-command -v "$PY" >/dev/null || PY=python3
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed (found $("$PY" --version))" >&2; exit 1; }
 
-stamp() { sha256sum "$@" | sha256sum | cut -c1-16; }
+stamp() { cat "$@" | sha256sum | cut -c1-16; }
 
-want=$(stamp requirements.txt requirements-sbert.txt requirements-test.txt)
-if [ "$(cat .venv/.stamp 2>/dev/null)" != "$want" ]; then
-  "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -r requirements-test.txt
-  echo "$want" > .venv/.stamp
-fi
+venv() {  # venv DIR STAMPNAME REQUIREMENTS...
+  local dir=$1 name=$2; shift 2
+  local want; want=$(stamp "$@")
+  [ "$(cat "$dir/.stamp-$name" 2>/dev/null)" = "$want" ] && return 0
+  echo "installing $* into $dir ..." >&2
+  [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
+  "$dir/bin/pip" install -q --disable-pip-version-check $(printf -- "-r %s " "$@")
+  echo "$want" > "$dir/.stamp-$name"
+}
 
-want_ls=$(stamp requirements-ls.txt)
-if [ "${ALLABEL_SKIP_LABEL_STUDIO:-0}" != 1 ] && [ "$(cat .venv-ls/.stamp 2>/dev/null)" != "$want_ls" ]; then
-  "$PY" -m venv .venv-ls
-  .venv-ls/bin/pip install -q --upgrade pip
-  .venv-ls/bin/pip install -q -r requirements-ls.txt
-  echo "$want_ls" > .venv-ls/.stamp
-fi
+case "$mode" in
+  runtime)
+    [ -f .venv/.stamp-test ] && [ "$(cat .venv/.stamp-test)" = "$(stamp requirements.txt requirements-sbert.txt requirements-test.txt)" ] && exit 0
+    venv .venv runtime requirements.txt ;;
+  test)
+    venv .venv test requirements.txt requirements-sbert.txt requirements-test.txt
+    venv .venv-ls ls requirements-ls.txt ;;
+  *) echo "usage: $0 runtime|test" >&2; exit 2 ;;
+esac

@@ -93,3 +93,38 @@ def test_settings_parsing():
             parse_budget(bad)
     with pytest.raises(ValueError, match="ALLABEL_RATIOS"):
         parse_ratios("1:3")
+
+
+def test_gunicorn_serves_the_app(tmp_path):
+    """The production command (the Dockerfile's and scripts/start.sh's) really serves the protocol."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import requests
+
+    from tests.label_studio import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = {**os.environ, "ALLABEL_STATE_DIR": str(tmp_path / "state"), "ALLABEL_MODEL_VERSION": "gunicorn-test"}
+    env.pop("BASIC_AUTH_USER", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4", "_wsgi:app"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                health = requests.get(url + "/health", timeout=1).json()
+                break
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert health["model_version"] == "gunicorn-test"
+        assert requests.post(url + "/setup", json={"project": "1.1", "schema": NER}, timeout=5).json() == {"model_version": "gunicorn-test"}
+    finally:
+        proc.terminate()
+        proc.wait(10)

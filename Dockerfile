@@ -1,0 +1,24 @@
+# The ALLabel ML backend: gunicorn serving _wsgi:app on port 9090, state in the /data volume.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PORT=9090 \
+    THREADS=8 \
+    ALLABEL_STATE_DIR=/data/state
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY alllabel/ alllabel/
+COPY examples/ examples/
+COPY model.py _wsgi.py ./
+
+RUN useradd --create-home --uid 10001 alllabel && mkdir -p /data && chown alllabel /data
+USER alllabel
+VOLUME /data
+EXPOSE 9090
+
+# One worker: the queue, budget tracking and the pre-labeling job live in that process.
+CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --workers 1 --threads ${THREADS} --timeout 120 _wsgi:app"]

@@ -1,0 +1,322 @@
+"""Command line: ``python -m alllabel {select,prelabel,evaluate,demo,status} ...``.
+
+JSONL records look like ``{"id": ..., "text": "...", "entities": [{"start", "end", "label"}]}``;
+a record with an ``entities`` list counts as human-annotated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .annotators import LLMAnnotator, ProjectionAnnotator, dry_run, prelabel
+from .evaluation import DEFAULT_POOL_SIZES, evaluate, score_pool, write_reports
+from .jsonl import read_jsonl, texts_of, write_jsonl
+from .llm import LLMCache, LLMClient, LLMConfig
+from .prompting import LabelSchema
+from .selection import select
+from .settings import parse_budget, parse_ratios, resolve_budget
+from .similarity import make_similarity
+
+EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "mof_sample.jsonl"
+
+
+class Bar:
+    """A tqdm bar per stage for select()'s progress callback."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bars = enabled, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="item", leave=False)
+        bar.update(done - bar.n)
+
+    def close(self):
+        for b in self.bars.values():
+            b.close()
+
+
+def _spans(record: dict, i: int) -> list[dict] | None:
+    ents = record.get("entities")
+    if ents is None:
+        return None
+    if not isinstance(ents, list):
+        raise ValueError(f"record #{i}: 'entities' must be a list")
+    text = record["text"]
+    out = []
+    for e in ents:
+        if not (isinstance(e, dict) and isinstance(e.get("start"), int) and isinstance(e.get("end"), int) and isinstance(e.get("label"), str)):
+            raise ValueError(f"record #{i}: every entity needs integer start/end and a label, got {e!r}")
+        if not 0 <= e["start"] < e["end"] <= len(text):
+            raise ValueError(f"record #{i}: entity offsets {e['start']}..{e['end']} are outside the text (length {len(text)})")
+        out.append({"start": e["start"], "end": e["end"], "label": e["label"]})
+    return out
+
+
+def _labels(args, records) -> list[str]:
+    if args.labels:
+        return [x.strip() for x in args.labels.split(",") if x.strip()]
+    labels = sorted({e["label"] for r in records for e in (r.get("entities") or [])})
+    if not labels:
+        raise ValueError("no labels: pass --labels A,B,C or give some records an 'entities' list")
+    return labels
+
+
+def _descriptions(path: str | None, labels: list[str]) -> dict[str, str]:
+    if not path:
+        return {}
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {k: v for k, v in d.items() if k in labels}
+
+
+def _annotator(args, schema: LabelSchema):
+    config = LLMConfig.from_env(model=args.model, concurrency=args.concurrency)
+    if args.annotator == "projection" or (args.annotator == "auto" and not config.configured):
+        print("annotator: projection-offline (no LLM configured; set OPENAI_API_KEY for the LLM)", file=sys.stderr)
+        return ProjectionAnnotator(schema), 1
+    cache = LLMCache(args.cache) if args.cache else None
+    annotator = LLMAnnotator(LLMClient(config, cache), schema)
+    print(f"annotator: {annotator.name} at {config.base_url or 'api.openai.com'}", file=sys.stderr)
+    return annotator, config.concurrency
+
+
+def _usage(annotator) -> None:
+    if isinstance(annotator, LLMAnnotator):
+        c = annotator.client
+        print("LLM usage: " + json.dumps(c.usage.as_dict(c.config.prices())), file=sys.stderr)
+
+
+def cmd_select(args) -> int:
+    records = read_jsonl(args.input)
+    texts = texts_of(records, args.text_field)
+    pre = [i for i, r in enumerate(records) if r.get("entities") is not None] if args.keep_annotated else []
+    b = parse_budget(args.budget)
+    budget = b if isinstance(b, int) else resolve_budget(b, len(texts) - len(pre))  # a count above N is an error
+    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    bar = Bar(not args.quiet)
+    sel = select(sim, budget, k=args.k, ratios=parse_ratios(args.ratios), order=args.order, pre_chosen=pre, method=args.method, seed=args.seed, progress=bar)
+    bar.close()
+    out = [{"position": p, "index": i, "id": records[i].get("id", i), "stage": s} for p, (i, s) in enumerate(zip(sel.indices, sel.stages))]
+    if args.output:
+        write_jsonl(args.output, out)
+        print(f"wrote {len(out)} selected task(s) in queue order to {args.output}", file=sys.stderr)
+    else:
+        for r in out:
+            print(json.dumps(r, ensure_ascii=False))
+    return 0
+
+
+def cmd_prelabel(args) -> int:
+    if args.project is not None:
+        return _prelabel_project(args)
+    if not args.input:
+        raise ValueError("give a JSONL file, or --project ID for a Label Studio project")
+    records = read_jsonl(args.input)
+    texts = texts_of(records, args.text_field)
+    spans = [_spans(r, i) for i, r in enumerate(records)]
+    if args.pool:
+        pool_ids = {r["id"] for r in read_jsonl(args.pool)}
+        gold = {i: spans[i] or [] for i, r in enumerate(records) if r.get("id", i) in pool_ids}
+        if len(gold) != len(pool_ids):
+            raise ValueError(f"{len(pool_ids) - len(gold)} id(s) in {args.pool} are not in {args.input}")
+    else:
+        gold = {i: s for i, s in enumerate(spans) if s is not None}
+    queries = [i for i in range(len(texts)) if i not in gold]
+    labels = _labels(args, records)
+    schema = LabelSchema(labels, _descriptions(args.descriptions, labels))
+    annotator, concurrency = _annotator(args, schema)
+    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    if args.dry_run:
+        if not isinstance(annotator, LLMAnnotator):
+            raise ValueError("--dry-run estimates LLM tokens and cost: configure an LLM (OPENAI_API_KEY) or drop --dry-run")
+        print(json.dumps(dry_run(texts, gold, annotator, sim, k=args.k, queries=queries), indent=2))
+        return 0
+    bar = tqdm(total=len(queries), desc="pre-annotating", unit="task", disable=args.quiet)
+    results = prelabel(texts, gold, annotator, sim, queries=queries, k=args.k, concurrency=concurrency, on_done=lambda r: bar.update(1))
+    bar.close()
+    out, failed, dropped = [], 0, 0
+    for r in results:
+        rec = {"id": records[r.index].get("id", r.index), "text": texts[r.index]}
+        if r.annotation is None:
+            failed += 1
+            rec["error"] = r.error
+        else:
+            rec["prediction"] = r.annotation.to_dict()
+            dropped += r.annotation.dropped_not_found + r.annotation.dropped_bad_label
+        out.append(rec)
+    write_jsonl(args.output, out)
+    print(f"pre-annotated {len(out) - failed} of {len(out)} task(s) from {len(gold)} demonstration(s) -> {args.output}; "
+          f"{failed} failed, {dropped} entity string(s) dropped (not in text or unknown label)", file=sys.stderr)
+    _usage(annotator)
+    return 1 if failed else 0
+
+
+def _prelabel_project(args) -> int:
+    from .ls_client import LabelStudioAPI
+    from .orchestrator import Orchestrator
+    from .settings import Settings
+
+    ls = LabelStudioAPI.from_env()
+    project = ls.project(args.project)
+    settings = Settings.from_env()
+    orch = Orchestrator(settings, ls_factory=lambda: ls)
+    orch.setup(args.project, project["label_config"])
+    orch.jobs.wait_idle()
+    orch.prelabel(args.project)
+    print(json.dumps(orch.status(args.project), indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    records = read_jsonl(args.input)
+    texts = texts_of(records, args.text_field)
+    spans = [_spans(r, i) for i, r in enumerate(records)]
+    missing = [i for i, s in enumerate(spans) if s is None]
+    if missing:
+        raise ValueError(f"evaluation needs gold entities on every record; {len(missing)} have none (first: #{missing[0]})")
+    labels = _labels(args, records)
+    schema = LabelSchema(labels, _descriptions(args.descriptions, labels))
+    annotator, concurrency = _annotator(args, schema)
+    sizes = [int(x) for x in args.pool_sizes.split(",")] if args.pool_sizes else list(DEFAULT_POOL_SIZES)
+    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    methods = [m.strip() for m in args.methods.split(",")]
+    runs = len(sizes) * sum(1 if m == "allabel" else args.seeds for m in methods)
+    bar = tqdm(total=runs, desc="evaluating", unit="run", disable=args.quiet)
+
+    def progress(line):
+        bar.update(1)
+        bar.write(line)
+
+    rows = evaluate(texts, spans, labels, annotator, sim, pool_sizes=sizes, methods=methods, seeds=args.seeds, k=args.k, concurrency=concurrency, progress=progress)
+    bar.close()
+    paths = write_reports(rows, args.out_dir, title=f"{Path(args.input).name}: {annotator.name}, k={args.k}, {args.similarity}")
+    print(paths["table"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    _usage(annotator)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The whole loop offline: select, 'annotate' with the gold labels, pre-annotate the rest, score."""
+    records = read_jsonl(args.input)
+    texts = texts_of(records)
+    spans = [_spans(r, i) for i, r in enumerate(records)]
+    labels = _labels(args, records)
+    schema = LabelSchema(labels)
+    annotator, concurrency = _annotator(args, schema)
+    m = resolve_budget(parse_budget(args.budget), len(texts))
+    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    print(f"{len(texts)} tasks, budget {m} human annotations, k={args.k}", file=sys.stderr)
+    sel = select(sim, m, k=args.k)
+    print("ALLabel queue: " + ", ".join(f"#{i} ({s})" for i, s in zip(sel.indices, sel.stages)), file=sys.stderr)
+    gold = {i: spans[i] for i in sel.indices}
+    queries = [i for i in range(len(texts)) if i not in gold]
+    results = prelabel(texts, gold, annotator, sim, queries=queries, k=args.k, concurrency=concurrency)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "prelabels.jsonl", [
+        {"id": records[r.index].get("id", r.index), **(r.annotation.to_dict() if r.annotation else {"error": r.error})} for r in results
+    ])
+    # The paper's in-domain score of this pool, next to a random pool of the same size.
+    for name, pool in (("ALLabel", sel.indices), ("random", select(sim, m, method="random").indices)):
+        f1, sf1, *_ = score_pool(texts, spans, labels, pool, annotator, sim, args.k, concurrency)
+        print(f"{name:8s} pool of {m}: F1 {100 * f1:.1f} (paper metric), span micro F1 {100 * sf1:.1f}")
+    print(f"pre-annotations written to {out_dir / 'prelabels.jsonl'}", file=sys.stderr)
+    _usage(annotator)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .state import State
+
+    path = Path(args.state_dir)
+    if not (path / "state.sqlite3").exists():
+        raise ValueError(f"no backend state in {path} (set --state-dir to the backend's ALLABEL_STATE_DIR)")
+    state = State(path)
+    ids = [args.project] if args.project is not None else state.projects()
+    print(json.dumps([state.status(p) for p in ids], indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m alllabel", description="ALLabel active-learning selection and LLM pre-annotation")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p, llm=True):
+        p.add_argument("--text-field", default="text")
+        p.add_argument("--k", type=int, default=3, help="demonstrations per query (default 3)")
+        p.add_argument("--similarity", default="bm25", choices=["bm25", "sbert"])
+        p.add_argument("--sbert-model", default=None, help="sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if llm:
+            p.add_argument("--labels", help="comma-separated label set (default: labels found in the file)")
+            p.add_argument("--descriptions", help="JSON file {label: definition} for the prompt")
+            p.add_argument("--annotator", default="auto", choices=["auto", "llm", "projection"], help="auto: the LLM when OPENAI_API_KEY/OPENAI_BASE_URL is set, else the offline projection annotator")
+            p.add_argument("--model", default=None, help="LLM model (default ALLABEL_LLM_MODEL or gpt-4o)")
+            p.add_argument("--concurrency", type=int, default=None, help="parallel LLM calls (default ALLABEL_LLM_CONCURRENCY or 4)")
+            p.add_argument("--cache", default=os.environ.get("ALLABEL_LLM_CACHE", "data/llm_cache.sqlite3"), help="SQLite LLM cache ('' for none)")
+
+    p = sub.add_parser("select", help="choose the tasks humans should annotate, in queue order")
+    p.add_argument("input")
+    p.add_argument("-o", "--output")
+    p.add_argument("--budget", default="5%", help="task count (50) or fraction (0.05, 5%%)")
+    p.add_argument("--ratios", default="1:3:1")
+    p.add_argument("--order", default="DSU", help="DSU (paper), SDU or SUD")
+    p.add_argument("--method", default="allabel", choices=["allabel", "random", "coreset"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-annotated", action="store_true", help="records with 'entities' are already annotated: plan around them")
+    common(p, llm=False)
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("prelabel", help="pre-annotate unlabeled records (or a Label Studio project)")
+    p.add_argument("input", nargs="?")
+    p.add_argument("-o", "--output", default="prelabels.jsonl")
+    p.add_argument("--pool", help="a 'select' output: only those records are demonstrations; the rest are pre-annotated")
+    p.add_argument("--project", type=int, help="pre-annotate this Label Studio project now (LABEL_STUDIO_URL/API_KEY)")
+    p.add_argument("--dry-run", action="store_true", help="estimate tokens and cost, call nothing")
+    common(p)
+    p.set_defaults(func=cmd_prelabel)
+
+    p = sub.add_parser("evaluate", help="the paper's protocol: F1 vs pool size for ALLabel and baselines")
+    p.add_argument("input")
+    p.add_argument("--out-dir", default="out/evaluation")
+    p.add_argument("--pool-sizes", help="comma-separated (default 10,15,...,60)")
+    p.add_argument("--methods", default="allabel,random,coreset")
+    p.add_argument("--seeds", type=int, default=5, help="runs of the random and core-set baselines")
+    common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole loop offline on the bundled MOF sample")
+    p.add_argument("input", nargs="?", default=str(EXAMPLE_DATA))
+    p.add_argument("--budget", default="10%")
+    p.add_argument("--out-dir", default="out/demo")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="progress of the backend's projects")
+    p.add_argument("--state-dir", default=os.environ.get("ALLABEL_STATE_DIR", "data/state"))
+    p.add_argument("--project", type=int)
+    p.set_defaults(func=cmd_status)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "cache", None) == "":
+        args.cache = None
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,173 @@
+"""The paper's evaluation protocol (Section 5.1, Appendix B.2), on any annotated JSONL.
+
+In-domain: every sample is a query, its demonstrations come from the selected pool with itself
+excluded. For each pool size (default 10..60 step 5) and method (ALLabel; random and cold-start
+core-set with several seeds) we report:
+
+* ``f1``: the paper's F1. Per sample and entity type, the predicted strings are matched exactly
+  against the gold strings (as multisets): TP = matched, FP = predicted but unmatched, FN = gold
+  but unmatched; F1 = 2TP / (2TP + FP + FN), and a type that is empty in both gold and
+  prediction (a true negative) scores 1. The sample's F1 is the mean over all entity types;
+  the data set's, the mean over samples.
+* ``span_f1``: strict span-level micro F1 over (start, end, label) triples.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import statistics
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .annotators import prelabel
+from .selection import select
+from .similarity import DenseSimilarity, Similarity, matrix
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POOL_SIZES = tuple(range(10, 61, 5))
+
+
+def sample_f1(gold: Sequence[tuple[str, str]], pred: Sequence[tuple[str, str]], labels: Sequence[str]) -> float:
+    """Appendix B.2 F1 of one sample; items are (label, string)."""
+    scores = []
+    for label in labels:
+        g = Counter(s for lab, s in gold if lab == label)
+        p = Counter(s for lab, s in pred if lab == label)
+        if not g and not p:
+            scores.append(1.0)
+            continue
+        tp = sum((g & p).values())
+        fp = sum(p.values()) - tp
+        fn = sum(g.values()) - tp
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
+def span_prf(gold: Sequence[set], pred: Sequence[set]) -> tuple[float, float, float]:
+    tp = sum(len(g & p) for g, p in zip(gold, pred))
+    n_pred = sum(map(len, pred))
+    n_gold = sum(map(len, gold))
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+@dataclass
+class Row:
+    method: str
+    seed: int | None
+    pool_size: int
+    f1: float
+    span_f1: float
+    span_precision: float
+    span_recall: float
+    failed: int
+
+
+def score_pool(texts, gold_spans, labels, pool, annotator, sim, k, concurrency=1) -> tuple[float, float, float, float, int]:
+    gold = {i: gold_spans[i] for i in pool}
+    results = prelabel(texts, gold, annotator, sim, queries=range(len(texts)), k=k, concurrency=concurrency)
+    f1s, gold_sets, pred_sets, failed = [], [], [], 0
+    for r in results:
+        g = gold_spans[r.index]
+        spans = r.annotation.spans if r.annotation else []
+        failed += r.annotation is None
+        f1s.append(sample_f1([(s["label"], texts[r.index][s["start"] : s["end"]]) for s in g], [(s.label, s.text) for s in spans], labels))
+        gold_sets.append({(s["start"], s["end"], s["label"]) for s in g})
+        pred_sets.append({(s.start, s.end, s.label) for s in spans})
+    p, r_, f = span_prf(gold_sets, pred_sets)
+    return sum(f1s) / len(f1s), f, p, r_, failed
+
+
+def evaluate(
+    texts: Sequence[str],
+    gold_spans: Sequence[list[dict]],
+    labels: Sequence[str],
+    annotator,
+    sim: Similarity,
+    *,
+    pool_sizes: Sequence[int] = DEFAULT_POOL_SIZES,
+    methods: Sequence[str] = ("allabel", "random", "coreset"),
+    seeds: int = 5,
+    k: int = 3,
+    concurrency: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[Row]:
+    n = len(texts)
+    bad = [m for m in pool_sizes if not 1 <= m < n]
+    if bad:
+        raise ValueError(f"pool sizes must be between 1 and {n - 1} (the data has {n} samples): {bad}")
+    dense = DenseSimilarity(matrix(sim)) if n <= 20000 else sim  # one N x N pass, reused by every run
+    rows = []
+    for method in methods:
+        for seed in ([None] if method == "allabel" else range(seeds)):
+            for m in pool_sizes:
+                pool = select(dense, m, k=k, method=method, seed=seed or 0).indices
+                f1, sf1, sp, sr, failed = score_pool(texts, gold_spans, labels, pool, annotator, dense, k, concurrency)
+                rows.append(Row(method, seed, m, f1, sf1, sp, sr, failed))
+                if progress:
+                    progress(f"{method}{'' if seed is None else f' seed {seed}'} pool {m}: F1 {100 * f1:.1f}, span F1 {100 * sf1:.1f}")
+    return rows
+
+
+def summarise(rows: list[Row]) -> dict[str, dict[int, tuple[float, float, float]]]:
+    """method -> pool size -> (mean F1, std F1 over seeds, mean span F1), in percent."""
+    out: dict[str, dict[int, tuple[float, float, float]]] = {}
+    for method in dict.fromkeys(r.method for r in rows):
+        out[method] = {}
+        for m in sorted({r.pool_size for r in rows if r.method == method}):
+            sel = [r for r in rows if r.method == method and r.pool_size == m]
+            f1 = [100 * r.f1 for r in sel]
+            out[method][m] = (statistics.mean(f1), statistics.pstdev(f1) if len(f1) > 1 else 0.0, statistics.mean(100 * r.span_f1 for r in sel))
+    return out
+
+
+def write_reports(rows: list[Row], out_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """results.csv (every run), table.md (mean ± std per method and pool size) and f1_vs_pool.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "results.csv", "table": out / "table.md", "plot": out / "f1_vs_pool.png"}
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "seed", "pool_size", "f1", "span_f1", "span_precision", "span_recall", "failed"])
+        for r in rows:
+            w.writerow([r.method, "" if r.seed is None else r.seed, r.pool_size, f"{r.f1:.4f}", f"{r.span_f1:.4f}", f"{r.span_precision:.4f}", f"{r.span_recall:.4f}", r.failed])
+    summary = summarise(rows)
+    sizes = sorted({r.pool_size for r in rows})
+    lines = [f"# {title}".rstrip() if title else "# Evaluation", "", "F1 (paper, Appendix B.2) in %, mean ± std over seeds; span-level micro F1 in brackets.", ""]
+    lines.append("| method | " + " | ".join(map(str, sizes)) + " |")
+    lines.append("|---|" + "---|" * len(sizes))
+    for method, by_size in summary.items():
+        cells = []
+        for m in sizes:
+            mean, std, span = by_size[m]
+            cells.append(f"{mean:.1f}" + (f" ± {std:.1f}" if std else "") + f" [{span:.1f}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    paths["table"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for method, by_size in summary.items():
+        xs = sorted(by_size)
+        ys = [by_size[x][0] for x in xs]
+        sd = [by_size[x][1] for x in xs]
+        ax.plot(xs, ys, marker="o", label=method)
+        if any(sd):
+            ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.2)
+    ax.set_xlabel("demonstration pool size (human-annotated samples)")
+    ax.set_ylabel("F1 (%)")
+    ax.set_title(title or "F1 vs pool size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths["plot"], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set-up command 2: install everything (incl. a real Label Studio) and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh test
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec .venv/bin/python -m pytest -q tests "$@"

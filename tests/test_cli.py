@@ -1,0 +1,124 @@
+"""The command line, on real MOF data, with the fake LLM where an LLM is needed."""
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from alllabel.cli import main
+from alllabel.evaluation import sample_f1, span_prf
+from alllabel.jsonl import read_jsonl, write_jsonl
+from tests.data import MOF, mof_records
+from tests.fake_openai import FakeOpenAI, gold_responder
+from alllabel.annotators import example_from_spans
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data(tmp_path):
+    recs = [{"id": r["id"], "text": r["text"], "entities": [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]]} for r in mof_records()[:40]]
+    path = tmp_path / "mof.jsonl"
+    write_jsonl(path, recs)
+    return path, recs
+
+
+def oracle(recs):
+    return gold_responder({r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs})
+
+
+def test_select_writes_queue_order(data, tmp_path):
+    path, recs = data
+    out = tmp_path / "sel.jsonl"
+    r = subprocess.run([sys.executable, "-m", "alllabel", "select", str(path), "--budget", "10", "-o", str(out), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    sel = read_jsonl(out)
+    assert [s["position"] for s in sel] == list(range(10)) and [s["stage"] for s in sel].count("similarity") == 6
+    assert all(recs[s["index"]]["id"] == s["id"] for s in sel)
+
+
+def test_select_errors_are_explained(data, capsys):
+    path, _ = data
+    assert main(["select", str(path), "--budget", "500", "--quiet"]) == 2
+    assert "budget must be between 1 and the number of selectable items (40 of 40)" in capsys.readouterr().err
+    assert main(["select", "/nonexistent.jsonl"]) == 2
+
+
+def test_prelabel_with_pool_through_the_llm(data, tmp_path, monkeypatch):
+    path, recs = data
+    sel = tmp_path / "sel.jsonl"
+    assert main(["select", str(path), "--budget", "8", "-o", str(sel), "--quiet"]) == 0
+    with FakeOpenAI(oracle(recs)) as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        out = tmp_path / "pre.jsonl"
+        assert main(["prelabel", str(path), "--pool", str(sel), "-o", str(out), "--cache", str(tmp_path / "c.sqlite3"), "--quiet"]) == 0
+        got = read_jsonl(out)
+        assert len(got) == 32 and len(fake.requests) == 32
+        assert {g["id"] for g in got}.isdisjoint({s["id"] for s in read_jsonl(sel)})
+        first = next(r for r in recs if r["id"] == got[0]["id"])
+        placed = {(e["start"], e["end"], e["label"]) for e in got[0]["prediction"]["entities"]}
+        assert placed and placed <= {(e["start"], e["end"], e["label"]) for e in first["entities"]}
+        # A dry run estimates and calls nothing; the earlier run is already in the cache.
+        n = len(fake.requests)
+        assert main(["prelabel", str(path), "--pool", str(sel), "--dry-run", "--cache", str(tmp_path / "c.sqlite3")]) == 0
+        assert len(fake.requests) == n
+
+
+def test_prelabel_dry_run_needs_an_llm(data, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["prelabel", str(data[0]), "--dry-run"]) == 2
+    assert "--dry-run" in capsys.readouterr().err
+
+
+def test_evaluate_writes_table_and_plot(data, tmp_path):
+    path, _ = data
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(path), "--pool-sizes", "5,10", "--seeds", "2", "--out-dir", str(out), "--annotator", "projection", "--quiet"]) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * (1 + 2 + 2)
+    assert "| allabel |" in (out / "table.md").read_text()
+    assert (out / "f1_vs_pool.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_with_an_oracle_llm_scores_near_perfect(data, tmp_path, monkeypatch):
+    path, recs = data
+    with FakeOpenAI(oracle(recs)) as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        out = tmp_path / "eval"
+        assert main(["evaluate", str(path), "--pool-sizes", "5", "--methods", "allabel", "--out-dir", str(out), "--cache", "", "--quiet"]) == 0
+    (row,) = [line.split(",") for line in (out / "results.csv").read_text().splitlines()[1:]]
+    assert float(row[3]) > 0.97 and float(row[4]) > 0.97  # only gold nested in same-label gold is missed
+
+
+def test_sample_f1_rules():
+    labels = ["a", "b", "c"]
+    # a: TP; b: FP and FN (wrong string); c: true negative -> 1
+    assert sample_f1([("a", "x"), ("b", "y")], [("a", "x"), ("b", "z")], labels) == pytest.approx((1 + 0 + 1) / 3)
+    assert sample_f1([("a", "x"), ("a", "x")], [("a", "x")], ["a"]) == pytest.approx(2 / 3)  # multisets
+    assert sample_f1([], [], labels) == 1.0
+    assert span_prf([{(0, 1, "a")}], [{(0, 1, "a"), (2, 3, "a")}]) == (0.5, 1.0, pytest.approx(2 / 3))
+
+
+def test_demo_runs_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    r = subprocess.run([sys.executable, "-m", "alllabel", "demo", "--out-dir", str(tmp_path), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "projection-offline" in r.stderr and "ALLabel  pool of 15" in r.stdout
+    assert len(read_jsonl(tmp_path / "prelabels.jsonl")) == 135
+
+
+def test_status_reads_backend_state(tmp_path, capsys):
+    from alllabel.state import State
+
+    s = State(tmp_path)
+    s.register(3, "<View/>")
+    s.add_to_queue(3, [(10, 0, "diversity", 0.0)])
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0
+    (p,) = json.loads(capsys.readouterr().out)
+    assert p["project"] == 3 and p["queue"]["selected"] == 1
+    assert main(["status", "--state-dir", str(tmp_path / "none")]) == 2
