@@ -117,6 +117,9 @@ class Orchestrator:
         self._llm: LLMClient | None = None
         self._last_sync: dict[int, float] = {}
         self.jobs = Jobs(self._run_job)
+        for pid in self.state.projects():  # a restart in the middle of pre-labeling picks it up again
+            if self.state.project(pid)["phase"] == "prelabeling":
+                self.jobs.submit("prelabel", pid)
         log.info("alllabel backend: model version %r, state in %s, annotator %s", self.settings.model_version, self.settings.state_dir, self.annotator_name())
 
     # --- protocol entry points (fast) ------------------------------------------------------------
@@ -124,9 +127,12 @@ class Orchestrator:
         pid = project_id_of(project_key)
         parse_label_config(label_config)  # UnsupportedConfig -> the caller answers 400
         known = self.state.project(pid)
-        if known is None or known["label_config"] != label_config:
+        changed = known is None or known["label_config"] != label_config
+        if changed:
             self.state.register(pid, label_config)
-        self.schedule_sync(pid, force=known is None or known["phase"] in ("new", "error"))
+        # LS calls /setup before every prediction batch and on every /next: plan at once for a
+        # new project, otherwise re-sync at most every sync_interval seconds.
+        self.schedule_sync(pid, force=changed)
         return self.settings.model_version
 
     def schedule_sync(self, pid: int, force: bool = False) -> None:
@@ -221,7 +227,7 @@ class Orchestrator:
             pairs += [(a, t["id"]) for a in ann_ids]
             text = (t.get("data") or {}).get(cfg.value_key)
             if not isinstance(text, str):
-                skipped[t["id"]] = f"task data has no text field {cfg.value_key!r}"
+                skipped[t["id"]] = f"task data field {cfg.value_key!r} is missing or not text"
             elif not text.strip():
                 skipped[t["id"]] = "empty text"
             else:
@@ -246,7 +252,7 @@ class Orchestrator:
         annotated = {t["id"] for t in usable if t["spans"] is not None}
         taken = annotated | {e["task_id"] for e in queued if e["task_id"] in index}
         new = budget - len(taken)
-        if new > 0 and p["phase"] in ("new", "planned", "error"):
+        if new > 0 and p["phase"] in ("new", "planned"):
             sim = make_similarity([t["text"] for t in usable], s.similarity, model=s.sbert_model)
             sel = select(sim, min(new, len(usable) - len(taken)), k=s.k, ratios=s.ratios, order=s.order, pre_chosen=sorted(index[t] for t in taken))
             start = max((e["position"] for e in queued), default=-1) + 1
@@ -256,7 +262,7 @@ class Orchestrator:
         self.state.update_project(pid, budget=budget, total_tasks=len(all_tasks), message=None)
         self._push_queue(pid)
         self.queue_settings(pid)
-        if p["phase"] in ("new", "error"):
+        if p["phase"] == "new":
             self.state.update_project(pid, phase="planned")
         if not self.check_budget(pid) and p["phase"] in ("prelabeling", "done"):
             self.jobs.submit("prelabel", pid)  # new tasks after pre-annotation started

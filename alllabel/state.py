@@ -15,7 +15,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
     project_id   INTEGER PRIMARY KEY,
     label_config TEXT NOT NULL,
-    phase        TEXT NOT NULL DEFAULT 'new',   -- new | planned | prelabeling | done | error
+    phase        TEXT NOT NULL DEFAULT 'new',   -- new | planned | prelabeling | done
     budget       INTEGER,                       -- human annotations wanted (M)
     total_tasks  INTEGER,
     message      TEXT,

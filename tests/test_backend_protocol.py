@@ -128,3 +128,13 @@ def test_gunicorn_serves_the_app(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_restart_resumes_prelabeling(tmp_path):
+    backend, _ = make(tmp_path)
+    state = backend.orchestrator.state
+    state.register(4, NER)
+    state.update_project(4, phase="prelabeling")
+    again, _ = make(tmp_path)  # a new process on the same state directory
+    assert again.orchestrator.jobs.wait_idle(60)
+    assert again.orchestrator.state.project(4)["message"].startswith("prelabel failed: cannot reach Label Studio")

@@ -96,10 +96,19 @@ def test_queue_order_budget_and_prelabels(ls, tmp_path):
             assert project.model_version == MV and project.sampling == "Uncertainty sampling"
             assert any((v.data or {}).get("title") == "ALLabel queue" for v in c.views.list(project=pid))
 
-            # Humans get the ALLabel order through the plain labeling stream ("Label All Tasks").
+            # "Label Tasks As Displayed" on the ALLabel tab starts with the queue's first task.
+            view = next(v.id for v in c.views.list(project=pid) if (v.data or {}).get("title") == "ALLabel queue")
+            shown = requests.post(f"{ls.url}/api/dm/actions?id=next_task&project={pid}&view={view}", headers=headers(ls), json={}).json()
+            assert shown["id"] == queue[0]["task_id"]
+
+            # Humans get the ALLabel order through the labeling stream: "Label All Tasks" sends the
+            # next_task action with an empty body; the API's /next is the same queue.
             served = []
-            for _ in range(BUDGET):
-                task = requests.get(f"{ls.url}/api/projects/{pid}/next", headers=headers(ls)).json()
+            for n in range(BUDGET):
+                if n % 2:
+                    task = requests.get(f"{ls.url}/api/projects/{pid}/next", headers=headers(ls)).json()
+                else:
+                    task = requests.post(f"{ls.url}/api/dm/actions?id=next_task&project={pid}", headers=headers(ls), json={}).json()
                 served.append(task["id"])
                 r = requests.post(f"{ls.url}/api/tasks/{task['id']}/annotations/", headers=headers(ls), json={"result": result_of(rec_of[task["id"]])})
                 assert r.status_code == 201
@@ -138,12 +147,43 @@ def test_queue_order_budget_and_prelabels(ls, tmp_path):
             b.stop()
 
 
+def test_personal_access_token(ls, tmp_path):
+    pat = requests.post(f"{ls.url}/api/token/", headers=headers(ls)).json()["token"]  # a JWT refresh token
+    assert pat.count(".") == 2
+    with FakeOpenAI() as fake:
+        b = Backend(tmp_path, ls, fake)
+        b.orch.ls_factory = lambda: LabelStudioAPI(ls.url, pat)
+        try:
+            c, pid, _ = new_project(ls, "pat", mof_records()[400:420])
+            c.ml.create(project=pid, url=b.url, title=MV)
+            b.idle()
+            assert b.orch.status(pid)["projects"][0]["queue"] == {"selected": BUDGET, "pushed": BUDGET}
+            assert c.projects.get(id=pid).sampling == "Uncertainty sampling"
+        finally:
+            b.stop()
+
+
+def test_bad_api_key_is_explained(ls, tmp_path):
+    with FakeOpenAI() as fake:
+        b = Backend(tmp_path, ls, fake)
+        b.orch.ls_factory = lambda: LabelStudioAPI(ls.url, "not-a-valid-token")
+        try:
+            c, pid, _ = new_project(ls, "bad key", mof_records()[420:425])
+            c.ml.create(project=pid, url=b.url, title=MV)
+            b.idle()
+            assert "rejected the API key (HTTP 401)" in b.orch.state.project(pid)["message"]
+        finally:
+            b.stop()
+
+
 def test_new_tasks_join_the_queue(ls, tmp_path):
     records = mof_records()[100:130]
     with FakeOpenAI() as fake:
         b = Backend(tmp_path, ls, fake)
         try:
             c, pid, rec_of = new_project(ls, "growing", records[:20])
+            # Tasks without usable text are reported and left alone, never selected.
+            bad = c.projects.import_tasks(id=pid, request=[{"text": "   "}, {"text": 42}], return_task_ids=True).task_ids
             c.ml.create(project=pid, url=b.url, title=MV)
             b.idle()
             first = b.orch.state.queue(pid)
@@ -154,6 +194,8 @@ def test_new_tasks_join_the_queue(ls, tmp_path):
             assert len({e["task_id"] for e in queue}) == len(queue)
             preds = LabelStudioAPI(ls.url, ls.token).predictions(pid, MV)
             assert sorted(p.task for p in preds) == sorted(e["task_id"] for e in queue)
+            assert b.orch.state.skipped(pid) == {bad[0]: "empty text", bad[1]: "task data field 'text' is missing or not text"}
+            assert not set(bad) & {e["task_id"] for e in queue}
             assert {p.task: p.score for p in preds} == {e["task_id"]: e["position"] * QUEUE_SCORE_STEP for e in queue}
         finally:
             b.stop()
