@@ -60,6 +60,7 @@ class PreAnnotation:
             "demonstrations": self.demonstrations,
             "dropped_not_found": self.dropped_not_found,
             "dropped_bad_label": self.dropped_bad_label,
+            "cached": self.cached,
         }
 
 

@@ -105,7 +105,7 @@ def cmd_select(args) -> int:
     bar = Bar(not args.quiet)
     sel = select(sim, budget, k=args.k, ratios=parse_ratios(args.ratios), order=args.order, pre_chosen=pre, method=args.method, seed=args.seed, progress=bar)
     bar.close()
-    out = [{"position": p, "index": i, "id": records[i].get("id", i), "stage": s} for p, (i, s) in enumerate(zip(sel.indices, sel.stages))]
+    out = [{**r, "id": records[r["index"]].get("id", r["index"])} for r in sel.as_records()]
     if args.output:
         write_jsonl(args.output, out)
         print(f"wrote {len(out)} selected task(s) in queue order to {args.output}", file=sys.stderr)

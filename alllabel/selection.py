@@ -33,7 +33,7 @@ from .similarity import DenseSimilarity, Similarity, iter_row_blocks
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDERS = {"DSU": "DSU", "SDU": "SDU", "SUD": "SUD"}
+STAGE_ORDERS = ("DSU", "SDU", "SUD")
 STAGE_NAMES = {"D": "diversity", "S": "similarity", "U": "uncertainty"}
 METHODS = ("allabel", "random", "coreset")
 

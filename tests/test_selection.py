@@ -129,3 +129,12 @@ def test_nan_on_diagonal_is_ignored():
 def test_dense_backend_object_accepted():
     U = np.random.default_rng(4).random((12, 12))
     assert select(DenseSimilarity(U), 5).indices == select(U, 5).indices
+
+
+@pytest.mark.parametrize("m, decimals", [(6, 1), (15, 2), (15, 6)])
+def test_truncated_rank_lists_match_reference(m, decimals):
+    """N much larger than the budget: the scan keeps short top lists, and the uncertainty stage
+    must fall back to full rows for queries whose first D1 item lies beyond them."""
+    U = np.round(np.random.default_rng(m + decimals).random((150, 150)), decimals)
+    sel = select(U, m, block_rows=32)
+    assert (sel.indices, sel.stages) == ref.select(U.tolist(), m)
