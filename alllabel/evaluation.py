@@ -159,9 +159,9 @@ def write_reports(rows: list[Row], out_dir: str | Path, title: str = "") -> dict
         xs = sorted(by_size)
         ys = [by_size[x][0] for x in xs]
         sd = [by_size[x][1] for x in xs]
-        ax.plot(xs, ys, marker="o", label=method)
+        (line,) = ax.plot(xs, ys, marker="o", label=method)
         if any(sd):
-            ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.2)
+            ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], color=line.get_color(), alpha=0.2)
     ax.set_xlabel("demonstration pool size (human-annotated samples)")
     ax.set_ylabel("F1 (%)")
     ax.set_title(title or "F1 vs pool size")
