@@ -10,6 +10,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+import httpx
+
 log = logging.getLogger(__name__)
 
 QUEUE_VIEW_TITLE = "ALLabel queue"
@@ -35,8 +37,10 @@ def _wrap(fn):
             return fn(self, *args, **kwargs)
         except LabelStudioError:
             raise
-        except Exception as e:  # noqa: BLE001 - translated into an actionable message
+        except Exception as e:  # noqa: BLE001 - HTTP and transport errors get an actionable message
             status = getattr(e, "status_code", None)
+            if status is None and not isinstance(e, (httpx.TransportError, OSError)):
+                raise  # a bug, not Label Studio's answer
             if status in (401, 403):
                 raise LabelStudioError(
                     f"Label Studio at {self.url} rejected the API key (HTTP {status}) during {fn.__name__}: set "

@@ -16,6 +16,7 @@ finishes the work without duplicates.
 """
 from __future__ import annotations
 
+import base64
 import logging
 import queue
 import threading
@@ -200,7 +201,8 @@ class Orchestrator:
 
     def status(self, pid: int | None = None) -> dict:
         projects = [pid] if pid is not None else self.state.projects()
-        out = {"model_version": self.settings.model_version, "annotator": self.annotator_name(), "projects": [self.state.status(p) for p in projects if self.state.status(p)]}
+        found = [s for s in map(self.state.status, projects) if s is not None]
+        out = {"model_version": self.settings.model_version, "annotator": self.annotator_name(), "projects": found}
         if self._llm is not None:
             out["llm_usage"] = self._llm.usage.as_dict(self._llm.config.prices())
         return out
@@ -291,8 +293,6 @@ class Orchestrator:
         ls.use_queue(pid, self.settings.model_version)
         ls.ensure_queue_view(pid)
         if self.settings.basic_auth_user:
-            import base64
-
             token = base64.b64encode(f"{self.settings.basic_auth_user}:{self.settings.basic_auth_pass or ''}".encode()).decode()
             ls.authorize_webhooks(pid, self.settings.model_version, f"Basic {token}")
 
