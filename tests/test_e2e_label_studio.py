@@ -269,3 +269,36 @@ def test_llm_down_loses_nothing(ls, tmp_path):
             assert st["prelabels"]["done"] == left and st["prelabels"]["pushed"] == left
         finally:
             b.stop()
+
+
+def test_basic_auth_backend_gets_its_webhooks(ls, tmp_path):
+    with FakeOpenAI() as fake:
+        b = Backend(tmp_path, ls, fake, basic_auth_user="ls-user", basic_auth_pass="s3cret")
+        try:
+            c, pid, rec_of = new_project(ls, "basic auth", mof_records()[430:440])
+            c.ml.create(project=pid, url=b.url, title=MV, auth_method="BASIC_AUTH", basic_auth_user="ls-user", basic_auth_pass="s3cret")
+            b.idle()
+            assert b.orch.status(pid)["projects"][0]["queue"]["pushed"] == BUDGET
+            # LS creates the backend's webhook without credentials; the backend added them.
+            hooks = [w for w in c.webhooks.list(project=str(pid)) if w.url.startswith(b.url)]
+            assert hooks and all((w.headers or {}).get("Authorization", "").startswith("Basic ") for w in hooks)
+            task = requests.get(f"{ls.url}/api/projects/{pid}/next", headers=headers(ls)).json()
+            requests.post(f"{ls.url}/api/tasks/{task['id']}/annotations/", headers=headers(ls), json={"result": result_of(rec_of[task["id"]])})
+            assert b.orch.state.annotated_tasks(pid) == {task["id"]}  # the webhook got through
+            assert requests.get(f"{b.url}/health").status_code == 401
+        finally:
+            b.stop()
+
+
+def test_sampling_is_reasserted_after_a_project_edit(ls, tmp_path):
+    with FakeOpenAI() as fake:
+        b = Backend(tmp_path, ls, fake)
+        try:
+            c, pid, _ = new_project(ls, "settings edit", mof_records()[440:450])
+            c.ml.create(project=pid, url=b.url, title=MV)
+            b.idle()
+            c.projects.update(id=pid, sampling="Sequential sampling")  # e.g. the settings form re-saved
+            b.idle()
+            assert c.projects.get(id=pid).sampling == "Uncertainty sampling"
+        finally:
+            b.stop()
