@@ -221,7 +221,9 @@ class Orchestrator:
         return parse_label_config(self.state.project(pid)["label_config"])
 
     def _fetch(self, pid: int, cfg: NERConfig) -> tuple[list[dict], list[dict]]:
-        """(usable tasks as {id, text, spans, annotation_ids}, all tasks); records skipped ones."""
+        """(usable tasks as {id, text, spans (None if not human-annotated)}, all tasks).
+
+        Also makes the annotation table match Label Studio and records the unusable tasks."""
         tasks = self.ls_factory().tasks(pid)
         usable, skipped, pairs = [], {}, []
         for t in tasks:
@@ -297,15 +299,15 @@ class Orchestrator:
             ls.authorize_webhooks(pid, self.settings.model_version, f"Basic {token}")
 
     # --- pre-annotation ----------------------------------------------------------------------------
-    def annotator_name(self) -> str:
+    def _uses_llm(self) -> bool:
         mode = self.settings.annotator
-        if mode == "projection" or (mode == "auto" and not self.llm_config.configured):
-            return "projection-offline (no LLM configured)"
-        return f"llm-{self.llm_config.model}"
+        return mode == "llm" or (mode == "auto" and self.llm_config.configured)
+
+    def annotator_name(self) -> str:
+        return f"llm-{self.llm_config.model}" if self._uses_llm() else "projection-offline (no LLM configured)"
 
     def _annotator(self, schema: LabelSchema):
-        mode = self.settings.annotator
-        if mode == "projection" or (mode == "auto" and not self.llm_config.configured):
+        if not self._uses_llm():
             log.warning("no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the offline projection annotator")
             return ProjectionAnnotator(schema)
         if self._llm is None:
