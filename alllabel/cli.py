@@ -79,7 +79,7 @@ def _descriptions(path: str | None, labels: list[str]) -> dict[str, str]:
 
 
 def _annotator(args, schema: LabelSchema):
-    config = LLMConfig.from_env(model=args.model, concurrency=args.concurrency)
+    config = LLMConfig.from_env(model=args.model, concurrency=args.concurrency, base_url=args.base_url, timeout=args.timeout)
     if args.annotator == "projection" or (args.annotator == "auto" and not config.configured):
         print("annotator: projection-offline (no LLM configured; set OPENAI_API_KEY for the LLM)", file=sys.stderr)
         return ProjectionAnnotator(schema), 1
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--descriptions", help="JSON file {label: definition} for the prompt")
             p.add_argument("--annotator", default="auto", choices=["auto", "llm", "projection"], help="auto: the LLM when OPENAI_API_KEY/OPENAI_BASE_URL is set, else the offline projection annotator")
             p.add_argument("--model", default=None, help="LLM model (default ALLABEL_LLM_MODEL or gpt-4o)")
+            p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default OPENAI_BASE_URL or OpenAI); the key comes from OPENAI_API_KEY")
+            p.add_argument("--timeout", type=float, default=None, help="seconds per LLM call (default ALLABEL_LLM_TIMEOUT or 60)")
             p.add_argument("--concurrency", type=int, default=None, help="parallel LLM calls (default ALLABEL_LLM_CONCURRENCY or 4)")
             p.add_argument("--cache", default=os.environ.get("ALLABEL_LLM_CACHE", "data/llm_cache.sqlite3"), help="SQLite LLM cache ('' for none)")
 

@@ -86,10 +86,11 @@ def test_evaluate_writes_table_and_plot(data, tmp_path):
 def test_evaluate_with_an_oracle_llm_scores_near_perfect(data, tmp_path, monkeypatch):
     path, recs = data
     with FakeOpenAI(oracle(recs)) as fake:
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
         monkeypatch.setenv("OPENAI_API_KEY", "k")
         out = tmp_path / "eval"
-        assert main(["evaluate", str(path), "--pool-sizes", "5", "--methods", "allabel", "--out-dir", str(out), "--cache", "", "--quiet"]) == 0
+        args = ["evaluate", str(path), "--pool-sizes", "5", "--methods", "allabel", "--out-dir", str(out), "--cache", "", "--quiet"]
+        assert main(args + ["--base-url", fake.base_url, "--timeout", "20"]) == 0
     (row,) = [line.split(",") for line in (out / "results.csv").read_text().splitlines()[1:]]
     assert float(row[3]) > 0.97 and float(row[4]) > 0.97  # only gold nested in same-label gold is missed
 
