@@ -27,7 +27,7 @@ from .llm import LLMClient, LLMError, estimate_tokens, run_bounded
 from .prompting import Example, LabelSchema, PromptBuilder, ReplyError, parse_entities
 from .retrieval import retrieve
 from .similarity import Similarity
-from .spans import Span, align_entities, is_whole_word, occurrence_of
+from .spans import Span, align_entities, exact_positions, is_whole_word, occurrence_of
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,12 @@ class ProjectionAnnotator:
         for (label, value), sim in sorted(best.items(), key=lambda kv: (-len(kv[0][1]), kv[0])):
             if label not in self.schema.labels or not value.strip():
                 continue
-            start = text.find(value)
-            while start != -1:
+            for start in exact_positions(text, value):
                 end = start + len(value)
                 if is_whole_word(text, start, end) and not any(
                     o.label == label and start < o.end and o.start < end for o in spans
                 ):
                     spans.append(Span(start, end, label, value, round(max(0.0, min(1.0, sim)), 6)))
-                start = text.find(value, start + 1)
         spans.sort(key=lambda s: (s.start, s.end, s.label))
         return PreAnnotation(spans, _similarity_confidence(demos), self.name, "similarity")
 

@@ -55,13 +55,21 @@ def is_whole_word(text: str, start: int, end: int) -> bool:
     return left_ok and right_ok
 
 
+def exact_positions(text: str, needle: str) -> list[int]:
+    """Start of every exact occurrence of ``needle``, overlapping ones included, in text order.
+
+    The one definition of "the n-th occurrence" for hints, alignment and projection."""
+    out = []
+    pos = text.find(needle) if needle else -1
+    while pos != -1:
+        out.append(pos)
+        pos = text.find(needle, pos + 1)
+    return out
+
+
 def _matches(text: str, needle: str) -> list[tuple[int, int, int]]:
     """(tier, start, end) for every match; tier 0 exact, 1 case/whitespace-tolerant; +2 if not whole-word."""
-    found: dict[tuple[int, int], int] = {}
-    pos = text.find(needle)
-    while pos != -1:
-        found[(pos, pos + len(needle))] = 0
-        pos = text.find(needle, pos + 1)
+    found: dict[tuple[int, int], int] = {(p, p + len(needle)): 0 for p in exact_positions(text, needle)}
     words = needle.split()
     if words:
         # A lookahead finds overlapping matches too.
@@ -111,6 +119,5 @@ def align_entities(text: str, entities: list[dict], labels: list[str] | set[str]
 
 def occurrence_of(text: str, start: int, end: int) -> int | None:
     """1-based index of this mention among exact occurrences of its string, if it is not unique."""
-    needle = text[start:end]
-    positions = [m.start() for m in re.finditer(re.escape(needle), text)] if needle else []
+    positions = exact_positions(text, text[start:end])
     return positions.index(start) + 1 if len(positions) > 1 and start in positions else None

@@ -46,3 +46,10 @@ def test_bad_labels_and_missing_strings_are_counted():
 def test_overlapping_spans_of_different_labels_are_kept():
     spans, _ = place("zinc nitrate hexahydrate", [("L", "zinc nitrate hexahydrate", 0), ("M", "zinc nitrate", 0)])
     assert len(spans) == 2
+
+
+def test_occurrence_hints_and_alignment_count_overlapping_mentions_alike():
+    text = "aaa x aa"
+    assert occurrence_of(text, 1, 3) == 2 and occurrence_of(text, 6, 8) == 3
+    spans, _ = place(text, [("L", "aa", occurrence_of(text, 6, 8))])
+    assert spans == [(6, 8, "L", "aa")]
