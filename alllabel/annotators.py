@@ -21,9 +21,9 @@ import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .llm import LLMClient, LLMError, estimate_tokens, run_bounded
+from .llm import LLMClient, LLMError, estimate_tokens, run_bounded, token_cost
 from .prompting import Example, LabelSchema, PromptBuilder, ReplyError, parse_entities
 from .retrieval import retrieve
 from .similarity import Similarity
@@ -46,7 +46,6 @@ class PreAnnotation:
     score: float
     annotator: str
     confidence_source: str  # "logprobs" | "similarity"
-    demonstrations: list[int] = field(default_factory=list)
     dropped_not_found: int = 0
     dropped_bad_label: int = 0
     cached: bool = False
@@ -57,7 +56,6 @@ class PreAnnotation:
             "score": self.score,
             "annotator": self.annotator,
             "confidence_source": self.confidence_source,
-            "demonstrations": self.demonstrations,
             "dropped_not_found": self.dropped_not_found,
             "dropped_bad_label": self.dropped_bad_label,
             "cached": self.cached,
@@ -171,6 +169,11 @@ class PrelabelResult:
     error: str | None = None
 
 
+def unlabeled(texts: Sequence[str], gold: dict[int, list[dict]]) -> list[int]:
+    """Indices of the tasks without gold spans: the default queries."""
+    return [i for i in range(len(texts)) if i not in gold]
+
+
 def build_demos(texts: Sequence[str], gold: dict[int, list[dict]], sim: Similarity, queries: Sequence[int], k: int) -> list[list[Demo]]:
     """The k most similar annotated tasks for each query, as prompt examples."""
     found = retrieve(sim, queries, sorted(gold), k)
@@ -195,7 +198,7 @@ def prelabel(
     """
     if not gold:
         raise ValueError("no annotated tasks to learn from: annotate some tasks first (or lower the budget)")
-    queries = [i for i in range(len(texts)) if i not in gold] if queries is None else list(queries)
+    queries = unlabeled(texts, gold) if queries is None else list(queries)
     demos = build_demos(texts, gold, sim, queries, k)
 
     def one(j: int) -> PrelabelResult:
@@ -216,20 +219,20 @@ def prelabel(
 
 def dry_run(texts: Sequence[str], gold: dict[int, list[dict]], annotator: LLMAnnotator, sim: Similarity, *, k: int = 3, queries=None) -> dict:
     """Token and cost estimate for a bulk run, without calling the LLM."""
-    queries = [i for i in range(len(texts)) if i not in gold] if queries is None else list(queries)
+    queries = unlabeled(texts, gold) if queries is None else list(queries)
     demos = build_demos(texts, gold, sim, queries, k)
-    prompt_tokens = sum(estimate_tokens("".join(m["content"] for m in annotator.messages(texts[i], d))) for i, d in zip(queries, demos))
+    client = annotator.client
+    prompt_tokens = cached = 0
+    for i, d in zip(queries, demos):
+        messages = annotator.messages(texts[i], d)
+        prompt_tokens += estimate_tokens("".join(m["content"] for m in messages))
+        cached += client.cache is not None and client.cache.get(client.cache_key(messages)) is not None
     # Expected reply length: the average length of the demonstrations' answers.
     answers = [json.dumps({"entities": example_from_spans(texts[i], s).entities}, ensure_ascii=False) for i, s in gold.items()]
     completion_tokens = round(len(queries) * sum(map(estimate_tokens, answers)) / max(1, len(answers)))
-    prices = annotator.client.config.prices()
-    cost = None if prices is None else (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
-    cached = sum(
-        1 for i, d in zip(queries, demos)
-        if annotator.client.cache is not None and annotator.client.cache.get(annotator.client.cache_key(annotator.messages(texts[i], d)))
-    )
+    cost = token_cost(prompt_tokens, completion_tokens, client.config.prices())
     return {
-        "tasks": len(queries), "already_cached": cached, "model": annotator.client.config.model,
+        "tasks": len(queries), "already_cached": cached, "model": client.config.model,
         "estimated_prompt_tokens": prompt_tokens, "estimated_completion_tokens": completion_tokens,
         "estimated_cost_usd": None if cost is None else round(cost, 4),
         "note": "estimate: ~4 characters per token; replies as long as the demonstrations' answers",

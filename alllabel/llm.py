@@ -114,6 +114,13 @@ class LLMError(RuntimeError):
         self.wait: float | None = None  # the server's Retry-After, when it sent one
 
 
+def token_cost(prompt_tokens: int, completion_tokens: int, prices: tuple[float, float] | None) -> float | None:
+    """US$ for a token count at (input, output) prices per million tokens; None if prices are unknown."""
+    if prices is None:
+        return None
+    return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
+
+
 @dataclass
 class Usage:
     calls: int = 0
@@ -130,9 +137,7 @@ class Usage:
                 setattr(self, key, getattr(self, key) + value)
 
     def cost(self, prices: tuple[float, float] | None) -> float | None:
-        if prices is None:
-            return None
-        return (self.prompt_tokens * prices[0] + self.completion_tokens * prices[1]) / 1e6
+        return token_cost(self.prompt_tokens, self.completion_tokens, prices)
 
     def as_dict(self, prices=None) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
@@ -165,10 +170,6 @@ class LLMCache:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?)", (key, value, time.time()))
             self._db.commit()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
