@@ -148,7 +148,8 @@ class Orchestrator:
         ids = [t.get("id") for t in tasks]
         if pid is None or self.state.project(pid) is None:
             return [[] for _ in tasks]
-        pre = self.state.prelabels_for(pid, [i for i in ids if isinstance(i, int)])
+        stored = self.state.prelabels(pid, [i for i in ids if isinstance(i, int)])
+        pre = {t: p for t, p in stored.items() if p["result"] is not None}
         queued = {e["task_id"]: e for e in self.state.queue(pid)}
         mv = self.settings.model_version
         out = []

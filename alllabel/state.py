@@ -5,6 +5,7 @@ or crash resumes where it stopped without duplicate predictions or lost tasks.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -72,15 +73,20 @@ class State:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def _many(self, sql: str, rows) -> None:
+    @contextlib.contextmanager
+    def _transaction(self):
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(sql, rows)
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _many(self, sql: str, rows) -> None:
+        with self._transaction() as db:
+            db.executemany(sql, rows)
 
     # --- projects ------------------------------------------------------------------------------
     def register(self, project_id: int, label_config: str) -> None:
@@ -129,7 +135,7 @@ class State:
     # --- annotations -----------------------------------------------------------------------------
     def record_annotation(self, project_id: int, annotation_id: int, task_id: int, cancelled: bool) -> None:
         if cancelled:
-            self._q("DELETE FROM annotations WHERE project_id = ? AND annotation_id = ?", (project_id, annotation_id))
+            self.delete_annotations(project_id, [annotation_id])
         else:
             self._q("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?)", (project_id, annotation_id, task_id))
 
@@ -138,11 +144,9 @@ class State:
 
     def replace_annotations(self, project_id: int, pairs: list[tuple[int, int]]) -> None:
         """Make the table equal Label Studio's view: (annotation_id, task_id) pairs."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM annotations WHERE project_id = ?", (project_id,))
-            self._db.executemany("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?)", [(project_id, a, t) for a, t in pairs])
-            self._db.execute("COMMIT")
+        with self._transaction() as db:
+            db.execute("DELETE FROM annotations WHERE project_id = ?", (project_id,))
+            db.executemany("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?)", [(project_id, a, t) for a, t in pairs])
 
     def annotated_tasks(self, project_id: int) -> set[int]:
         return {r[0] for r in self._q("SELECT DISTINCT task_id FROM annotations WHERE project_id = ?", (project_id,))}
@@ -156,19 +160,19 @@ class State:
             (project_id, task_id, None if result is None else json.dumps(result, ensure_ascii=False), score, annotator, error, time.time()),
         )
 
-    def prelabels(self, project_id: int) -> dict[int, dict]:
-        rows = self._q("SELECT task_id, result, score, annotator, error, pushed, prediction_id FROM prelabels WHERE project_id = ?", (project_id,))
+    def prelabels(self, project_id: int, task_ids: list[int] | None = None) -> dict[int, dict]:
+        """Stored pre-annotations (all, or those of ``task_ids``); ``result`` is None after an error."""
+        sql = "SELECT task_id, result, score, annotator, error, pushed, prediction_id FROM prelabels WHERE project_id = ?"
+        args: tuple = (project_id,)
+        if task_ids is not None:
+            if not task_ids:
+                return {}
+            sql += f" AND task_id IN ({','.join('?' * len(task_ids))})"
+            args += tuple(task_ids)
         return {
             r[0]: {"result": None if r[1] is None else json.loads(r[1]), "score": r[2], "annotator": r[3], "error": r[4], "pushed": r[5], "prediction_id": r[6]}
-            for r in rows
+            for r in self._q(sql, args)
         }
-
-    def prelabels_for(self, project_id: int, task_ids: list[int]) -> dict[int, dict]:
-        if not task_ids:
-            return {}
-        marks = ",".join("?" * len(task_ids))
-        rows = self._q(f"SELECT task_id, result, score, annotator, pushed FROM prelabels WHERE project_id = ? AND result IS NOT NULL AND task_id IN ({marks})", (project_id, *task_ids))
-        return {r[0]: {"result": json.loads(r[1]), "score": r[2], "annotator": r[3], "pushed": r[4]} for r in rows}
 
     def mark_prelabels_pushed(self, project_id: int, task_ids: list[int], ids: dict[int, int] | None = None) -> None:
         ids = ids or {}
