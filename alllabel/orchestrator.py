@@ -26,7 +26,7 @@ from collections.abc import Callable
 from .annotators import LLMAnnotator, ProjectionAnnotator, prelabel
 from .label_config import NERConfig, parse_label_config
 from .llm import LLMCache, LLMClient, LLMConfig
-from .ls_client import LabelStudioAPI, LabelStudioError
+from .ls_client import SAMPLING, LabelStudioAPI, LabelStudioError
 from .prompting import LabelSchema, PromptBuilder
 from .selection import select
 from .settings import Settings, resolve_budget
@@ -185,7 +185,7 @@ class Orchestrator:
         elif action in ("TASKS_CREATED", "START_TRAINING"):
             self.jobs.submit("plan", pid)
         elif action == "PROJECT_UPDATED":
-            if project.get("model_version") != self.settings.model_version or project.get("sampling") != "Uncertainty sampling":
+            if project.get("model_version") != self.settings.model_version or project.get("sampling") != SAMPLING:
                 if self.state.project(pid)["phase"] != "new":
                     self.jobs.submit("queue_settings", pid)
         else:
@@ -282,14 +282,23 @@ class Orchestrator:
             done = [e["task_id"] for e in todo if e["task_id"] in existing]
             self.state.mark_queue_pushed(pid, done, existing)
             todo = [e for e in todo if e["task_id"] not in existing]
-            for i in range(0, len(todo), self.settings.push_batch):
-                batch = todo[i : i + self.settings.push_batch]
-                ls.import_predictions(pid, [{"task": e["task_id"], "result": [], "score": e["score"], "model_version": mv} for e in batch])
-                self.state.mark_queue_pushed(pid, [e["task_id"] for e in batch])
+            self._import_batches(
+                ls, pid, {e["task_id"]: ([], e["score"]) for e in todo}, lambda batch: self.state.mark_queue_pushed(pid, batch)
+            )
         missing = [e["task_id"] for e in self.state.queue(pid) if e["prediction_id"] is None]
         if missing:
             ids = {p.task: p.id for p in ls.predictions(pid, mv)}
             self.state.mark_queue_pushed(pid, [t for t in missing if t in ids], ids)
+
+    def _import_batches(self, ls: LabelStudioAPI, pid: int, predictions: dict[int, tuple[list, float]], mark: Callable[[list[int]], None]) -> None:
+        """Bulk-import {task: (result, score)} in batches, marking each batch pushed once LS has it."""
+        tasks = list(predictions)
+        for i in range(0, len(tasks), self.settings.push_batch):
+            batch = tasks[i : i + self.settings.push_batch]
+            ls.import_predictions(pid, [
+                {"task": t, "result": predictions[t][0], "score": predictions[t][1], "model_version": self.settings.model_version} for t in batch
+            ])
+            mark(batch)
 
     def queue_settings(self, pid: int) -> None:
         ls = self.ls_factory()
@@ -371,10 +380,9 @@ class Orchestrator:
             ls.update_prediction(pred_id, todo[tid]["result"], todo[tid]["score"])
             self.state.mark_prelabels_pushed(pid, [tid], {tid: pred_id})
         rest = [t for t in todo if t not in already and t not in in_place]
-        for i in range(0, len(rest), self.settings.push_batch):
-            batch = rest[i : i + self.settings.push_batch]
-            ls.import_predictions(pid, [{"task": t, "result": todo[t]["result"], "score": todo[t]["score"], "model_version": mv} for t in batch])
-            self.state.mark_prelabels_pushed(pid, batch)
+        self._import_batches(
+            ls, pid, {t: (todo[t]["result"], todo[t]["score"]) for t in rest}, lambda batch: self.state.mark_prelabels_pushed(pid, batch)
+        )
         ids = {p.task: p.id for p in ls.predictions(pid, mv) if p.id != queue_ids.get(p.task) or p.task in in_place}
         self.state.mark_prelabels_pushed(pid, [t for t in rest if t in ids], ids)
         log.info("project %d: pushed %d pre-annotation(s) to Label Studio", pid, len(todo))
