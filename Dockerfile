@@ -13,7 +13,7 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY alllabel/ alllabel/
 COPY examples/ examples/
-COPY model.py _wsgi.py ./
+COPY model.py _wsgi.py gunicorn.conf.py ./
 
 RUN useradd --create-home --uid 10001 alllabel && mkdir -p /data && chown alllabel /data
 USER alllabel

@@ -12,6 +12,7 @@ import os
 from flask import Flask, jsonify, request
 
 from alllabel.label_config import UnsupportedConfig
+from alllabel.orchestrator import SetupError
 from model import ALLabelBackend
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,7 +44,14 @@ def create_app(backend: ALLabelBackend | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def _error(e):
-        if isinstance(e, (BadRequest, UnsupportedConfig)):
+        if isinstance(e, (UnsupportedConfig, SetupError)):
+            # Label Studio shows only the status line of a failed /setup (not the body): say it there.
+            code = 400 if isinstance(e, UnsupportedConfig) else 502
+            log.error("%s %s: %s", request.method, request.path, e)
+            r = jsonify(error=str(e))
+            r.status = f"{code} {status_phrase(str(e))}"
+            return r
+        if isinstance(e, BadRequest):
             return jsonify(error=str(e)), 400
         status = getattr(e, "code", None)
         if isinstance(status, int) and 400 <= status < 500:
@@ -94,6 +102,13 @@ def create_app(backend: ALLabelBackend | None = None) -> Flask:
 
 class BadRequest(ValueError):
     pass
+
+
+def status_phrase(message: str, limit: int = 400) -> str:
+    """A message made safe for an HTTP status line: one line of latin-1, bounded."""
+    one = " ".join(message.split())
+    one = one.encode("latin-1", "replace").decode("latin-1")
+    return one if len(one) <= limit else one[: limit - 3] + "..."
 
 
 def __getattr__(name: str):

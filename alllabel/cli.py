@@ -161,19 +161,16 @@ def cmd_prelabel(args) -> int:
 
 
 def _prelabel_project(args) -> int:
-    from .ls_client import LabelStudioAPI
     from .orchestrator import Orchestrator
     from .settings import Settings
 
-    ls = LabelStudioAPI.from_env()
-    project = ls.project(args.project)
-    settings = Settings.from_env()
-    orch = Orchestrator(settings, ls_factory=lambda: ls)
-    orch.setup(args.project, project["label_config"])
-    orch.jobs.wait_idle()
-    orch.prelabel(args.project)
-    print(json.dumps(orch.status(args.project), indent=2))
-    return 0
+    orch = Orchestrator(Settings.from_env())
+    try:
+        status = orch.prelabel_now(args.project)
+    finally:
+        orch.close()
+    print(json.dumps(status, indent=2))
+    return 1 if status["prelabels"]["failed"] else 0
 
 
 def cmd_evaluate(args) -> int:
@@ -241,9 +238,11 @@ def cmd_status(args) -> int:
     path = Path(args.state_dir)
     if not (path / "state.sqlite3").exists():
         raise ValueError(f"no backend state in {path} (set --state-dir to the backend's ALLABEL_STATE_DIR)")
+    from .orchestrator import project_status
+
     state = State(path)
     ids = [args.project] if args.project is not None else state.projects()
-    print(json.dumps([state.status(p) for p in ids], indent=2))
+    print(json.dumps([project_status(state, p) for p in ids], indent=2))
     return 0
 
 

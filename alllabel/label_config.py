@@ -18,6 +18,7 @@ class NERConfig:
     value_key: str  # task["data"][value_key] holds the text ("$text" -> "text")
     labels: tuple[str, ...]
     descriptions: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[str, ...] = ()  # other controls in the config, left to humans (e.g. "<Choices name='x'>")
 
     def schema(self) -> LabelSchema:
         return LabelSchema(list(self.labels), dict(self.descriptions))
@@ -60,4 +61,5 @@ def parse_label_config(xml: str) -> NERConfig:
         raise UnsupportedConfig(f'<Labels name="{ctl.get("name")}"> has no <Label value="..."/> children')
     if len(set(names)) != len(names):
         raise UnsupportedConfig(f"duplicate label values in <Labels name=\"{ctl.get('name')}\">")
-    return NERConfig(ctl.get("name"), text.get("name"), value[1:], tuple(names), tuple(descriptions))
+    ignored = tuple(f'<{t.tag} name="{t.get("name")}">' for t in tags if t is not ctl and t.get("toName") and t.get("name"))
+    return NERConfig(ctl.get("name"), text.get("name"), value[1:], tuple(names), tuple(descriptions), ignored)

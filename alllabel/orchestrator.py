@@ -1,41 +1,41 @@
-"""What the backend does for each Label Studio project, from connection to pre-annotation.
+"""The backend's entry points: what Label Studio's calls do, and the controllers they drive.
 
-1. ``/setup`` registers the project (its labeling config) and schedules a *plan*.
-2. *plan* (background): fetch the tasks, run the ALLabel selection for the budget M, push one
-   empty prediction per selected task whose score is its queue position (``position * 1e-6``,
-   lowest first), switch the project to Uncertainty sampling on our model version, and add an
-   "ALLabel queue" Data Manager tab. New tasks later get the same treatment (re-plan with the
-   existing queue and annotations pre-chosen).
-3. Annotation webhooks are only recorded (SQLite, well under LS's 1 s timeout); when M tasks
-   carry human annotations, *prelabel* is scheduled.
-4. *prelabel* (background): every unlabeled task gets a pre-annotation from the k most similar
-   human-annotated tasks, saved in the state first, then pushed in bulk with its confidence as
-   score (a selected task's queue prediction is updated in place, never duplicated).
-Jobs run one at a time on a worker thread; each is idempotent, so re-running one after a crash
-finishes the work without duplicates.
+* ``/setup`` checks that the backend can use Label Studio's API (cached), registers the project
+  and starts its controller (``controller.ProjectController``); a project's first ``/setup``
+  waits up to ``connect_wait`` seconds for its queue, so annotators get the ALLabel order from
+  the first task.
+* ``/webhook`` records what events *claim* and wakes the controller, which confirms the claims
+  with Label Studio before anything counts. It answers within milliseconds (LS waits 1 s).
+* ``/predict`` answers with our prediction for tasks Label Studio holds none of ours for.
+* ``/status`` reports every project, including what the user should know or fix.
 """
 from __future__ import annotations
 
 import base64
 import logging
-import queue
+import os
 import threading
 import time
 from collections.abc import Callable
 
-from .annotators import LLMAnnotator, ProjectionAnnotator, prelabel
+from . import ls_format
+from .annotators import LLMAnnotator, ProjectionAnnotator
+from .controller import ProjectController
 from .label_config import NERConfig, parse_label_config
 from .llm import LLMCache, LLMClient, LLMConfig
-from .ls_client import SAMPLING, LabelStudioAPI, LabelStudioError
+from .ls_client import LabelStudioAPI, LabelStudioError
 from .prompting import LabelSchema, PromptBuilder
-from .selection import select
-from .settings import Settings, resolve_budget
-from .similarity import make_similarity
+from .settings import Settings
 from .state import State
 
 log = logging.getLogger("alllabel")
 
-QUEUE_SCORE_STEP = 1e-6  # queue position p is pushed as score p * 1e-6 (LS only keeps scores in [0, 1])
+CHECK_OK_TTL = 60.0  # a successful check of Label Studio's URL and key is trusted this long
+CHECK_FAIL_TTL = 3.0  # a failed one is retried after this long
+
+
+class SetupError(RuntimeError):
+    """The backend cannot work for this project; the message is shown in Label Studio."""
 
 
 def project_id_of(key) -> int:
@@ -46,69 +46,6 @@ def project_id_of(key) -> int:
         raise ValueError(f"cannot read a project id from {key!r}") from None
 
 
-class Jobs:
-    """One worker thread running (job, project) pairs in order; a pair already waiting is not queued twice."""
-
-    def __init__(self, run: Callable[[str, int], None]):
-        self._run = run
-        self._queue: queue.Queue = queue.Queue()
-        self._pending: set[tuple[str, int]] = set()
-        self._busy = 0
-        self._cond = threading.Condition()
-        threading.Thread(target=self._loop, name="alllabel-jobs", daemon=True).start()
-
-    def submit(self, job: str, project_id: int) -> bool:
-        with self._cond:
-            if (job, project_id) in self._pending:
-                return False
-            self._pending.add((job, project_id))
-            self._busy += 1
-        self._queue.put((job, project_id))
-        return True
-
-    def _loop(self) -> None:
-        while True:
-            job, pid = self._queue.get()
-            with self._cond:
-                self._pending.discard((job, pid))
-            try:
-                self._run(job, pid)
-            except Exception:  # noqa: BLE001 - logged; the job records its own error message
-                log.exception("job %s for project %s failed", job, pid)
-            finally:
-                with self._cond:
-                    self._busy -= 1
-                    self._cond.notify_all()
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._busy == 0, timeout)
-
-
-def _span_result(cfg: NERConfig, span) -> dict:
-    r = {
-        "from_name": cfg.from_name, "to_name": cfg.to_name, "type": "labels",
-        "value": {"start": span.start, "end": span.end, "text": span.text, "labels": [span.label]},
-    }
-    if span.score is not None:
-        r["score"] = span.score
-    return r
-
-
-def _human_spans(cfg: NERConfig, task: dict) -> tuple[list[dict] | None, list[int]]:
-    """Spans of the task's latest non-cancelled annotation (None if none) and all such annotation ids."""
-    anns = [a for a in (task.get("annotations") or []) if not a.get("was_cancelled")]
-    if not anns:
-        return None, []
-    latest = max(anns, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id", 0)))
-    spans = []
-    for r in latest.get("result") or []:
-        v = r.get("value") or {}
-        if r.get("from_name") == cfg.from_name and isinstance(v.get("start"), int) and isinstance(v.get("end"), int) and v.get("labels"):
-            spans.append({"start": v["start"], "end": v["end"], "label": v["labels"][0]})
-    return spans, [a["id"] for a in anns]
-
-
 class Orchestrator:
     def __init__(self, settings: Settings | None = None, ls_factory: Callable[[], LabelStudioAPI] | None = None, llm_config: LLMConfig | None = None):
         self.settings = settings or Settings.from_env()
@@ -116,48 +53,85 @@ class Orchestrator:
         self.ls_factory = ls_factory or LabelStudioAPI.from_env
         self.llm_config = llm_config or LLMConfig.from_env()
         self._llm: LLMClient | None = None
-        self._last_sync: dict[int, float] = {}
-        self.jobs = Jobs(self._run_job)
-        for pid in self.state.projects():  # a restart in the middle of pre-labeling picks it up again
-            if self.state.project(pid)["phase"] == "prelabeling":
-                self.jobs.submit("prelabel", pid)
+        self._ls: LabelStudioAPI | None = None
+        self._ls_from = None
+        self._lock = threading.RLock()
+        self._checks: dict[int, tuple[float, str | None]] = {}
+        self.controllers: dict[int, ProjectController] = {}
+        for pid in self.state.projects():  # a restart picks every project up where it was
+            self.controller(pid)
         log.info("alllabel backend: model version %r, state in %s, annotator %s", self.settings.model_version, self.settings.state_dir, self.annotator_name())
+
+    # --- shared clients --------------------------------------------------------------------------
+    def ls(self) -> LabelStudioAPI:
+        with self._lock:
+            if self._ls is None or self._ls_from is not self.ls_factory:
+                self._ls, self._ls_from = self.ls_factory(), self.ls_factory
+            return self._ls
+
+    def controller(self, pid: int) -> ProjectController:
+        with self._lock:
+            if pid not in self.controllers:
+                self.controllers[pid] = ProjectController(self, pid)
+            return self.controllers[pid]
+
+    def basic_auth_header(self) -> str:
+        s = self.settings
+        return "Basic " + base64.b64encode(f"{s.basic_auth_user}:{s.basic_auth_pass or ''}".encode()).decode()
 
     # --- protocol entry points (fast) ------------------------------------------------------------
     def setup(self, project_key, label_config: str) -> str:
         pid = project_id_of(project_key)
-        parse_label_config(label_config)  # UnsupportedConfig -> the caller answers 400
+        cfg = parse_label_config(label_config)  # UnsupportedConfig -> the caller answers 400 with the reason
+        self.check_label_studio(pid)
         known = self.state.project(pid)
-        changed = known is None or known["label_config"] != label_config
-        if changed:
+        if known is None or known["label_config"] != label_config:
             self.state.register(pid, label_config)
-        # LS calls /setup before every prediction batch and on every /next: plan at once for a
-        # new project, otherwise re-sync at most every sync_interval seconds.
-        self.schedule_sync(pid, force=changed)
+            if cfg.ignored:
+                log.warning("project %d: the labeling config also has %s; ALLabel pre-annotates only <Labels name=%r>", pid, ", ".join(cfg.ignored), cfg.from_name)
+        c = self.controller(pid)
+        if known is None or known["label_config"] != label_config:
+            c.wake(probe=True, full=known is not None)
+        if known is None:
+            c.planned.wait(self.settings.connect_wait)  # annotators get the ALLabel order from the first task
         return self.settings.model_version
 
-    def schedule_sync(self, pid: int, force: bool = False) -> None:
+    def check_label_studio(self, pid: int) -> None:
+        """Raise ``SetupError`` saying what to fix if the backend cannot read this project through
+        LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY. Cached: LS calls /setup on every /next."""
         now = time.monotonic()
-        if force or now - self._last_sync.get(pid, -1e9) >= self.settings.sync_interval:
-            self._last_sync[pid] = now
-            self.jobs.submit("plan", pid)
+        until, error = self._checks.get(pid, (0.0, None))
+        if now >= until:
+            try:
+                ls = self.ls()
+                ls.whoami(timeout=1.5)
+                ls.project(pid, timeout=1.5)
+                error = None
+            except LabelStudioError as e:
+                error = str(e)
+                if e.kind == "not_found":
+                    error = (f"project {pid} is not in the Label Studio at LABEL_STUDIO_URL={ls.url}: "
+                             "point LABEL_STUDIO_URL at the Label Studio this project lives in")
+                log.error("project %d: %s", pid, error)
+            self._checks[pid] = (now + (CHECK_FAIL_TTL if error else CHECK_OK_TTL), error)
+        if error:
+            raise SetupError(error)
 
     def predict(self, project_key, tasks: list[dict]) -> list:
-        """One item per task, in order: our stored prediction for it, or [] (no prediction)."""
+        """One item per task, in order: our prediction for it, or [] (none, or already in Label Studio)."""
         pid = project_id_of(project_key) if project_key is not None else None
-        ids = [t.get("id") for t in tasks]
         if pid is None or self.state.project(pid) is None:
             return [[] for _ in tasks]
-        stored = self.state.prelabels(pid, [i for i in ids if isinstance(i, int)])
-        pre = {t: p for t, p in stored.items() if p["result"] is not None}
-        queued = {e["task_id"]: e for e in self.state.queue(pid)}
+        ids = [t.get("id") for t in tasks]
+        preds = self.state.predictions(pid, [i for i in ids if isinstance(i, int)])
         mv = self.settings.model_version
         out = []
         for tid in ids:
-            if tid in pre:
-                out.append({"result": pre[tid]["result"], "score": pre[tid]["score"], "model_version": mv})
-            elif tid in queued:
-                out.append({"result": [], "score": queued[tid]["score"], "model_version": mv})
+            p = preds.get(tid)
+            want = ls_format.desired(p.result, p.score, p.position) if p else None
+            # Label Studio stores what /predict returns: answer only if no push of ours is on its way.
+            if want is not None and self.state.pulled(pid, tid, ls_format.digest(*want)):
+                out.append({"result": want[0], "score": want[1], "model_version": mv})
             else:
                 out.append([])
         return out
@@ -165,224 +139,164 @@ class Orchestrator:
     def webhook(self, payload: dict) -> dict:
         action = payload.get("action")
         project = payload.get("project") or {}
-        pid = project.get("id") if isinstance(project, dict) else None
-        if pid is None:
+        pid = project.get("id") if isinstance(project, dict) else project
+        if not isinstance(pid, int):
             return {"status": "ignored", "reason": "no project in payload"}
         if self.state.project(pid) is None:
-            if not project.get("label_config"):
-                return {"status": "ignored", "reason": f"project {pid} is not connected"}
-            self.setup(pid, project["label_config"])
-        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
-            ann = payload.get("annotation") or {}
-            task = ann.get("task")
-            task_id = task.get("id") if isinstance(task, dict) else task
-            if ann.get("id") is None or task_id is None:
+            # Label Studio calls /setup when the backend is connected; events of other projects are not ours.
+            return {"status": "ignored", "reason": f"project {pid} is not connected to this backend"}
+        c = self.controller(pid)
+        if action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"):
+            anns = payload.get("annotation")
+            anns = anns if isinstance(anns, list) else [anns or {}]
+            claims = []
+            for a in anns:
+                task = a.get("task")
+                task_id = task.get("id") if isinstance(task, dict) else task
+                if isinstance(a.get("id"), int) and isinstance(task_id, int):
+                    claims.append((a["id"], task_id))
+            if not claims:
                 return {"status": "ignored", "reason": "annotation without id or task"}
-            self.state.record_annotation(pid, ann["id"], task_id, bool(ann.get("was_cancelled")))
-            self.check_budget(pid)
+            self.state.claim_annotations(pid, claims)  # confirmed with Label Studio before they count
+            if action != "ANNOTATION_UPDATED":
+                try:
+                    c.refill([t for _, t in claims])  # the annotator's next task is queued before LS answers them
+                except LabelStudioError as e:
+                    log.warning("project %d: could not refill the queue from a webhook (%s); the controller will", pid, e)
+            c.wake()
         elif action == "ANNOTATIONS_DELETED":
-            self.state.delete_annotations(pid, [a["id"] for a in payload.get("annotations") or [] if "id" in a])
-        elif action in ("TASKS_CREATED", "START_TRAINING"):
-            self.jobs.submit("plan", pid)
-        elif action == "PROJECT_UPDATED":
-            if project.get("model_version") != self.settings.model_version or project.get("sampling") != SAMPLING:
-                if self.state.project(pid)["phase"] != "new":
-                    self.jobs.submit("queue_settings", pid)
+            self.state.claim_deletions(pid, [a["id"] for a in payload.get("annotations") or [] if isinstance(a, dict) and isinstance(a.get("id"), int)])
+            c.wake()
+        elif action in ("TASKS_CREATED", "TASKS_DELETED", "PROJECT_UPDATED"):
+            c.wake(probe=True)
+        elif action == "START_TRAINING":
+            # The user asks for it: restore the queue settings, re-read everything, retry failures now.
+            c.wake(full=True, reassert=True, audit=True)
         else:
             return {"status": "ignored", "action": action}
         return {"status": "ok", "action": action}
 
-    def check_budget(self, pid: int) -> bool:
-        p = self.state.project(pid)
-        if p and p["phase"] == "planned" and p["budget"] and len(self.state.annotated_tasks(pid)) >= p["budget"]:
-            log.info("project %d: budget of %d human annotations reached; pre-annotating the rest", pid, p["budget"])
-            self.jobs.submit("prelabel", pid)
-            return True
-        return False
-
-    def status(self, pid: int | None = None) -> dict:
-        projects = [pid] if pid is not None else self.state.projects()
-        found = [s for s in map(self.state.status, projects) if s is not None]
-        out = {"model_version": self.settings.model_version, "annotator": self.annotator_name(), "projects": found}
-        if self._llm is not None:
-            out["llm_usage"] = self._llm.usage.as_dict(self._llm.config.prices())
-        return out
-
-    # --- jobs --------------------------------------------------------------------------------------
-    def _run_job(self, job: str, pid: int) -> None:
-        try:
-            {"plan": self.plan, "prelabel": self.prelabel, "queue_settings": self.queue_settings}[job](pid)
-        except Exception as e:
-            msg = str(e) if isinstance(e, (LabelStudioError, ValueError)) else f"{type(e).__name__}: {e}"
-            log.error("project %d: %s failed: %s", pid, job, msg)
-            self.state.update_project(pid, message=f"{job} failed: {msg}")
-            raise
-
-    def _config(self, pid: int) -> NERConfig:
-        return parse_label_config(self.state.project(pid)["label_config"])
-
-    def _fetch(self, pid: int, cfg: NERConfig) -> tuple[list[dict], list[dict]]:
-        """(usable tasks as {id, text, spans (None if not human-annotated)}, all tasks).
-
-        Also makes the annotation table match Label Studio and records the unusable tasks."""
-        tasks = self.ls_factory().tasks(pid)
-        usable, skipped, pairs = [], {}, []
-        for t in tasks:
-            spans, ann_ids = _human_spans(cfg, t)
-            pairs += [(a, t["id"]) for a in ann_ids]
-            text = (t.get("data") or {}).get(cfg.value_key)
-            if not isinstance(text, str):
-                skipped[t["id"]] = f"task data field {cfg.value_key!r} is missing or not text"
-            elif not text.strip():
-                skipped[t["id"]] = "empty text"
-            else:
-                usable.append({"id": t["id"], "text": text, "spans": spans})
-        self.state.replace_annotations(pid, pairs)
-        if skipped:
-            log.warning("project %d: %d task(s) cannot be used and are left alone: %s", pid, len(skipped), dict(list(skipped.items())[:5]))
-            self.state.set_skipped(pid, skipped)
-        return usable, tasks
-
-    def plan(self, pid: int) -> None:
-        cfg = self._config(pid)
-        s = self.settings
-        usable, all_tasks = self._fetch(pid, cfg)
-        p = self.state.project(pid)
-        if not usable:
-            self.state.update_project(pid, total_tasks=len(all_tasks), message="no usable tasks yet (import tasks with text)")
-            return
-        budget = resolve_budget(s.budget, len(usable))
-        queued = self.state.queue(pid)
-        index = {t["id"]: i for i, t in enumerate(usable)}
-        annotated = {t["id"] for t in usable if t["spans"] is not None}
-        taken = annotated | {e["task_id"] for e in queued if e["task_id"] in index}
-        new = budget - len(taken)
-        if new > 0 and p["phase"] in ("new", "planned"):
-            sim = make_similarity([t["text"] for t in usable], s.similarity, model=s.sbert_model)
-            sel = select(sim, min(new, len(usable) - len(taken)), k=s.k, ratios=s.ratios, order=s.order, pre_chosen=sorted(index[t] for t in taken))
-            start = max((e["position"] for e in queued), default=-1) + 1
-            entries = [(usable[i]["id"], start + n, stage, (start + n) * QUEUE_SCORE_STEP) for n, (i, stage) in enumerate(zip(sel.indices, sel.stages))]
-            self.state.add_to_queue(pid, entries)
-            log.info("project %d: selected %d task(s) for humans (budget %d, %d already taken)", pid, len(entries), budget, len(taken))
-        self.state.update_project(pid, budget=budget, total_tasks=len(all_tasks), message=None)
-        self._push_queue(pid)
-        self.queue_settings(pid)
-        if p["phase"] == "new":
-            self.state.update_project(pid, phase="planned")
-        if not self.check_budget(pid) and p["phase"] in ("prelabeling", "done"):
-            self.jobs.submit("prelabel", pid)  # new tasks after pre-annotation started
-
-    def _push_queue(self, pid: int) -> None:
-        ls = self.ls_factory()
-        mv = self.settings.model_version
-        todo = [e for e in self.state.queue(pid) if not e["pushed"]]
-        if todo:
-            # A crash after LS stored a batch but before we marked it: do not push those again.
-            existing = {p.task: p.id for p in ls.predictions(pid, mv)}
-            done = [e["task_id"] for e in todo if e["task_id"] in existing]
-            self.state.mark_queue_pushed(pid, done, existing)
-            todo = [e for e in todo if e["task_id"] not in existing]
-            self._import_batches(
-                ls, pid, {e["task_id"]: ([], e["score"]) for e in todo}, lambda batch: self.state.mark_queue_pushed(pid, batch)
-            )
-        missing = [e["task_id"] for e in self.state.queue(pid) if e["prediction_id"] is None]
-        if missing:
-            ids = {p.task: p.id for p in ls.predictions(pid, mv)}
-            self.state.mark_queue_pushed(pid, [t for t in missing if t in ids], ids)
-
-    def _import_batches(self, ls: LabelStudioAPI, pid: int, predictions: dict[int, tuple[list, float]], mark: Callable[[list[int]], None]) -> None:
-        """Bulk-import {task: (result, score)} in batches, marking each batch pushed once LS has it."""
-        tasks = list(predictions)
-        for i in range(0, len(tasks), self.settings.push_batch):
-            batch = tasks[i : i + self.settings.push_batch]
-            ls.import_predictions(pid, [
-                {"task": t, "result": predictions[t][0], "score": predictions[t][1], "model_version": self.settings.model_version} for t in batch
-            ])
-            mark(batch)
-
-    def queue_settings(self, pid: int) -> None:
-        ls = self.ls_factory()
-        ls.use_queue(pid, self.settings.model_version)
-        ls.ensure_queue_view(pid)
-        if self.settings.basic_auth_user:
-            token = base64.b64encode(f"{self.settings.basic_auth_user}:{self.settings.basic_auth_pass or ''}".encode()).decode()
-            ls.authorize_webhooks(pid, self.settings.model_version, f"Basic {token}")
-
-    # --- pre-annotation ----------------------------------------------------------------------------
+    # --- pre-annotation ------------------------------------------------------------------------
     def _uses_llm(self) -> bool:
-        mode = self.settings.annotator
-        return mode == "llm" or (mode == "auto" and self.llm_config.configured)
+        if self.settings.annotator == "projection":
+            return False
+        return self.settings.annotator == "llm" or self.llm_config.configured
 
     def annotator_name(self) -> str:
         return f"llm-{self.llm_config.model}" if self._uses_llm() else "projection-offline (no LLM configured)"
 
-    def _annotator(self, schema: LabelSchema):
+    def annotator(self, cfg: NERConfig):
+        descriptions = {**dict(cfg.descriptions), **{k: v for k, v in self.settings.label_descriptions.items() if k in cfg.labels}}
+        schema = LabelSchema(list(cfg.labels), descriptions)
         if not self._uses_llm():
             log.warning("no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the offline projection annotator")
             return ProjectionAnnotator(schema)
-        if self._llm is None:
-            self._llm = LLMClient(self.llm_config, LLMCache(self.settings.state_dir / "llm_cache.sqlite3"))
-        prompt = PromptBuilder(schema, **{k: v for k, v in (("role", self.settings.prompt_role), ("task", self.settings.prompt_task)) if v})
+        with self._lock:
+            if self._llm is None:
+                self._llm = LLMClient(self.llm_config, LLMCache(self.settings.state_dir / "llm_cache.sqlite3"))
+        s = self.settings
+        prompt = PromptBuilder(schema, **{k: v for k, v in (("role", s.prompt_role), ("task", s.prompt_task)) if v})
         return LLMAnnotator(self._llm, schema, prompt)
 
-    def prelabel(self, pid: int) -> None:
-        cfg = self._config(pid)
-        s = self.settings
-        self.state.update_project(pid, phase="prelabeling", message=None)
-        usable, _ = self._fetch(pid, cfg)
-        gold = {i: t["spans"] for i, t in enumerate(usable) if t["spans"] is not None}
-        stored = self.state.prelabels(pid)
-        todo = [i for i, t in enumerate(usable) if i not in gold and (t["id"] not in stored or stored[t["id"]]["result"] is None)]
-        descriptions = {**dict(cfg.descriptions), **{k: v for k, v in s.label_descriptions.items() if k in cfg.labels}}
-        schema = LabelSchema(list(cfg.labels), descriptions)
-        annotator = self._annotator(schema)
-        if todo:
-            if not gold:
-                raise ValueError("no human-annotated tasks to use as demonstrations yet")
-            sim = make_similarity([t["text"] for t in usable], s.similarity, model=s.sbert_model)
-            total = len(todo)
-            done = [0]
+    # --- progress --------------------------------------------------------------------------------
+    def status(self, pid: int | None = None) -> dict:
+        projects = [pid] if pid is not None else self.state.projects()
+        found = [self.project_status(p) for p in projects if self.state.project(p) is not None]
+        out = {"model_version": self.settings.model_version, "annotator": self.annotator_name(), "projects": found}
+        warning = exposure_warning(os.environ.get("ALLABEL_LISTEN", ""), bool(self.settings.basic_auth_user))
+        if warning:
+            out["warnings"] = [warning]
+        if self._llm is not None:
+            out["llm_usage"] = self._llm.usage.as_dict(self._llm.config.prices())
+        if self._ls is not None:
+            out["label_studio_requests"] = self._ls.requests
+        return out
 
-            def save(r):
-                tid = usable[r.index]["id"]
-                if r.annotation is None:
-                    self.state.save_prelabel(pid, tid, None, None, annotator.name, r.error)
-                else:
-                    a = r.annotation
-                    self.state.save_prelabel(pid, tid, [_span_result(cfg, sp) for sp in a.spans], round(a.score, 6), a.annotator, None)
-                done[0] += 1
-                if done[0] % 50 == 0 or done[0] == total:
-                    log.info("project %d: pre-annotated %d/%d task(s)", pid, done[0], total)
+    def project_status(self, pid: int) -> dict:
+        return project_status(self.state, pid, self.controllers.get(pid))
 
-            concurrency = self.llm_config.concurrency if isinstance(annotator, LLMAnnotator) else 1
-            prelabel([t["text"] for t in usable], gold, annotator, sim, queries=todo, k=s.k, concurrency=concurrency, on_done=save)
-        self._push_prelabels(pid)
-        st = self.state.status(pid)["prelabels"]
-        self.state.update_project(
-            pid, phase="done",
-            message=f"pre-annotated {st['done']} task(s) with {annotator.name}" + (f"; {st['failed']} failed (retried on the next sync)" if st["failed"] else ""),
-        )
+    def prelabel_now(self, pid: int, timeout: float | None = None) -> dict:
+        """Pre-annotate a project now, whatever its budget (the CLI's ``prelabel --project``): wait
+        for one run to finish and its predictions to reach Label Studio."""
+        self.setup(pid, self.ls().project(pid)["label_config"])
+        c = self.controller(pid)
+        before = c.runs_finished
+        c.force_run = True
+        c.wake(full=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            if c.runs_finished > before and c.idle():
+                break
+            if c.runs_finished == before and self.state.project(pid)["phase"] == "done" and c.idle():
+                break  # nothing was left to pre-annotate
+            time.sleep(0.2)
+        return self.project_status(pid)
 
-    def _push_prelabels(self, pid: int) -> None:
-        ls = self.ls_factory()
-        mv = self.settings.model_version
-        stored = self.state.prelabels(pid)
-        todo = {t: p for t, p in stored.items() if p["result"] is not None and not p["pushed"]}
-        if not todo:
-            return
-        queue_ids = {e["task_id"]: e["prediction_id"] for e in self.state.queue(pid) if e["prediction_id"]}
-        existing = ls.predictions(pid, mv)
-        # Pushed before a crash but not marked: any of our predictions that is not the queue's.
-        already = {p.task: p.id for p in existing if p.task in todo and p.id != queue_ids.get(p.task)}
-        self.state.mark_prelabels_pushed(pid, list(already), already)
-        in_place = {p.task: p.id for p in existing if p.task in todo and p.task not in already and p.id == queue_ids.get(p.task)}
-        for tid, pred_id in in_place.items():
-            ls.update_prediction(pred_id, todo[tid]["result"], todo[tid]["score"])
-            self.state.mark_prelabels_pushed(pid, [tid], {tid: pred_id})
-        rest = [t for t in todo if t not in already and t not in in_place]
-        self._import_batches(
-            ls, pid, {t: (todo[t]["result"], todo[t]["score"]) for t in rest}, lambda batch: self.state.mark_prelabels_pushed(pid, batch)
-        )
-        ids = {p.task: p.id for p in ls.predictions(pid, mv) if p.id != queue_ids.get(p.task) or p.task in in_place}
-        self.state.mark_prelabels_pushed(pid, [t for t in rest if t in ids], ids)
-        log.info("project %d: pushed %d pre-annotation(s) to Label Studio", pid, len(todo))
+    def wait_idle(self, pid: int | None = None, timeout: float = 60.0) -> bool:
+        """Wait until the controllers (of one project, or all) have nothing left to do."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cs = [self.controllers[pid]] if pid is not None else list(self.controllers.values())
+            if all(c.idle() for c in cs):
+                time.sleep(0.2)  # settle: a wake-up may be on its way
+                if all(c.idle() for c in cs):
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        for c in self.controllers.values():
+            c.stop()
+
+
+def project_status(state: State, pid: int, controller: ProjectController | None = None) -> dict:
+    """A project's progress as /status reports it (the controller adds what only it knows)."""
+    p = state.project(pid)
+    queue = state.queue(pid)
+    annotated = state.annotated_tasks(pid)
+    preds = state.predictions(pid)
+    queue_ids = {q.task_id for q in queue}
+    c = controller
+    out = {
+        "project": pid,
+        "phase": p["phase"],
+        "message": (c.error if c and c.error else None) or p["message"],
+        "total_tasks": p["total_tasks"],
+        "budget": p["budget"],
+        "annotated_tasks": len(annotated),
+        "annotated_from_queue": len(annotated & queue_ids),
+        "unconfirmed_claims": len(state.claims(pid)),
+        "queue": {"selected": len(queue), "pushed": sum(q.pushed is not None for q in queue)},
+        "prelabels": {
+            "done": sum(x.result is not None for x in preds.values()),
+            "failed": sum(x.result is None and x.error is not None for x in preds.values()),
+            "pushed": sum(x.result is not None and x.pushed == x.want for x in preds.values()),
+        },
+        "skipped_tasks": len(state.skipped(pid)),
+        "warnings": list(c.warnings) if c else [],
+    }
+    if c and c.run_progress:
+        out["run"] = dict(c.run_progress)
+    return out
+
+
+def exposure_warning(listen: str, basic_auth: bool) -> str | None:
+    """A warning when the backend accepts connections beyond loopback without basic auth: anyone who
+    reaches the port could post webhooks (confirmed with Label Studio before they count, but
+    Start Training cannot be confirmed) and read /status."""
+    if basic_auth or not listen:
+        return None
+    exposed = [a for a in listen.split(",") if a and not _loopback(a)]
+    if not exposed:
+        return None
+    return (f"the backend listens on {', '.join(exposed)} without basic auth: anyone who reaches it can send events "
+            "(e.g. Start Training) and read /status; set BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same in Label Studio's model settings)")
+
+
+def _loopback(address: str) -> bool:
+    """``address``: "host:port", "[v6]:port" or "unix:/path"."""
+    if address.startswith("unix:"):
+        return True
+    host = address.rsplit(":", 1)[0] if address.startswith("[") or address.count(":") == 1 else address
+    host = host.strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")

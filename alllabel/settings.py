@@ -44,6 +44,17 @@ def parse_ratios(value: str) -> tuple[float, float, float]:
     return r  # type: ignore[return-value]
 
 
+def _positive(env, name: str, default: float, zero_ok: bool = False) -> float:
+    raw = env.get(name)
+    try:
+        value = float(raw) if raw not in (None, "") else float(default)
+    except ValueError:
+        value = -1.0
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} number of seconds or tasks, got {raw!r}")
+    return value
+
+
 @dataclass
 class Settings:
     model_version: str = "alllabel"
@@ -61,7 +72,12 @@ class Settings:
     prompt_task: str | None = None
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
-    sync_interval: float = 30.0
+    sync_interval: float = 30.0  # seconds between idle checks of each project (one cheap request)
+    queue_reserve: int = 5  # next ALLabel picks kept queued beyond the budget (no random task at hand-overs)
+    push_delay: float = 2.0  # a computed pre-annotation reaches Label Studio within this many seconds
+    max_backoff: float = 30.0  # longest wait before retrying after Label Studio failed
+    llm_max_backoff: float = 600.0  # longest wait before retrying pre-annotations that failed
+    connect_wait: float = 2.5  # the first /setup of a project waits this long for its queue (LS allows 3 s)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -92,5 +108,9 @@ class Settings:
             prompt_task=env.get("ALLABEL_PROMPT_TASK") or None,
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
-            sync_interval=float(env.get("ALLABEL_SYNC_INTERVAL", 30)),
+            sync_interval=_positive(env, "ALLABEL_SYNC_INTERVAL", 30),
+            queue_reserve=int(_positive(env, "ALLABEL_QUEUE_RESERVE", 5, zero_ok=True)),
+            push_delay=_positive(env, "ALLABEL_PUSH_DELAY", 2),
+            max_backoff=_positive(env, "ALLABEL_MAX_BACKOFF", 30),
+            llm_max_backoff=_positive(env, "ALLABEL_LLM_MAX_BACKOFF", 600),
         )

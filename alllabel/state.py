@@ -1,7 +1,16 @@
-"""Durable backend state in SQLite: what was selected, what humans annotated, what was pushed.
+"""Durable backend state in SQLite: the tasks, the human annotations, our predictions.
 
 Everything the backend decides is written here before it is sent to Label Studio, so a restart
 or crash resumes where it stopped without duplicate predictions or lost tasks.
+
+Annotations only change on facts. Every change is stamped with a value of a monotonic clock
+(``State.tick``). A snapshot of Label Studio taken from clock value S may remove an annotation
+only if the annotation's last fact is older than S: an annotation a webhook reported while the
+snapshot was being fetched is never erased by it, and a deletion reported meanwhile is never
+undone by it. Webhooks themselves are *claims* (status ``claimed``) until Label Studio confirms
+them (``verified``); only verified annotations count toward the budget.
+
+The schema is versioned (``PRAGMA user_version``); ``MIGRATIONS`` upgrade older files in place.
 """
 from __future__ import annotations
 
@@ -10,53 +19,165 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from .ls_format import desired, desired_digest, digest
+
+SCHEMA_VERSION = 2
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS projects (
-    project_id   INTEGER PRIMARY KEY,
-    label_config TEXT NOT NULL,
-    phase        TEXT NOT NULL DEFAULT 'new',   -- new | planned | prelabeling | done
-    budget       INTEGER,                       -- human annotations wanted (M)
-    total_tasks  INTEGER,
-    message      TEXT,
-    updated      REAL NOT NULL
+CREATE TABLE projects (
+    project_id       INTEGER PRIMARY KEY,
+    label_config     TEXT NOT NULL,
+    phase            TEXT NOT NULL DEFAULT 'new',  -- new | planned | prelabeling | done
+    budget           INTEGER,                      -- human-annotated tasks wanted (M)
+    total_tasks      INTEGER,
+    message          TEXT,
+    updated          REAL NOT NULL,
+    applied_settings TEXT,     -- JSON: the project settings we set; NULL until we set them
+    view_id          INTEGER,  -- the Data Manager tab we created (never touched again)
+    tasks_watermark  TEXT,     -- Label Studio's updated_at of the newest task change seen
+    predictions_baseline INTEGER  -- predictions of other model versions at the last audit
 );
-CREATE TABLE IF NOT EXISTS queue (              -- the ALLabel order, position 0 first
-    project_id    INTEGER NOT NULL,
-    task_id       INTEGER NOT NULL,
-    position      INTEGER NOT NULL,
-    stage         TEXT NOT NULL,
-    score         REAL NOT NULL,
-    pushed        INTEGER NOT NULL DEFAULT 0,
-    prediction_id INTEGER,
+CREATE TABLE tasks (
+    project_id  INTEGER NOT NULL,
+    task_id     INTEGER NOT NULL,
+    text        TEXT,             -- NULL when the task cannot be used (see skip_reason)
+    skip_reason TEXT,
+    ls_updated  TEXT,             -- Label Studio's updated_at when we last read the task
     PRIMARY KEY (project_id, task_id)
 );
-CREATE TABLE IF NOT EXISTS annotations (        -- human, non-cancelled annotations
+CREATE TABLE annotations (
     project_id    INTEGER NOT NULL,
     annotation_id INTEGER NOT NULL,
     task_id       INTEGER NOT NULL,
+    status        TEXT NOT NULL,   -- claimed (never confirmed yet) | verified | deleted
+    pending       INTEGER NOT NULL DEFAULT 0,  -- a webhook claim about it is still to be checked
+    cancelled     INTEGER NOT NULL DEFAULT 0,
+    result        TEXT,            -- Label Studio result list (JSON), once verified
+    ls_updated    TEXT,            -- the annotation's updated_at: the latest one is the task's answer
+    seq           INTEGER NOT NULL,  -- clock value of the last fact about this annotation
+    checks        INTEGER NOT NULL DEFAULT 0,  -- failed verifications of a claim
     PRIMARY KEY (project_id, annotation_id)
 );
-CREATE TABLE IF NOT EXISTS prelabels (          -- one pre-annotation per task
-    project_id    INTEGER NOT NULL,
-    task_id       INTEGER NOT NULL,
-    result        TEXT,                         -- Label Studio result list (JSON), NULL on error
-    score         REAL,
-    annotator     TEXT,
-    error         TEXT,
-    pushed        INTEGER NOT NULL DEFAULT 0,
-    prediction_id INTEGER,
-    updated       REAL NOT NULL,
+CREATE TABLE predictions (      -- at most one of ours per task: queue entry and/or pre-annotation
+    project_id  INTEGER NOT NULL,
+    task_id     INTEGER NOT NULL,
+    position    INTEGER,           -- place in the ALLabel queue (NULL: not queued)
+    stage       TEXT,              -- diversity | similarity | uncertainty (queue entries)
+    result      TEXT,              -- pre-annotation (JSON result list); NULL: none yet
+    score       REAL,              -- its confidence
+    annotator   TEXT,
+    version     TEXT,              -- what produced it (model, prompt, demonstrations)
+    error       TEXT,              -- why the last pre-annotation attempt failed
+    failures    INTEGER NOT NULL DEFAULT 0,
+    want        TEXT,              -- digest of what Label Studio should hold (ls_format.desired)
+    ls_id       INTEGER,           -- the prediction's id in Label Studio, when known
+    pushed      TEXT,              -- digest of what Label Studio holds; NULL: nothing
+    pushing     TEXT,              -- digest being sent (set before the call): unsure after a crash
+    updated     REAL NOT NULL,
     PRIMARY KEY (project_id, task_id)
 );
-CREATE TABLE IF NOT EXISTS skipped (            -- tasks we cannot use, with the reason
-    project_id INTEGER NOT NULL,
-    task_id    INTEGER NOT NULL,
-    reason     TEXT NOT NULL,
-    PRIMARY KEY (project_id, task_id)
-);
+CREATE INDEX annotations_by_task ON annotations (project_id, task_id);
+CREATE TABLE clock (value INTEGER NOT NULL);
+INSERT INTO clock VALUES (0);
 """
+
+
+def _script(db: sqlite3.Connection, sql: str) -> None:
+    """Run statements inside the current transaction (``executescript`` would commit it)."""
+    for statement in sql.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """First release: queue and prelabels were twin tables; annotations had no clock."""
+    old = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for name in ("projects", "queue", "annotations", "prelabels", "skipped"):
+        if name in old:
+            db.execute(f"ALTER TABLE {name} RENAME TO v1_{name}")
+    _script(db, SCHEMA)
+    if "projects" in old:
+        db.execute(
+            "INSERT INTO projects (project_id, label_config, phase, budget, total_tasks, message, updated, applied_settings) "
+            "SELECT project_id, label_config, phase, budget, total_tasks, message, updated, "
+            # v1 set the queue settings at its first plan: record them as applied.
+            "CASE WHEN phase = 'new' THEN NULL ELSE '{\"sampling\": \"Uncertainty sampling\"}' END FROM v1_projects"
+        )
+    if "annotations" in old:
+        # Verified facts from v1; their content is read again at the first sync.
+        db.execute("INSERT INTO annotations (project_id, annotation_id, task_id, status, seq) SELECT project_id, annotation_id, task_id, 'verified', 0 FROM v1_annotations")
+    if "skipped" in old:
+        db.execute("INSERT INTO tasks (project_id, task_id, skip_reason) SELECT project_id, task_id, reason FROM v1_skipped")
+    now = time.time()
+    if "queue" in old:
+        for pid, tid, pos, stage, score, pushed, ls_id in db.execute(
+            "SELECT project_id, task_id, position, stage, score, pushed, prediction_id FROM v1_queue"
+        ).fetchall():
+            db.execute(
+                "INSERT INTO predictions (project_id, task_id, position, stage, ls_id, pushed, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (pid, tid, pos, stage, ls_id, digest([], score) if pushed else None, now),
+            )
+    if "prelabels" in old:
+        for pid, tid, result, score, annotator, error, pushed, ls_id in db.execute(
+            "SELECT project_id, task_id, result, score, annotator, error, pushed, prediction_id FROM v1_prelabels"
+        ).fetchall():
+            db.execute(
+                "INSERT INTO predictions (project_id, task_id, result, score, annotator, error, failures, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(project_id, task_id) DO UPDATE SET result = excluded.result, score = excluded.score, "
+                "annotator = excluded.annotator, error = excluded.error, failures = excluded.failures",
+                (pid, tid, result, score, annotator, error, int(error is not None), now),
+            )
+            if pushed and result is not None:
+                db.execute(
+                    "UPDATE predictions SET pushed = ?, ls_id = COALESCE(?, ls_id) WHERE project_id = ? AND task_id = ?",
+                    (digest(json.loads(result), score), ls_id, pid, tid),
+                )
+    for name in old & {"projects", "queue", "annotations", "prelabels", "skipped"}:
+        db.execute(f"DROP TABLE v1_{name}")
+    _refresh_want(db, "1 = 1", ())
+
+
+def _refresh_want(db: sqlite3.Connection, where: str, args: tuple) -> None:
+    rows = db.execute(f"SELECT project_id, task_id, result, score, position FROM predictions WHERE {where}", args).fetchall()
+    db.executemany(
+        "UPDATE predictions SET want = ? WHERE project_id = ? AND task_id = ?",
+        [(desired_digest(None if r is None else json.loads(r), sc, pos), pid, t) for pid, t, r, sc, pos in rows],
+    )
+
+
+MIGRATIONS = {1: _v1_to_v2}  # from version -> function upgrading to version + 1
+
+
+@dataclass
+class Prediction:
+    """One row of the predictions table (our single prediction for a task)."""
+
+    task_id: int
+    position: int | None
+    stage: str | None
+    result: list | None
+    score: float | None
+    annotator: str | None
+    version: str | None
+    error: str | None
+    failures: int
+    want: str | None
+    ls_id: int | None
+    pushed: str | None
+    pushing: str | None
+
+
+_PRED_COLS = "task_id, position, stage, result, score, annotator, version, error, failures, want, ls_id, pushed, pushing"
+
+
+def _prediction(row: tuple) -> Prediction:
+    values = list(row)
+    values[3] = None if values[3] is None else json.loads(values[3])
+    return Prediction(*values)
 
 
 class State:
@@ -66,8 +187,25 @@ class State:
         self.path = self.dir / "state.sqlite3"
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version == 0 and not tables:
+                _script(db, SCHEMA)
+            else:
+                version = version or 1  # the first release never set user_version
+                if version > SCHEMA_VERSION:
+                    raise RuntimeError(
+                        f"{self.path} was written by a newer alllabel (schema {version}, this one knows {SCHEMA_VERSION}): upgrade alllabel"
+                    )
+                while version < SCHEMA_VERSION:
+                    MIGRATIONS[version](db)
+                    version += 1
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _q(self, sql: str, args=()) -> list[tuple]:
         with self._lock:
@@ -76,7 +214,7 @@ class State:
     @contextlib.contextmanager
     def _transaction(self):
         with self._lock:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
                 self._db.execute("COMMIT")
@@ -88,7 +226,15 @@ class State:
         with self._transaction() as db:
             db.executemany(sql, rows)
 
+    def tick(self) -> int:
+        """The next value of the clock that orders facts about annotations."""
+        with self._transaction() as db:
+            db.execute("UPDATE clock SET value = value + 1")
+            return db.execute("SELECT value FROM clock").fetchone()[0]
+
     # --- projects ------------------------------------------------------------------------------
+    _PROJECT_FIELDS = ("project_id", "label_config", "phase", "budget", "total_tasks", "message", "applied_settings", "view_id", "tasks_watermark", "predictions_baseline")
+
     def register(self, project_id: int, label_config: str) -> None:
         self._q(
             "INSERT INTO projects (project_id, label_config, updated) VALUES (?, ?, ?) "
@@ -97,120 +243,270 @@ class State:
         )
 
     def project(self, project_id: int) -> dict | None:
-        rows = self._q("SELECT project_id, label_config, phase, budget, total_tasks, message FROM projects WHERE project_id = ?", (project_id,))
+        rows = self._q(f"SELECT {', '.join(self._PROJECT_FIELDS)} FROM projects WHERE project_id = ?", (project_id,))
         if not rows:
             return None
-        keys = ("project_id", "label_config", "phase", "budget", "total_tasks", "message")
-        return dict(zip(keys, rows[0]))
+        p = dict(zip(self._PROJECT_FIELDS, rows[0]))
+        p["applied_settings"] = json.loads(p["applied_settings"]) if p["applied_settings"] else None
+        return p
 
     def projects(self) -> list[int]:
         return [r[0] for r in self._q("SELECT project_id FROM projects ORDER BY project_id")]
 
     def update_project(self, project_id: int, **fields) -> None:
-        allowed = {"phase", "budget", "total_tasks", "message"}
+        allowed = set(self._PROJECT_FIELDS) - {"project_id", "label_config"}
         if not set(fields) <= allowed:
             raise ValueError(f"unknown project fields {set(fields) - allowed}")
+        if "applied_settings" in fields and fields["applied_settings"] is not None:
+            fields["applied_settings"] = json.dumps(fields["applied_settings"], sort_keys=True)
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._q(f"UPDATE projects SET {sets}, updated = ? WHERE project_id = ?", (*fields.values(), time.time(), project_id))
 
-    # --- queue -----------------------------------------------------------------------------------
-    def add_to_queue(self, project_id: int, entries: list[tuple[int, int, str, float]]) -> None:
-        """entries: (task_id, position, stage, score); existing tasks are left as they are."""
+    # --- tasks -----------------------------------------------------------------------------------
+    def upsert_tasks(self, project_id: int, tasks: Iterable[tuple[int, str | None, str | None, str | None]]) -> None:
+        """tasks: (task_id, text or None, skip reason or None, Label Studio's updated_at)."""
         self._many(
-            "INSERT OR IGNORE INTO queue (project_id, task_id, position, stage, score) VALUES (?, ?, ?, ?, ?)",
-            [(project_id, t, p, s, sc) for t, p, s, sc in entries],
+            "INSERT INTO tasks (project_id, task_id, text, skip_reason, ls_updated) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(project_id, task_id) DO UPDATE SET text = excluded.text, skip_reason = excluded.skip_reason, ls_updated = excluded.ls_updated",
+            [(project_id, t, text, reason, updated) for t, text, reason, updated in tasks],
         )
 
-    def queue(self, project_id: int) -> list[dict]:
-        rows = self._q("SELECT task_id, position, stage, score, pushed, prediction_id FROM queue WHERE project_id = ? ORDER BY position", (project_id,))
-        return [dict(zip(("task_id", "position", "stage", "score", "pushed", "prediction_id"), r)) for r in rows]
-
-    def mark_queue_pushed(self, project_id: int, task_ids: list[int], ids: dict[int, int] | None = None) -> None:
-        ids = ids or {}
-        self._many(
-            "UPDATE queue SET pushed = 1, prediction_id = COALESCE(?, prediction_id) WHERE project_id = ? AND task_id = ?",
-            [(ids.get(t), project_id, t) for t in task_ids],
-        )
-
-    # --- annotations -----------------------------------------------------------------------------
-    def record_annotation(self, project_id: int, annotation_id: int, task_id: int, cancelled: bool) -> None:
-        if cancelled:
-            self.delete_annotations(project_id, [annotation_id])
-        else:
-            self._q("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?)", (project_id, annotation_id, task_id))
-
-    def delete_annotations(self, project_id: int, annotation_ids: list[int]) -> None:
-        self._many("DELETE FROM annotations WHERE project_id = ? AND annotation_id = ?", [(project_id, a) for a in annotation_ids])
-
-    def replace_annotations(self, project_id: int, pairs: list[tuple[int, int]]) -> None:
-        """Make the table equal Label Studio's view: (annotation_id, task_id) pairs."""
+    def remove_tasks_except(self, project_id: int, keep: set[int]) -> list[int]:
+        """A complete task listing: tasks Label Studio no longer has are forgotten (with our rows for them)."""
+        gone = [t for t in self.task_ids(project_id) if t not in keep]
         with self._transaction() as db:
-            db.execute("DELETE FROM annotations WHERE project_id = ?", (project_id,))
-            db.executemany("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?)", [(project_id, a, t) for a, t in pairs])
+            for sql in ("DELETE FROM tasks WHERE project_id = ? AND task_id = ?", "DELETE FROM predictions WHERE project_id = ? AND task_id = ?"):
+                db.executemany(sql, [(project_id, t) for t in gone])
+        return gone
 
-    def annotated_tasks(self, project_id: int) -> set[int]:
-        return {r[0] for r in self._q("SELECT DISTINCT task_id FROM annotations WHERE project_id = ?", (project_id,))}
+    def task_ids(self, project_id: int) -> list[int]:
+        return [r[0] for r in self._q("SELECT task_id FROM tasks WHERE project_id = ? ORDER BY task_id", (project_id,))]
 
-    # --- pre-annotations -------------------------------------------------------------------------
-    def save_prelabel(self, project_id: int, task_id: int, result: list | None, score: float | None, annotator: str, error: str | None) -> None:
-        self._q(
-            "INSERT INTO prelabels (project_id, task_id, result, score, annotator, error, updated) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(project_id, task_id) DO UPDATE SET result = excluded.result, score = excluded.score, "
-            "annotator = excluded.annotator, error = excluded.error, updated = excluded.updated WHERE prelabels.pushed = 0",
-            (project_id, task_id, None if result is None else json.dumps(result, ensure_ascii=False), score, annotator, error, time.time()),
-        )
+    def usable_tasks(self, project_id: int) -> list[tuple[int, str]]:
+        """(task_id, text) of every task with usable text, by task id."""
+        return self._q("SELECT task_id, text FROM tasks WHERE project_id = ? AND text IS NOT NULL ORDER BY task_id", (project_id,))
 
-    def prelabels(self, project_id: int, task_ids: list[int] | None = None) -> dict[int, dict]:
-        """Stored pre-annotations (all, or those of ``task_ids``); ``result`` is None after an error."""
-        sql = "SELECT task_id, result, score, annotator, error, pushed, prediction_id FROM prelabels WHERE project_id = ?"
-        args: tuple = (project_id,)
-        if task_ids is not None:
-            if not task_ids:
-                return {}
-            sql += f" AND task_id IN ({','.join('?' * len(task_ids))})"
-            args += tuple(task_ids)
-        return {
-            r[0]: {"result": None if r[1] is None else json.loads(r[1]), "score": r[2], "annotator": r[3], "error": r[4], "pushed": r[5], "prediction_id": r[6]}
-            for r in self._q(sql, args)
-        }
-
-    def mark_prelabels_pushed(self, project_id: int, task_ids: list[int], ids: dict[int, int] | None = None) -> None:
-        ids = ids or {}
-        self._many(
-            "UPDATE prelabels SET pushed = 1, prediction_id = COALESCE(?, prediction_id) WHERE project_id = ? AND task_id = ?",
-            [(ids.get(t), project_id, t) for t in task_ids],
-        )
-
-    # --- skipped tasks ---------------------------------------------------------------------------
-    def set_skipped(self, project_id: int, reasons: dict[int, str]) -> None:
-        self._many("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", [(project_id, t, r) for t, r in reasons.items()])
+    def usable_task_ids(self, project_id: int) -> list[int]:
+        return [r[0] for r in self._q("SELECT task_id FROM tasks WHERE project_id = ? AND text IS NOT NULL ORDER BY task_id", (project_id,))]
 
     def skipped(self, project_id: int) -> dict[int, str]:
-        return dict(self._q("SELECT task_id, reason FROM skipped WHERE project_id = ?", (project_id,)))
+        return dict(self._q("SELECT task_id, skip_reason FROM tasks WHERE project_id = ? AND skip_reason IS NOT NULL", (project_id,)))
 
-    # --- progress --------------------------------------------------------------------------------
-    def status(self, project_id: int) -> dict | None:
-        p = self.project(project_id)
-        if p is None:
-            return None
-        q = self._q("SELECT COUNT(*), SUM(pushed) FROM queue WHERE project_id = ?", (project_id,))[0]
-        pl = self._q(
-            "SELECT COUNT(*), SUM(result IS NOT NULL), SUM(error IS NOT NULL), SUM(pushed) FROM prelabels WHERE project_id = ?", (project_id,)
-        )[0]
-        annotated = self.annotated_tasks(project_id)
-        queue_tasks = {e["task_id"] for e in self.queue(project_id)}
-        return {
-            "project": project_id,
-            "phase": p["phase"],
-            "message": p["message"],
-            "total_tasks": p["total_tasks"],
-            "budget": p["budget"],
-            "annotated_tasks": len(annotated),
-            "annotated_from_queue": len(annotated & queue_tasks),
-            "queue": {"selected": q[0], "pushed": q[1] or 0},
-            "prelabels": {"done": pl[1] or 0, "failed": pl[2] or 0, "pushed": pl[3] or 0},
-            "skipped_tasks": len(self.skipped(project_id)),
-        }
+    def task_updates(self, project_id: int) -> dict[int, str | None]:
+        return dict(self._q("SELECT task_id, ls_updated FROM tasks WHERE project_id = ?", (project_id,)))
+
+    # --- annotations: facts and claims -----------------------------------------------------------
+    def claim_annotations(self, project_id: int, claims: Iterable[tuple[int, int]]) -> None:
+        """A webhook says (annotation_id, task_id) was created or changed: check it with Label Studio."""
+        seq = self.tick()
+        self._many(
+            "INSERT INTO annotations (project_id, annotation_id, task_id, status, pending, seq) VALUES (?, ?, ?, 'claimed', 1, ?) "
+            "ON CONFLICT(project_id, annotation_id) DO UPDATE SET pending = 1, checks = 0, seq = excluded.seq",
+            [(project_id, a, t, seq) for a, t in claims],
+        )
+
+    def claim_deletions(self, project_id: int, annotation_ids: Iterable[int]) -> None:
+        """A webhook says these annotations were deleted: known ones are checked with Label Studio."""
+        seq = self.tick()
+        self._many(
+            "UPDATE annotations SET pending = 1, checks = 0, seq = ? WHERE project_id = ? AND annotation_id = ? AND status != 'deleted'",
+            [(seq, project_id, a) for a in annotation_ids],
+        )
+
+    def claims(self, project_id: int) -> list[tuple[int, int, int, str]]:
+        """(annotation_id, task_id, failed checks, status) of the claims still to check."""
+        return self._q("SELECT annotation_id, task_id, checks, status FROM annotations WHERE project_id = ? AND pending = 1 ORDER BY seq", (project_id,))
+
+    def record_annotation(self, project_id: int, annotation: dict, seq: int) -> None:
+        """A fact read from Label Studio at clock ``seq``: the annotation exists as given."""
+        self._q(
+            "INSERT INTO annotations (project_id, annotation_id, task_id, status, cancelled, result, ls_updated, seq) "
+            "VALUES (?, ?, ?, 'verified', ?, ?, ?, ?) ON CONFLICT(project_id, annotation_id) DO UPDATE SET "
+            "task_id = excluded.task_id, status = 'verified', pending = 0, cancelled = excluded.cancelled, result = excluded.result, "
+            "ls_updated = excluded.ls_updated, seq = excluded.seq, checks = 0 WHERE annotations.seq <= excluded.seq",
+            (project_id, annotation["id"], annotation["task"], int(bool(annotation.get("was_cancelled"))),
+             json.dumps(annotation.get("result") or [], ensure_ascii=False), annotation.get("updated_at"), seq),
+        )
+
+    def record_absent(self, project_id: int, annotation_ids: Iterable[int], seq: int) -> None:
+        """A fact read from Label Studio at clock ``seq``: these annotations do not exist (any more)."""
+        self._many(
+            "UPDATE annotations SET status = 'deleted', pending = 0, seq = ? WHERE project_id = ? AND annotation_id = ? AND seq <= ?",
+            [(seq, project_id, a, seq) for a in annotation_ids],
+        )
+
+    def failed_check(self, project_id: int, annotation_id: int) -> None:
+        self._q("UPDATE annotations SET checks = checks + 1 WHERE project_id = ? AND annotation_id = ?", (project_id, annotation_id))
+
+    def annotation_ids(self, project_id: int, task_ids: Iterable[int] | None = None, statuses=("claimed", "verified")) -> dict[int, tuple[int, str, int]]:
+        """annotation_id -> (task_id, status, seq), for live annotations (of some tasks)."""
+        marks = ",".join("?" * len(statuses))
+        rows = self._q(f"SELECT annotation_id, task_id, status, seq FROM annotations WHERE project_id = ? AND status IN ({marks})", (project_id, *statuses))
+        if task_ids is not None:
+            wanted = set(task_ids)
+            rows = [r for r in rows if r[1] in wanted]
+        return {a: (t, s, q) for a, t, s, q in rows}
+
+    def annotated_tasks(self, project_id: int) -> set[int]:
+        """Tasks with at least one verified, non-cancelled annotation: what the budget counts."""
+        return {r[0] for r in self._q("SELECT DISTINCT task_id FROM annotations WHERE project_id = ? AND status = 'verified' AND cancelled = 0", (project_id,))}
+
+    def annotation_count(self, project_id: int) -> tuple[int, int]:
+        """(verified non-cancelled annotations, verified cancelled ones), to compare with Label Studio's counts."""
+        row = self._q("SELECT SUM(cancelled = 0), SUM(cancelled = 1) FROM annotations WHERE project_id = ? AND status = 'verified'", (project_id,))[0]
+        return row[0] or 0, row[1] or 0
+
+    def human_results(self, project_id: int) -> dict[int, list]:
+        """Each annotated task's latest verified, non-cancelled annotation result (the demonstrations)."""
+        rows = self._q(
+            "SELECT task_id, result, ls_updated, annotation_id FROM annotations WHERE project_id = ? AND status = 'verified' AND cancelled = 0 AND result IS NOT NULL",
+            (project_id,),
+        )
+        latest: dict[int, tuple] = {}
+        for task, result, updated, aid in rows:
+            key = (updated or "", aid)
+            if task not in latest or key > latest[task][0]:
+                latest[task] = (key, result)
+        return {t: json.loads(r) for t, (_, r) in latest.items()}
+
+    def unread_annotations(self, project_id: int) -> list[int]:
+        """Verified annotations whose content we have not read (after an upgrade from v1)."""
+        return [r[0] for r in self._q("SELECT annotation_id FROM annotations WHERE project_id = ? AND status = 'verified' AND result IS NULL", (project_id,))]
+
+    # --- predictions -----------------------------------------------------------------------------
+    def predictions(self, project_id: int, task_ids: Iterable[int] | None = None) -> dict[int, Prediction]:
+        rows = self._q(f"SELECT {_PRED_COLS} FROM predictions WHERE project_id = ?", (project_id,))
+        out = {r[0]: _prediction(r) for r in rows}
+        if task_ids is not None:
+            wanted = set(task_ids)
+            out = {t: p for t, p in out.items() if t in wanted}
+        return out
+
+    def predicted_task_ids(self, project_id: int) -> set[int]:
+        """Tasks with a row of ours (queued, pre-annotated, or failed)."""
+        return {r[0] for r in self._q("SELECT task_id FROM predictions WHERE project_id = ?", (project_id,))}
+
+    def queue(self, project_id: int) -> list[Prediction]:
+        """The ALLabel order: queued tasks by position."""
+        rows = self._q(f"SELECT {_PRED_COLS} FROM predictions WHERE project_id = ? AND position IS NOT NULL ORDER BY position", (project_id,))
+        return [_prediction(r) for r in rows]
+
+    def add_to_queue(self, project_id: int, entries: list[tuple[int, int, str]]) -> None:
+        """entries: (task_id, position, stage); tasks already queued keep their place."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO predictions (project_id, task_id, position, stage, updated) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(project_id, task_id) DO UPDATE SET position = excluded.position, stage = excluded.stage, updated = excluded.updated "
+                "WHERE predictions.position IS NULL",
+                [(project_id, t, p, s, now) for t, p, s in entries],
+            )
+            self._refresh(db, project_id, [t for t, _, _ in entries])
+
+    def _refresh(self, db: sqlite3.Connection, project_id: int, task_ids: list[int]) -> None:
+        for i in range(0, len(task_ids), 500):
+            chunk = task_ids[i : i + 500]
+            _refresh_want(db, f"project_id = ? AND task_id IN ({','.join('?' * len(chunk))})", (project_id, *chunk))
+
+    def save_prelabel(self, project_id: int, task_id: int, result: list | None, score: float | None, annotator: str, version: str | None, error: str | None) -> None:
+        """A pre-annotation (or the error that prevented it). A failure keeps an earlier pre-annotation."""
+        with self._transaction() as db:
+            if result is None:
+                db.execute(
+                    "INSERT INTO predictions (project_id, task_id, annotator, error, failures, updated) VALUES (?, ?, ?, ?, 1, ?) "
+                    "ON CONFLICT(project_id, task_id) DO UPDATE SET error = excluded.error, failures = predictions.failures + 1, updated = excluded.updated",
+                    (project_id, task_id, annotator, error, time.time()),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO predictions (project_id, task_id, result, score, annotator, version, updated) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(project_id, task_id) DO UPDATE SET result = excluded.result, score = excluded.score, annotator = excluded.annotator, "
+                    "version = excluded.version, error = NULL, failures = 0, updated = excluded.updated",
+                    (project_id, task_id, json.dumps(result, ensure_ascii=False), score, annotator, version, time.time()),
+                )
+            self._refresh(db, project_id, [task_id])
+
+    _PENDING = (
+        "FROM predictions p WHERE p.project_id = ? AND p.want IS NOT NULL AND p.pushing IS NULL AND p.pushed IS NOT p.want "
+        "AND NOT EXISTS (SELECT 1 FROM annotations a WHERE a.project_id = p.project_id AND a.task_id = p.task_id "
+        "AND a.status = 'verified' AND a.cancelled = 0)"
+    )
+
+    def pending_pushes(self, project_id: int) -> dict[int, tuple[list, float, str]]:
+        """task -> (result, score, digest) Label Studio should hold but does not. Annotated tasks
+        are left alone: a human has answered them, whatever we had is moot."""
+        out = {}
+        for t, result, score, position, want in self._q(f"SELECT p.task_id, p.result, p.score, p.position, p.want {self._PENDING}", (project_id,)):
+            result, score = desired(None if result is None else json.loads(result), score, position)
+            out[t] = (result, score, want)
+        return out
+
+    def available(self, project_id: int, assume_annotated: Iterable[int] = ()) -> int:
+        """Unannotated tasks Label Studio can serve in our order: queued, or pre-annotated and held."""
+        extra = list(assume_annotated)
+        marks = ",".join("?" * len(extra)) or "NULL"
+        return self._q(
+            "SELECT COUNT(*) FROM predictions p WHERE p.project_id = ? AND (p.position IS NOT NULL OR (p.result IS NOT NULL AND p.pushed IS NOT NULL)) "
+            f"AND p.task_id NOT IN ({marks}) AND NOT EXISTS (SELECT 1 FROM annotations a WHERE a.project_id = p.project_id "
+            "AND a.task_id = p.task_id AND a.status = 'verified' AND a.cancelled = 0)",
+            (project_id, *extra),
+        )[0][0]
+
+    def next_position(self, project_id: int) -> int:
+        return (self._q("SELECT MAX(position) FROM predictions WHERE project_id = ?", (project_id,))[0][0] or -1) + 1
+
+    def pending_summary(self, project_id: int) -> tuple[int, float | None]:
+        """(number of pending pushes, time.time() of the oldest change among them)."""
+        n, oldest = self._q(f"SELECT COUNT(*), MIN(p.updated) {self._PENDING}", (project_id,))[0]
+        return n, oldest
+
+    def claim_push(self, project_id: int, wanted: dict[int, tuple[str | None, str]]) -> list[int]:
+        """Write-ahead before sending: task -> (digest we believe Label Studio holds, digest to send).
+
+        A task is claimed only if nothing changed meanwhile (no other push, no pull through
+        /predict); the claim stays set if we crash mid-call, so the next audit settles it."""
+        claimed = []
+        with self._transaction() as db:
+            for t, (held, d) in wanted.items():
+                cur = db.execute(
+                    "UPDATE predictions SET pushing = ? WHERE project_id = ? AND task_id = ? AND pushing IS NULL AND pushed IS ?",
+                    (d, project_id, t, held),
+                )
+                if cur.rowcount:
+                    claimed.append(t)
+        return claimed
+
+    def pulled(self, project_id: int, task_id: int, digest_: str) -> bool:
+        """Label Studio asked /predict for a task it holds nothing of ours for, and gets ``digest_``.
+
+        True if we may answer (nothing pushed or being pushed for it), recording it as held."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE predictions SET pushed = ? WHERE project_id = ? AND task_id = ? AND pushing IS NULL AND pushed IS NULL",
+                (digest_, project_id, task_id),
+            )
+            return cur.rowcount == 1
+
+    def finish_push(self, project_id: int, digests: dict[int, str], ls_ids: dict[int, int] | None = None) -> None:
+        """Label Studio holds these digests now (with these prediction ids, where known)."""
+        ls_ids = ls_ids or {}
+        self._many(
+            "UPDATE predictions SET pushed = ?, pushing = NULL, ls_id = COALESCE(?, ls_id) WHERE project_id = ? AND task_id = ?",
+            [(d, ls_ids.get(t), project_id, t) for t, d in digests.items()],
+        )
+
+    def set_held(self, project_id: int, held: dict[int, tuple[str | None, int | None]]) -> None:
+        """What an audit of Label Studio found: task -> (digest it holds or None, its prediction id)."""
+        self._many(
+            "UPDATE predictions SET pushed = ?, ls_id = ?, pushing = NULL WHERE project_id = ? AND task_id = ?",
+            [(d, i, project_id, t) for t, (d, i) in held.items()],
+        )
+
+    def unsure_pushes(self, project_id: int) -> int:
+        return self._q("SELECT COUNT(*) FROM predictions WHERE project_id = ? AND pushing IS NOT NULL", (project_id,))[0][0]
+
+    def pushed_count(self, project_id: int) -> int:
+        return self._q("SELECT COUNT(*) FROM predictions WHERE project_id = ? AND pushed IS NOT NULL", (project_id,))[0][0]
 
     def close(self) -> None:
         with self._lock:

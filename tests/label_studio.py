@@ -59,8 +59,9 @@ class LabelStudioServer:
         self.proc = None
 
     def start(self, timeout: float = 180) -> "LabelStudioServer":
-        shutil.copytree(ensure_template(), self.data)
-        self.log = open(self.data / "ls.log", "w")
+        if not self.data.exists():
+            shutil.copytree(ensure_template(), self.data)
+        self.log = open(self.data / "ls.log", "a")
         self.proc = subprocess.Popen(
             [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(self.port)],
             env=ls_env(self.data, self.port), stdout=self.log, stderr=subprocess.STDOUT,
@@ -77,6 +78,23 @@ class LabelStudioServer:
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"Label Studio did not answer on {self.url} within {timeout}s")
+
+    def restart(self, down: float = 0.0) -> None:
+        """Stop the server, stay down ``down`` seconds, start it again on the same port and data."""
+        self.stop()
+        time.sleep(down)
+        self.start()
+
+    def add_user(self, email: str, password: str = "annotator-pass-123") -> str:
+        """A second annotator in the organisation (through an invite link); returns their legacy token."""
+        invite = requests.get(f"{self.url}/api/invite", headers={"Authorization": f"Token {self.token}"}, timeout=10).json()["invite_url"]
+        s = requests.Session()
+        s.get(self.url + invite, timeout=10)
+        r = s.post(self.url + invite, data={"email": email, "password": password, "csrfmiddlewaretoken": s.cookies.get("csrftoken")},
+                   headers={"Referer": self.url + invite}, allow_redirects=False, timeout=10)
+        if r.status_code != 302:
+            raise RuntimeError(f"signing up {email} failed: HTTP {r.status_code}")
+        return s.get(f"{self.url}/api/current-user/token", timeout=10).json()["token"]
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -118,7 +118,7 @@ def test_status_reads_backend_state(tmp_path, capsys):
 
     s = State(tmp_path)
     s.register(3, "<View/>")
-    s.add_to_queue(3, [(10, 0, "diversity", 0.0)])
+    s.add_to_queue(3, [(10, 0, "diversity")])
     assert main(["status", "--state-dir", str(tmp_path)]) == 0
     (p,) = json.loads(capsys.readouterr().out)
     assert p["project"] == 3 and p["queue"]["selected"] == 1

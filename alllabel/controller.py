@@ -1,0 +1,554 @@
+"""One controller per Label Studio project: a thread that keeps the project where it should be.
+
+Each step, in order (see ``ProjectController.step``):
+
+1. *claims*: annotations that webhooks reported are read back from Label Studio; only what
+   Label Studio confirms moves the budget.
+2. *probe* (every ``sync_interval`` seconds, or at once after a webhook): one request for the
+   project's counts and settings. Counts that differ from the state trigger a *sync* of the
+   tasks changed since the last one (Label Studio's ``updated_at``); settings that differ from
+   what we set are reported, never overwritten.
+3. *plan*: the queue gets the ALLabel picks it needs (``planner.picks_needed``).
+4. *settings*, once at connect: Uncertainty sampling on our model version, predictions hidden
+   from annotators while they label the budget, the "ALLabel queue" tab.
+5. *budget*: once M tasks carry confirmed human annotations, the pre-annotation run starts on
+   its own thread (``_run``); predictions are shown to annotators from then on.
+6. *push*: what Label Studio should hold and does not is sent in batches (``push_batch``
+   predictions or ``push_delay`` seconds, whichever comes first), so pre-annotations appear while
+   the run goes on.
+
+Failures (Label Studio down, 5xx, a rejected key) back off up to ``max_backoff`` seconds and the
+step is simply tried again; failed pre-annotations are retried with their own backoff. Nothing
+waits for a human, and one project's long run never delays another project.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from . import ls_format, planner, reconcile
+from .annotators import LLMAnnotator, PrelabelResult, prelabel
+from .label_config import NERConfig, parse_label_config
+from .ls_client import QUEUE_VIEW_TITLE, SAMPLING, LabelStudioAPI, LabelStudioError
+from .selection import select
+from .similarity import make_similarity
+
+if TYPE_CHECKING:
+    from .orchestrator import Orchestrator
+
+log = logging.getLogger("alllabel")
+
+CLAIM_CHECKS = 3  # a claimed new annotation Label Studio does not know after this many reads is dropped
+SYNC_MARGIN = timedelta(seconds=30)  # re-read tasks changed shortly before the last one seen (late commits)
+
+
+class ProjectController:
+    def __init__(self, orch: "Orchestrator", pid: int):
+        self.orch = orch
+        self.pid = pid
+        self.state = orch.state
+        self.settings = orch.settings
+        self.planned = threading.Event()  # the queue is in Label Studio (the first /setup waits for it)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._queue_lock = threading.RLock()  # queue extensions: the controller's and the webhooks' refills
+        # What the next step must do beyond the routine (set by webhooks, start-up, failures).
+        self._probe_now = True
+        self._plan_now = False
+        self._full_sync = True
+        self._audit_needed = True
+        self._reassert = False
+        self._next_probe = 0.0
+        self._claim_retry_at = 0.0
+        # Failures and backoff.
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self.error: str | None = None
+        self._llm_retry_at = 0.0
+        self._llm_backoff = 0.0
+        # The pre-annotation run.
+        self._run_thread: threading.Thread | None = None
+        self.run_progress: dict = {}
+        self.runs_finished = 0
+        self.force_run = False  # pre-annotate now, whatever the budget says (CLI: prelabel --project)
+        self._sim_key: str | None = None
+        self._sim = None
+        self._spare: list[tuple[int, str]] = []  # next reserve picks already selected: (task id, stage)
+        self._spare_key: str | None = None
+        # What the last probe said.
+        self.warnings: list[str] = []
+        self._last_counts: dict = {}
+        self._webhooks_authorized = False
+        self._busy = False
+        self.thread = threading.Thread(target=self._loop, name=f"alllabel-project-{pid}", daemon=True)
+        self.thread.start()
+
+    # --- signals from the outside ----------------------------------------------------------------
+    def wake(self, *, probe: bool = False, full: bool = False, reassert: bool = False, audit: bool = False) -> None:
+        with self._lock:
+            self._probe_now |= probe or full or reassert
+            self._full_sync |= full
+            self._reassert |= reassert
+            self._audit_needed |= audit
+            if reassert:  # Start Training: retry now, whatever the backoff said
+                self._retry_at = self._llm_retry_at = self._claim_retry_at = 0.0
+                self._backoff = self._llm_backoff = 0.0
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def idle(self) -> bool:
+        """Nothing left to do right now (for tests and the CLI): no claims, pushes, runs or failures."""
+        if self._busy or self._probe_now or self._audit_needed or self.error or self._wake.is_set():
+            return False
+        if self._run_thread is not None and self._run_thread.is_alive():
+            return False
+        return not self.state.claims(self.pid) and self.state.pending_summary(self.pid)[0] == 0 and self.state.unsure_pushes(self.pid) == 0
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _sleep_time(self) -> float:
+        now = time.monotonic()
+        running = self._run_thread is not None and self._run_thread.is_alive()
+        due = [self._next_probe, self._retry_at]
+        if running or self._claim_retry_at:
+            due.append(now + 0.5)
+        if self._llm_retry_at:
+            due.append(self._llm_retry_at)
+        return max(0.05, min(due) - now)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._sleep_time())
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if time.monotonic() < self._retry_at:
+                continue
+            self._busy = True
+            try:
+                self.step()
+                if self.error:
+                    log.info("project %d: Label Studio answers again", self.pid)
+                self.error, self._backoff = None, 0.0
+            except Exception as e:  # noqa: BLE001 - every failure is reported and retried
+                self._backoff = min(self.settings.max_backoff, max(1.0, 2 * self._backoff))
+                self._retry_at = time.monotonic() + self._backoff
+                self._audit_needed = True  # a push may have been cut in the middle
+                if isinstance(e, LabelStudioError):
+                    msg = str(e)
+                else:
+                    msg = f"{type(e).__name__}: {e}"
+                    log.exception("project %d: step failed", self.pid)
+                self.error = f"{msg} (retrying in {self._backoff:.0f}s)"
+                log.warning("project %d: %s", self.pid, self.error)
+            finally:
+                self._busy = False
+
+    def ls(self) -> LabelStudioAPI:
+        return self.orch.ls()
+
+    # --- one step ----------------------------------------------------------------------------------
+    def step(self) -> None:
+        ls = self.ls()
+        project = self.state.project(self.pid)
+        cfg = parse_label_config(project["label_config"])
+        confirmed = self._check_claims(ls)
+        with self._lock:
+            probe = self._probe_now or time.monotonic() >= self._next_probe
+            plan = probe or confirmed or self._plan_now
+            self._probe_now = self._plan_now = False
+        if probe:
+            self._next_probe = time.monotonic() + self.settings.sync_interval
+            self._probe_and_sync(ls, cfg)
+        if plan:  # after a confirmed annotation this is all that runs: the reserve is refilled at once
+            self._plan_and_run(ls, cfg)
+        self._push(ls)
+
+    # 1. claims -----------------------------------------------------------------------------------
+    def _check_claims(self, ls: LabelStudioAPI) -> bool:
+        """Confirm what webhooks claimed; True if anything about annotations changed."""
+        if time.monotonic() < self._claim_retry_at:
+            return False
+        self._claim_retry_at = 0.0
+        confirmed = False
+        for aid, task, checks, status in self.state.claims(self.pid)[:200]:
+            seq = self.state.tick()
+            a = ls.annotation(aid)
+            if a is not None and a.get("project") not in (None, self.pid):
+                a = None  # an annotation of another project: not ours to count
+            if a is not None:
+                self.state.record_annotation(self.pid, a, seq)
+                confirmed = True
+            elif status != "claimed" or checks + 1 >= CLAIM_CHECKS:
+                # Deleted (a known annotation is gone), or never there: a claim nobody can confirm.
+                self.state.record_absent(self.pid, [aid], seq)
+                if status == "claimed":
+                    log.warning("project %d: webhook reported annotation %d on task %d, which Label Studio does not have: ignored", self.pid, aid, task)
+                confirmed = True
+            else:
+                self.state.failed_check(self.pid, aid)  # maybe not committed yet: read again shortly
+                self._claim_retry_at = time.monotonic() + 1.0
+        return confirmed
+
+    # 2. probe and sync ---------------------------------------------------------------------------
+    def _probe_and_sync(self, ls: LabelStudioAPI, cfg: NERConfig) -> None:
+        info = ls.project(self.pid)
+        if info.get("label_config") and info["label_config"] != self.state.project(self.pid)["label_config"]:
+            parse_label_config(info["label_config"])  # an unsupported new config stops here, reported
+            self.state.register(self.pid, info["label_config"])
+            cfg = parse_label_config(info["label_config"])
+            self._full_sync = True
+        self._note_settings(info)
+        if self.settings.basic_auth_user and not self._webhooks_authorized:
+            token = self.orch.basic_auth_header()
+            # LS creates the backend's webhook after the first /setup: keep trying until it exists.
+            self._webhooks_authorized = ls.authorize_webhooks(self.pid, self.settings.model_version, token) > 0
+        if self._full_sync:
+            self._sync(ls, cfg, full=True)
+            self._full_sync = False
+        elif self._counts_differ(info):
+            self._sync(ls, cfg, full=False)
+            if self._counts_differ(info):
+                log.info("project %d: counts still differ after reading the changed tasks: reading them all", self.pid)
+                self._sync(ls, cfg, full=True)
+        expected = (self.state.project(self.pid)["predictions_baseline"] or 0) + self.state.pushed_count(self.pid)
+        if info.get("total_predictions_number") is not None and info["total_predictions_number"] != expected and self.state.pushed_count(self.pid):
+            self._audit_needed = True
+
+    def _counts_differ(self, info: dict) -> bool:
+        ours = {
+            "task_number": len(self.state.task_ids(self.pid)),
+            "total_annotations_number": self.state.annotation_count(self.pid)[0],
+            "num_tasks_with_annotations": len(self.state.annotated_tasks(self.pid)),
+        }
+        return any(info.get(k) is not None and info[k] != v for k, v in ours.items())
+
+    def _sync(self, ls: LabelStudioAPI, cfg: NERConfig, *, full: bool) -> None:
+        """Read tasks (all, or those changed since the watermark) with their annotations: facts as of now."""
+        seq = self.state.tick()
+        project = self.state.project(self.pid)
+        if full:
+            tasks = ls.tasks(self.pid)
+            with_annotations = ls.tasks(self.pid, annotated=True, with_annotations=True)
+        else:
+            since = _minus(project["tasks_watermark"], SYNC_MARGIN)
+            tasks = with_annotations = ls.tasks(self.pid, updated_after=since, with_annotations=True)
+        rows, newest = [], project["tasks_watermark"]
+        for t in tasks:
+            text, reason = ls_format.task_text(t, cfg)
+            rows.append((t["id"], text, reason, t.get("updated_at")))
+            newest = _later(newest, t.get("updated_at"))
+        self.state.upsert_tasks(self.pid, rows)
+        if full:
+            gone = self.state.remove_tasks_except(self.pid, {t["id"] for t in tasks})
+            if gone:
+                log.info("project %d: %d task(s) were deleted in Label Studio", self.pid, len(gone))
+        # Annotations: those listed exist; ours on the same tasks that are not listed do not.
+        listed = {t["id"]: t.get("annotations") or [] for t in with_annotations}
+        scope = {t["id"] for t in tasks} if full else set(listed)
+        present = set()
+        for anns in listed.values():
+            for a in anns:
+                self.state.record_annotation(self.pid, {**a, "task": a.get("task") or a.get("task_id")}, seq)
+                present.add(a["id"])
+        known = self.state.annotation_ids(self.pid, scope)
+        self.state.record_absent(self.pid, [a for a in known if a not in present], seq)
+        unread = self.state.unread_annotations(self.pid)
+        for aid in unread:  # content unknown (an upgrade from v1): read it
+            a = ls.annotation(aid)
+            if a is None:
+                self.state.record_absent(self.pid, [aid], seq)
+            else:
+                self.state.record_annotation(self.pid, a, seq)
+        self.state.update_project(self.pid, tasks_watermark=newest, total_tasks=len(self.state.task_ids(self.pid)))
+        skipped = self.state.skipped(self.pid)
+        if skipped and full:
+            log.warning("project %d: %d task(s) cannot be used and are left alone: %s", self.pid, len(skipped), dict(list(skipped.items())[:5]))
+
+    def _note_settings(self, info: dict) -> None:
+        """Compare the project's settings with what we set; report differences, change nothing."""
+        applied = self.state.project(self.pid)["applied_settings"] or {}
+        warnings = []
+        for key, value in applied.items():
+            if key in info and info[key] != value:
+                warnings.append(_drift_message(key, info[key], value))
+        if warnings != self.warnings:
+            for w in warnings:
+                log.warning("project %d: %s", self.pid, w)
+        self.warnings = warnings
+
+    # 3-5. plan, settings, budget, run -------------------------------------------------------------
+    def _plan_and_run(self, ls: LabelStudioAPI, cfg: NERConfig) -> None:
+        s = self.settings
+        project = self.state.project(self.pid)
+        phase = project["phase"]
+        usable = self.state.usable_task_ids(self.pid)
+        if not usable:
+            self.state.update_project(self.pid, message="no usable tasks yet (import tasks with text)")
+            return
+        annotated = self.state.annotated_tasks(self.pid) & set(usable)
+        frozen = phase in ("prelabeling", "done")
+        budget = project["budget"] if frozen and project["budget"] else planner.budget_for(s.budget, len(usable))
+        reached = frozen or self.force_run or planner.budget_reached(len(annotated), budget)
+        preds = self.state.predictions(self.pid)
+        # What Label Studio can serve in our order now: queued tasks, and pre-annotations it holds
+        # (one computed but not pushed yet does not keep an annotator off a random task).
+        available = {t for t, p in preds.items() if t not in annotated and (p.position is not None or (p.result is not None and p.pushed is not None))}
+        untaken = [t for t in usable if t not in annotated and t not in preds]
+        for_budget, for_reserve = planner.picks_needed(
+            budget=budget, annotated=len(annotated), available=len(available), reserve=s.queue_reserve, budget_reached=reached, untaken=len(untaken))
+        with self._queue_lock:
+            taken = annotated | set(preds)
+            position = self.state.next_position(self.pid)
+            # The budget's picks: exactly ALLabel's selection for M (annotated tasks pre-chosen).
+            entries = self._add(self._select(usable, taken, for_budget), position)
+            taken |= {e.task_id for e in entries}
+            # The reserve's: the next ALLabel picks, selected ahead so that webhooks can refill the
+            # reserve at once (``refill``) while this thread selects the next ones.
+            self._top_up_spare(usable, taken, for_reserve + s.queue_reserve)
+            self._add(self._take_spare(taken, for_reserve), self.state.next_position(self.pid))
+        self.state.update_project(self.pid, budget=budget)
+        if self.state.pending_summary(self.pid)[0] or self._audit_needed:
+            self._push(ls, force=True)  # the queue reaches Label Studio before the project is switched to it
+        if project["applied_settings"] is None or self._reassert:
+            self._apply_settings(ls, phase=("prelabeling" if reached else phase))
+        if phase == "new":
+            self.state.update_project(self.pid, phase="planned", message=None)
+            phase = "planned"
+            log.info("project %d: queue of %d task(s) in Label Studio (budget %d)", self.pid, len(self.state.queue(self.pid)), budget)
+        self.planned.set()
+        if phase == "planned" and reached:
+            log.info("project %d: budget of %d human-annotated task(s) reached; pre-annotating the rest", self.pid, budget)
+            self.state.update_project(self.pid, phase="prelabeling", message=None)
+            phase = "prelabeling"
+            self._show_predictions(ls)
+        if phase in ("prelabeling", "done"):
+            self._manage_run(phase, set(usable), annotated)
+        self._reassert = False
+
+    def _select(self, usable: list[int], taken: set[int], count: int) -> list[tuple[int, str]]:
+        """The next ``count`` ALLabel picks with ``taken`` as pre-chosen: (task id, stage)."""
+        count = min(count, len(usable) - len(taken & set(usable)))
+        if count <= 0:
+            return []
+        s = self.settings
+        texts = dict(self.state.usable_tasks(self.pid))
+        sim = self._similarity(usable, [texts[t] for t in usable])
+
+        def pick(pre, n):
+            sel = select(sim, n, k=s.k, ratios=s.ratios, order=s.order, pre_chosen=pre)
+            return list(zip(sel.indices, sel.stages))
+
+        return [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
+
+    def _top_up_spare(self, usable: list[int], taken: set[int], want: int) -> None:
+        want = min(want, len(set(usable) - taken))
+        spare = [(t, st) for t, st in self._spare if t not in taken] if self._spare_key == tuple(usable) else []
+        if len(spare) < want:
+            spare = self._select(usable, taken, want)
+        self._spare, self._spare_key = spare, tuple(usable)
+
+    def _take_spare(self, taken: set[int], count: int) -> list[tuple[int, str]]:
+        ready = [(t, st) for t, st in self._spare if t not in taken]
+        picked, self._spare = ready[:count], ready[count:]
+        return picked
+
+    def _add(self, picks: list[tuple[int, str]], position: int) -> list[planner.QueueEntry]:
+        entries = [planner.QueueEntry(t, position + n, st) for n, (t, st) in enumerate(picks)]
+        if entries:
+            self.state.add_to_queue(self.pid, [(e.task_id, e.position, e.stage) for e in entries])
+            log.info("project %d: %d task(s) added to the ALLabel queue", self.pid, len(entries))
+        return entries
+
+    def refill(self, annotated_now: list[int]) -> None:
+        """Called from a webhook, inside Label Studio's request that saves an annotation: if that
+        annotation takes the reserve below its size, queue the next spare pick and push it before
+        answering, so the annotator's next task is already there. Only orders tasks; costs nothing."""
+        if self.state.project(self.pid)["phase"] == "new":
+            return
+        with self._queue_lock:
+            missing = self.settings.queue_reserve - self.state.available(self.pid, annotated_now)
+            if missing <= 0 or not self._spare:
+                return
+            taken = self.state.predicted_task_ids(self.pid) | self.state.annotated_tasks(self.pid) | set(annotated_now)
+            entries = self._add(self._take_spare(taken, missing), self.state.next_position(self.pid))
+        if entries:
+            todo = {t: v for t, v in self.state.pending_pushes(self.pid).items() if t in {e.task_id for e in entries}}
+            reconcile.push(self.state, self.ls(), self.pid, self.settings.model_version, todo, self.settings.push_batch)
+        self._plan_now = True  # select the next spares
+        self._wake.set()
+
+    def _apply_settings(self, ls: LabelStudioAPI, phase: str) -> None:
+        """The project settings the queue needs, set once (and again on Start Training only)."""
+        want = {"sampling": SAMPLING, "model_version": self.settings.model_version, "show_collab_predictions": phase in ("prelabeling", "done")}
+        ls.update_project(self.pid, **want)
+        project = self.state.project(self.pid)
+        self.state.update_project(self.pid, applied_settings=want)
+        self.warnings = []
+        if project["view_id"] is None:
+            views = ls.views(self.pid)
+            mine = next((v["id"] for v in views if (v.get("data") or {}).get("title") == QUEUE_VIEW_TITLE), None)
+            if mine is None:
+                if not views:  # Label Studio shows its default tab only when a project has no tab at all: keep it
+                    ls.create_view(self.pid, {"title": "Default"})
+                mine = ls.create_view(self.pid, {
+                    "title": QUEUE_VIEW_TITLE,
+                    "ordering": ["tasks:predictions_score"],
+                    "filters": {"conjunction": "and", "items": [
+                        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]},
+                })
+            self.state.update_project(self.pid, view_id=mine)
+        log.info("project %d: %s", self.pid, ", ".join(f"{k} = {v!r}" for k, v in want.items()))
+
+    def _show_predictions(self, ls: LabelStudioAPI) -> None:
+        """At the budget, pre-annotations become visible to annotators - unless the user chose otherwise."""
+        applied = self.state.project(self.pid)["applied_settings"] or {}
+        if applied.get("show_collab_predictions") is not False:
+            return
+        current = ls.project(self.pid).get("show_collab_predictions")
+        if current is False:
+            ls.update_project(self.pid, show_collab_predictions=True)
+            self.state.update_project(self.pid, applied_settings={**applied, "show_collab_predictions": True})
+
+    def _manage_run(self, phase: str, usable: set[int], annotated: set[int]) -> None:
+        running = self._run_thread is not None and self._run_thread.is_alive()
+        if running:
+            return
+        preds = self.state.predictions(self.pid)
+        todo = [t for t in usable if t not in annotated and (t not in preds or preds[t].result is None)]
+        retry_later = [t for t in todo if preds.get(t) and preds[t].failures and time.monotonic() < self._llm_retry_at]
+        startable = [t for t in todo if t not in set(retry_later)]
+        if startable:
+            if phase == "done":
+                self.state.update_project(self.pid, phase="prelabeling")
+            queue_positions = {t: p.position for t, p in preds.items() if p.position is not None}
+            order = planner.run_order(startable, queue_positions)
+            self._run_thread = threading.Thread(target=self._run, args=(order,), name=f"alllabel-run-{self.pid}", daemon=True)
+            self._run_thread.start()
+        elif not todo:
+            if phase != "done":
+                done = sum(p.result is not None for p in preds.values())
+                self.state.update_project(self.pid, phase="done", message=f"pre-annotated {done} task(s) with {self.orch.annotator_name()}")
+                log.info("project %d: pre-annotation complete", self.pid)
+        else:
+            wait = max(0.0, self._llm_retry_at - time.monotonic())
+            self.state.update_project(self.pid, message=f"{len(todo)} task(s) failed to pre-annotate; retrying in {wait:.0f}s ({preds[todo[0]].error})")
+
+    def _run(self, order: list[int]) -> None:
+        """The pre-annotation run (its own thread): results are saved one by one and pushed by the loop."""
+        try:
+            project = self.state.project(self.pid)
+            cfg = parse_label_config(project["label_config"])
+            texts = dict(self.state.usable_tasks(self.pid))
+            ids = sorted(texts)
+            index = {t: i for i, t in enumerate(ids)}
+            human = self.state.human_results(self.pid)
+            gold = {index[t]: ls_format.result_spans(r, cfg) for t, r in human.items() if t in index}
+            if not gold:
+                raise ValueError("no human-annotated tasks to use as demonstrations yet")
+            annotator = self.orch.annotator(cfg)
+            sim = self._similarity(ids, [texts[t] for t in ids])
+            queries = [index[t] for t in order if t in index and index[t] not in gold]
+            self.run_progress = {"total": len(queries), "done": 0, "failed": 0, "started": time.time(), "annotator": annotator.name}
+            log.info("project %d: pre-annotating %d task(s) with %s from %d demonstration(s)", self.pid, len(queries), annotator.name, len(gold))
+
+            def save(r: PrelabelResult) -> None:
+                tid = ids[r.index]
+                if r.annotation is None:
+                    self.state.save_prelabel(self.pid, tid, None, None, annotator.name, None, r.error)
+                    self.run_progress["failed"] += 1
+                else:
+                    a = r.annotation
+                    result = [ls_format.span_result(cfg, sp) for sp in a.spans]
+                    self.state.save_prelabel(self.pid, tid, result, round(a.score, 6), a.annotator, None, None)
+                self.run_progress["done"] += 1
+                self._wake.set()
+
+            concurrency = self.orch.llm_config.concurrency if isinstance(annotator, LLMAnnotator) else 1
+            prelabel([texts[t] for t in ids], gold, annotator, sim, queries=queries, k=self.settings.k, concurrency=concurrency, on_done=save)
+            failed = self.run_progress["failed"]
+        except Exception as e:  # noqa: BLE001 - reported in /status, retried with backoff
+            log.exception("project %d: pre-annotation run failed", self.pid)
+            self.state.update_project(self.pid, message=f"pre-annotation run failed: {type(e).__name__}: {e}")
+            failed = 1
+        if failed:
+            self._llm_backoff = min(self.settings.llm_max_backoff, max(5.0, 2 * self._llm_backoff))
+            self._llm_retry_at = time.monotonic() + self._llm_backoff
+            log.warning("project %d: %d pre-annotation(s) failed; retrying in %.0fs", self.pid, failed, self._llm_backoff)
+        else:
+            self._llm_backoff = 0.0
+            self._llm_retry_at = 0.0
+        self.runs_finished += 1
+        self._plan_now = True
+        self._wake.set()
+
+    def _similarity(self, ids: list[int], texts: list[str]):
+        """One similarity for planning, re-planning and pre-annotation, until the tasks change."""
+        h = hashlib.sha1()
+        for t, text in zip(ids, texts):
+            h.update(f"{t}\0{len(text)}\0".encode())
+            h.update(text.encode("utf-8", "surrogatepass"))
+        key = h.hexdigest()
+        with self._lock:
+            if self._sim_key != key:
+                self._sim = make_similarity(texts, self.settings.similarity, model=self.settings.sbert_model)
+                self._sim_key = key
+            return self._sim
+
+    # 6. push --------------------------------------------------------------------------------------
+    def _push(self, ls: LabelStudioAPI, force: bool = False) -> None:
+        mv = self.settings.model_version
+        if self._audit_needed or self.state.unsure_pushes(self.pid):
+            found = reconcile.audit(self.state, ls, self.pid, mv)
+            self.state.update_project(self.pid, predictions_baseline=found["others"])
+            self._audit_needed = False
+        n, oldest = self.state.pending_summary(self.pid)
+        if not n:
+            return
+        running = self._run_thread is not None and self._run_thread.is_alive()
+        if not force and running and n < self.settings.push_batch and time.time() - (oldest or 0) < self.settings.push_delay:
+            return  # wait for a fuller batch, but never longer than push_delay
+        sent = reconcile.push(self.state, ls, self.pid, mv, self.state.pending_pushes(self.pid), self.settings.push_batch)
+        if sent:
+            log.info("project %d: %d prediction(s) sent to Label Studio", self.pid, sent)
+
+
+def _drift_message(key: str, current, ours) -> str:
+    if key == "sampling":
+        return f"queue order off: project sampling is {current!r} (ALLabel needs {ours!r}; press Start Training to restore it)"
+    if key == "model_version":
+        return f"queue order off: the project shows predictions of model version {current!r}, not {ours!r} (press Start Training to restore it)"
+    if key == "show_collab_predictions":
+        state = "on" if current else "off"
+        return f"'Use predictions to prelabel tasks' was switched {state} in the project settings; left as the user set it"
+    return f"project setting {key} is {current!r} (ALLabel set {ours!r})"
+
+
+def _parse(ts: str | None) -> datetime | None:
+    if not ts:
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _later(a: str | None, b: str | None) -> str | None:
+    da, db = _parse(a), _parse(b)
+    if db is None:
+        return a
+    if da is None or db > da:
+        return b
+    return a
+
+
+def _minus(ts: str | None, delta: timedelta) -> str | None:
+    d = _parse(ts)
+    return None if d is None else (d - delta).isoformat().replace("+00:00", "Z")
