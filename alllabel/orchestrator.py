@@ -273,11 +273,21 @@ def project_status(state: State, pid: int, controller: ProjectController | None 
             "pushed": sum(x.result is not None and x.pushed == x.want for x in preds.values()),
         },
         "skipped_tasks": len(state.skipped(pid)),
-        "warnings": list(c.warnings) if c else [],
+        "warnings": config_warnings(p["label_config"]) + (list(c.warnings) if c else []),
     }
     if c and c.run_progress:
         out["run"] = dict(c.run_progress)
     return out
+
+
+def config_warnings(label_config: str) -> list[str]:
+    try:
+        cfg = parse_label_config(label_config)
+    except ValueError as e:
+        return [f"the labeling config cannot be pre-annotated: {e}"]
+    if not cfg.ignored:
+        return []
+    return [f"the labeling config also has {', '.join(cfg.ignored)}: ALLabel selects tasks and pre-annotates <Labels name=\"{cfg.from_name}\"> only; the rest is left to annotators"]
 
 
 def exposure_warning(listen: str, basic_auth: bool) -> str | None:

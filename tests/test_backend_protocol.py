@@ -84,6 +84,15 @@ def test_webhooks_are_claims_and_unknown_ones_ignored(tmp_path):
     assert client.post("/webhook", json={"project": {"id": 5}}).status_code == 400
 
 
+def test_labels_plus_other_controls_is_accepted_with_a_warning(tmp_path):
+    from alllabel.orchestrator import config_warnings
+
+    mixed = NER.replace("</View>", '<Choices name="quality" toName="text"><Choice value="ok"/></Choices></View>')
+    (warning,) = config_warnings(mixed)
+    assert '<Choices name="quality">' in warning and 'pre-annotates <Labels name="label"> only' in warning
+    assert config_warnings(NER) == []
+
+
 def test_exposure_warning():
     from alllabel.orchestrator import exposure_warning
 
