@@ -1,0 +1,30 @@
+"""Compiled inner loops (numba), for the parts numpy cannot do without N x N temporaries.
+
+``add_postings``: out[r, :] += sum over the terms t of query row rows[r] of
+count(t) * (weights of t in every document), walking each term's postings list. This is the
+sparse half of a BM25 row block written straight into the dense block (scipy's sparse product
+would build a CSR matrix of the same size first). All operands are integer-valued float64 and
+every partial sum stays below 2**53, so the result is exact and independent of order.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def add_postings(q_ptr, q_idx, q_val, rows, w_ptr, w_doc, w_val, out):  # pragma: no cover - compiled
+    for r in range(rows.shape[0]):
+        i = rows[r]
+        o = out[r]
+        for p in range(q_ptr[i], q_ptr[i + 1]):
+            t = q_idx[p]
+            c = q_val[p]
+            for s in range(w_ptr[t], w_ptr[t + 1]):
+                o[w_doc[s]] += c * w_val[s]
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) before threads race to do it."""
+    z = np.zeros(2, dtype=np.int32)
+    add_postings(z, z, np.zeros(1), np.zeros(1, dtype=np.int64), z, z, np.zeros(1), np.zeros((1, 1)))
