@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # A block of rows is kept near this many float64 cells (~128 MiB).
 BLOCK_CELLS = 16 * 1024 * 1024
+# Bump when a backend's values change: cached row maxima are keyed by it.
+SIMILARITY_VERSION = "bm25-1/sbert-1"
 
 
 @runtime_checkable
@@ -277,11 +279,13 @@ class SBERTSimilarity(_IntegerDotSimilarity):
 
     QUANT = 2.0**20
 
-    def __init__(self, texts: Sequence[str], *, model: str | None = None, batch_size: int = 32, embeddings=None):
+    def __init__(self, texts: Sequence[str], *, model: str | None = None, batch_size: int = 32, embeddings=None, cache=None):
+        """``embeddings``: precomputed vectors; ``cache``: an ``EmbeddingCache`` (each text embedded once)."""
         texts = _check_texts(texts)
         self.n = len(texts)
         if embeddings is None:
-            embeddings = embed_texts(texts, model=model, batch_size=batch_size)
+            embed = cache.embed if cache is not None else embed_texts
+            embeddings = embed(texts, model=model, batch_size=batch_size)
         e = np.asarray(embeddings, dtype=np.float64)
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         self.embeddings = e
@@ -322,11 +326,13 @@ def embed_texts(texts: Sequence[str], *, model: str | None = None, batch_size: i
     return _MODELS[name].encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
 
 
-def make_similarity(texts: Sequence[str], kind: str = "bm25", *, model: str | None = None) -> Similarity:
-    """Build a backend by name: ``bm25`` (default) or ``sbert``."""
+def make_similarity(texts: Sequence[str], kind: str = "bm25", *, model: str | None = None, embeddings=None) -> Similarity:
+    """Build a backend by name: ``bm25`` (default) or ``sbert`` (``embeddings``: an ``EmbeddingCache``).
+
+    To build each corpus's similarity once and share it, use ``simcache.SimilarityCache``."""
     kind = kind.lower()
     if kind == "bm25":
         return BM25Similarity(texts)
     if kind == "sbert":
-        return SBERTSimilarity(texts, model=model)
+        return SBERTSimilarity(texts, model=model, cache=embeddings)
     raise ValueError(f"unknown similarity {kind!r}; use 'bm25' or 'sbert'")
