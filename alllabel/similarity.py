@@ -229,6 +229,7 @@ class BM25Similarity(_IntegerDotSimilarity):
         self._ws_t = w[:, rare].T.tocsr()  # postings: term -> (documents, weights)
         self._ws_t.sort_indices()
         self._ws_csc = self._ws_t.tocsc()
+        self._qs_t = self._ws_rows = None
         self._rowmax = np.full(n, np.nan)
         log.debug("BM25: %d texts, %d terms (%d dense), scale 2^%d", n, len(vocab), len(dense), q)
 
@@ -244,9 +245,18 @@ class BM25Similarity(_IntegerDotSimilarity):
         return out
 
     def _raw_column(self, j: int) -> np.ndarray:
-        out = self._qd @ self._wd[j]
-        out += (self._qs @ self._ws_csc[:, [j]]).toarray().ravel()
-        return out
+        # Column j: for each rare term t of text j, its weight times every text's count of t,
+        # walking t's postings of counts (built on first use; the rows never need them).
+        if self._qs_t is None:
+            self._qs_t = self._qs.T.tocsr()
+            self._ws_rows = self._ws_csc.T.tocsr()  # text -> (terms, weights)
+        out = (self._qd @ self._wd[j])[None, :]
+        w, q = self._ws_rows, self._qs_t
+        add_postings(w.indptr, w.indices, w.data, np.array([j]), q.indptr, q.indices, q.data, out)
+        return out[0]
+
+    def __getstate__(self):  # the column postings are rebuilt where they are needed
+        return {**self.__dict__, "_qs_t": None, "_ws_rows": None}
 
     def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
         # In place (blocks are large); the same float operations for rows and columns.
