@@ -9,7 +9,6 @@ every partial sum stays below 2**53, so the result is exact and independent of o
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
@@ -23,8 +22,3 @@ def add_postings(q_ptr, q_idx, q_val, rows, w_ptr, w_doc, w_val, out):  # pragma
             for s in range(w_ptr[t], w_ptr[t + 1]):
                 o[w_doc[s]] += c * w_val[s]
 
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) before threads race to do it."""
-    z = np.zeros(2, dtype=np.int32)
-    add_postings(z, z, np.zeros(1), np.zeros(1, dtype=np.int64), z, z, np.zeros(1), np.zeros((1, 1)))

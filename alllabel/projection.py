@@ -24,10 +24,14 @@ from __future__ import annotations
 import bisect
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .spans import Span, exact_positions, is_whole_word
+
+if TYPE_CHECKING:
+    from .duplicates import Duplicates
 
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]", re.UNICODE)
 _REFINE_MAX = 4000  # characters; longer replaced stretches stay one opcode
@@ -130,7 +134,7 @@ def project_spans(source: str, spans: Sequence[dict], target: str) -> Projection
 PROJECTION_ANNOTATOR = "near-duplicate-projection"
 
 
-def project_duplicates(texts: Sequence[str], gold: dict[int, list[dict]], duplicates, queries: Sequence[int]) -> dict:
+def project_duplicates(texts: Sequence[str], gold: dict[int, list[dict]], duplicates: Duplicates, queries: Iterable[int]) -> dict:
     """Pre-annotations for the ``queries`` that have a human-annotated near-duplicate.
 
     Returns {query: PrelabelResult} (annotator ``near-duplicate-projection``, confidence source
