@@ -9,15 +9,18 @@ gives character-exact opcodes at token-level cost, so a 200,000-character text a
 Rule for each source span [s, e) (label kept):
 
 1. **Unchanged or edited inside.** If every change that touches the span lies inside it (a change
-   that only borders the span - an insertion right before or after it - does not count), the span
-   maps to [s', e'): s' is where s lands in the target, e' where e lands. The text may differ
-   inside (``Y(NO3)3·6H2O`` -> ``Tb(NO3)3·5H2O``, ``120 °C`` -> ``150 °C``): same template,
-   same role. It is kept if it is not empty and does not cut a word the source span did not cut.
+   that only borders the span - an insertion right before or after it - does not count) and at
+   least half of its characters are unchanged, the span maps to [s', e'): s' is where s lands in
+   the target, e' where e lands. The text may differ inside (``Y(NO3)3·6H2O`` ->
+   ``Tb(NO3)3·5H2O``, ``120 °C`` -> ``150 °C``): same template, same role; a span replaced as a
+   whole (``DMF`` -> ``water``) is not carried over this way. It is kept if it is not empty and
+   does not cut a word the source span did not cut.
 2. **Otherwise re-found.** A change straddles a span boundary (``ethanol`` -> ``methanol``): the
-   span's exact text is looked for in the target (whole word if the source span was one), and the
-   occurrence nearest to where the span would land is taken.
+   span's exact text is looked for in the target (whole word if the source span was one) near
+   where the span would land (within its own length plus the size of the changes touching it),
+   nearest first. Spans placed by rule 1 go first, so a re-found span never takes their place.
 3. **Otherwise dropped** (reported in ``Projection.dropped``).
-Projected spans never overlap another projected span of the same label.
+Projected spans never overlap another projected span of the same label (the later one is dropped).
 """
 from __future__ import annotations
 
@@ -95,38 +98,51 @@ def project_spans(source: str, spans: Sequence[dict], target: str) -> Projection
 
     out = Projection()
     placed: dict[str, list[tuple[int, int]]] = {}
+    exact, refind = [], []
     for sp in sorted(spans, key=lambda x: (x["start"], x["end"], x["label"])):
-        s, e, label = sp["start"], sp["end"], sp["label"]
+        s, e = sp["start"], sp["end"]
         if not 0 <= s < e <= len(source):
             out.dropped.append(dict(sp))
             continue
         whole = is_whole_word(source, s, e)
         # Changes touching the span: overlapping it, or an insertion strictly inside it.
         touching = [c for c in changes if (c[1] < e and c[2] > s) or (c[1] == c[2] and s < c[1] < e)]
-        inside = all(s <= c[1] and c[2] <= e for c in touching)
-        choice = None
-        kind = None
-        if inside:
+        kept = (e - s) - sum(min(e, c[2]) - max(s, c[1]) for c in touching)  # unchanged characters
+        if all(s <= c[1] and c[2] <= e for c in touching) and 2 * kept >= e - s:
             ns, ne = land(s, "start"), land(e, "end")
             trimmed = target[ns:ne].strip() == target[ns:ne] or source[s:e].strip() != source[s:e]
             if ns < ne and trimmed and (not whole or is_whole_word(target, ns, ne)):
-                choice, kind = (ns, ne), ("same" if target[ns:ne] == source[s:e] else "edited")
-        if choice is None:
-            want = land(s, "start")
-            value = source[s:e]
-            cands = [p for p in exact_positions(target, value) if not whole or is_whole_word(target, p, p + len(value))]
-            if cands:
-                p = min(cands, key=lambda p: (abs(p - want), p))
-                choice, kind = (p, p + len(value)), "refound"
-        if choice is not None and any(choice[0] < b and a < choice[1] for a, b in placed.get(label, [])):
-            choice = None
-        if choice is None:
-            out.dropped.append(dict(sp))
-            continue
+                exact.append((sp, (ns, ne), "same" if target[ns:ne] == source[s:e] else "edited"))
+                continue
+        refind.append((sp, whole, touching))
+
+    def place(sp, choice, kind) -> bool:
+        label = sp["label"]
+        if any(choice[0] < b and a < choice[1] for a, b in placed.get(label, [])):
+            return False
         placed.setdefault(label, []).append(choice)
         out.spans.append(Span(choice[0], choice[1], label, target[choice[0] : choice[1]]))
         out.edited += kind == "edited"
         out.refound += kind == "refound"
+        return True
+
+    for sp, choice, kind in exact:  # rule 1 first: re-found spans never take their places
+        if not place(sp, choice, kind):
+            out.dropped.append(dict(sp))
+    for sp, whole, touching in refind:
+        s, e = sp["start"], sp["end"]
+        value = source[s:e]
+        # Only near where the span would land: the changes around it plus its own length.
+        slack = len(value) + sum(max(c[2] - c[1], c[4] - c[3]) for c in touching)
+        lo, hi = land(s, "start") - slack, land(e, "end") + slack
+        want = land(s, "start")
+        cands = [p for p in exact_positions(target, value)
+                 if lo <= p and p + len(value) <= hi and (not whole or is_whole_word(target, p, p + len(value)))]
+        for p in sorted(cands, key=lambda p: (abs(p - want), p)):
+            if place(sp, (p, p + len(value)), "refound"):
+                break
+        else:
+            out.dropped.append(dict(sp))
     out.spans.sort(key=lambda x: (x.start, x.end, x.label))
     return out
 
