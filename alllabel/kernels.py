@@ -8,7 +8,15 @@ every partial sum stays below 2**53, so the result is exact and independent of o
 """
 from __future__ import annotations
 
-import numba
+import os
+import tempfile
+
+# numba caches compiled code next to this file; an installed, read-only package (the Docker image
+# runs as a non-root user) gets a cache folder under the temp dir instead of failing to import.
+if not os.access(os.path.dirname(os.path.abspath(__file__)), os.W_OK):
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(), "alllabel-numba"))
+
+import numba  # noqa: E402
 
 
 @numba.njit(nogil=True, cache=True)
