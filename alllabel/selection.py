@@ -15,6 +15,10 @@ literal, slow implementation of them):
   ranking of all other items (N if there is none). The n_U deepest queries are the weak points;
   the sumrank rule runs again with only them as queries, candidates = items outside D1, x = n_U.
 
+* Exclusions (beyond the paper; none = the paper exactly): an excluded item is removed from
+  U's columns - never a candidate, never in any ranking (so not in depth either), not in the
+  seed's mean - and stays a row (a query). Pre-chosen items are never excluded.
+
 Sums of unit fractions are compared exactly (floats first, fractions for near-ties), so
 mathematical ties really go to the smaller index.
 """
@@ -328,7 +332,6 @@ class _Engine:
 
 def _exact_depths(block: np.ndarray, rows: np.ndarray, in_d1: np.ndarray) -> np.ndarray:
     """Position of the first D1 item in each row's ranking; ``block`` has -inf where not rankable."""
-    b = len(rows)
     d1_vals = np.where(in_d1[None, :], block, -np.inf)
     best = d1_vals.max(axis=1)
     first = np.argmax(d1_vals == best[:, None], axis=1)  # smallest index among the best D1 items

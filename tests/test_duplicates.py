@@ -160,7 +160,6 @@ def test_projection_rule_edited_refound_dropped():
 
 
 def test_alignment_is_character_exact_on_long_texts():
-    rng = random.Random(1)
     words = [r["text"] for r in mof_records()[:80]]
     a = "\n".join(words)  # ~50,000 characters
     b = a[:20000] + "X" + a[20001:30000] + a[30010:]
