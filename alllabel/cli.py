@@ -19,6 +19,9 @@ from .evaluation import DEFAULT_POOL_SIZES, evaluate, score_pool, write_reports
 from .jsonl import read_jsonl, texts_of, write_jsonl
 from .llm import LLMCache, LLMClient, LLMConfig
 from .prompting import LabelSchema
+from .blocks import make_runner
+from .duplicates import DEFAULT_THRESHOLD
+from .screening import screen
 from .selection import select
 from .settings import parse_budget, parse_ratios, resolve_budget
 from .similarity import make_similarity
@@ -102,8 +105,18 @@ def cmd_select(args) -> int:
     b = parse_budget(args.budget)
     budget = b if isinstance(b, int) else resolve_budget(b, len(texts) - len(pre))  # a count above N is an error
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    exclude = None
+    if not args.paper_exact and not (args.keep_duplicates and args.keep_outliers):
+        sc = screen(texts, chosen=pre, duplicates=not args.keep_duplicates, threshold=args.duplicate_threshold, outliers=not args.keep_outliers)
+        exclude = sc.excluded
+        counts = sc.summary()
+        print(f"not offered to humans: {counts['near_duplicates']} near-duplicate(s), {counts['length_outliers']} length outlier(s)"
+              " (--paper-exact offers every task)", file=sys.stderr)
+        for i, why in sorted(sc.reasons.items()):
+            logging.getLogger("alllabel").info("task %s: %s", records[i].get("id", i), why)
     bar = Bar(not args.quiet)
-    sel = select(sim, budget, k=args.k, ratios=parse_ratios(args.ratios), order=args.order, pre_chosen=pre, method=args.method, seed=args.seed, progress=bar)
+    sel = select(sim, budget, k=args.k, ratios=parse_ratios(args.ratios), order=args.order, pre_chosen=pre, exclude=exclude,
+                 method=args.method, seed=args.seed, progress=bar, runner=make_runner(args.dask_scheduler))
     bar.close()
     out = [{**r, "id": records[r["index"]].get("id", r["index"])} for r in sel.as_records()]
     if args.output:
@@ -186,14 +199,16 @@ def cmd_evaluate(args) -> int:
     sizes = [int(x) for x in args.pool_sizes.split(",")] if args.pool_sizes else list(DEFAULT_POOL_SIZES)
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
     methods = [m.strip() for m in args.methods.split(",")]
-    runs = len(sizes) * sum(1 if m == "allabel" else args.seeds for m in methods)
+    runs = len(sizes) * sum(1 if m.startswith("allabel") else args.seeds for m in methods)
     bar = tqdm(total=runs, desc="evaluating", unit="run", disable=args.quiet)
 
     def progress(line):
         bar.update(1)
         bar.write(line)
 
-    rows = evaluate(texts, spans, labels, annotator, sim, pool_sizes=sizes, methods=methods, seeds=args.seeds, k=args.k, concurrency=concurrency, progress=progress)
+    screening = screen(texts, threshold=args.duplicate_threshold) if "allabel-screened" in methods else None
+    rows = evaluate(texts, spans, labels, annotator, sim, pool_sizes=sizes, methods=methods, seeds=args.seeds, k=args.k,
+                    concurrency=concurrency, progress=progress, screening=screening)
     bar.close()
     paths = write_reports(rows, args.out_dir, title=f"{Path(args.input).name}: {annotator.name}, k={args.k}, {args.similarity}")
     print(paths["table"].read_text(encoding="utf-8"))
@@ -276,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="allabel", choices=["allabel", "random", "coreset"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-annotated", action="store_true", help="records with 'entities' are already annotated: plan around them")
+    p.add_argument("--paper-exact", action="store_true", help="offer every task, as in the paper (no near-duplicate or length-outlier exclusion)")
+    p.add_argument("--keep-duplicates", action="store_true", help="offer near-duplicates too")
+    p.add_argument("--keep-outliers", action="store_true", help="offer tasks of extreme length too")
+    p.add_argument("--duplicate-threshold", type=float, default=DEFAULT_THRESHOLD, help="character 5-gram Jaccard at which two tasks are near-duplicates (default %(default)s)")
+    p.add_argument("--dask-scheduler", default=os.environ.get("ALLABEL_DASK_SCHEDULER") or None, help="run the scan on this Dask scheduler (tcp://host:port)")
     common(p, llm=False)
     p.set_defaults(func=cmd_select)
 
@@ -292,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("--out-dir", default="out/evaluation")
     p.add_argument("--pool-sizes", help="comma-separated (default 10,15,...,60)")
-    p.add_argument("--methods", default="allabel,random,coreset")
+    p.add_argument("--methods", default="allabel,random,coreset", help="any of allabel (paper-exact), allabel-screened (no near-duplicates/outliers offered, near-duplicates projected), random, coreset")
+    p.add_argument("--duplicate-threshold", type=float, default=DEFAULT_THRESHOLD, help="for allabel-screened (default %(default)s)")
     p.add_argument("--seeds", type=int, default=5, help="runs of the random and core-set baselines")
     common(p)
     p.set_defaults(func=cmd_evaluate)

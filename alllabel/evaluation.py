@@ -10,6 +10,11 @@ core-set with several seeds) we report:
   prediction (a true negative) scores 1. The sample's F1 is the mean over all entity types;
   the data set's, the mean over samples.
 * ``span_f1``: strict span-level micro F1 over (start, end, label) triples.
+
+Method ``allabel-screened`` is ALLabel with the screening of ``screening.py`` (no near-duplicate
+or length outlier offered to humans), and a query with a near-duplicate in the pool gets that
+annotation projected (``projection.py``) instead of the annotator's output: the backend's and
+CLI's default, next to the paper-exact ``allabel``.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .annotators import prelabel
+from .projection import project_duplicates
+from .screening import Screening, screen
 from .selection import select
 from .similarity import DenseSimilarity, Similarity, matrix
 
@@ -68,9 +75,12 @@ class Row:
     failed: int
 
 
-def score_pool(texts, gold_spans, labels, pool, annotator, sim, k, concurrency=1) -> tuple[float, float, float, float, int]:
+def score_pool(texts, gold_spans, labels, pool, annotator, sim, k, concurrency=1, duplicates=None) -> tuple[float, float, float, float, int]:
     gold = {i: gold_spans[i] for i in pool}
-    results = prelabel(texts, gold, annotator, sim, queries=range(len(texts)), k=k, concurrency=concurrency)
+    projected = project_duplicates(texts, gold, duplicates, range(len(texts))) if duplicates is not None else {}
+    rest = [q for q in range(len(texts)) if q not in projected]
+    results = prelabel(texts, gold, annotator, sim, queries=rest, k=k, concurrency=concurrency)
+    results = sorted([*results, *projected.values()], key=lambda r: r.index)
     f1s, gold_sets, pred_sets, failed = [], [], [], 0
     for r in results:
         g = gold_spans[r.index]
@@ -96,18 +106,24 @@ def evaluate(
     k: int = 3,
     concurrency: int = 1,
     progress: Callable[[str], None] | None = None,
+    screening: Screening | None = None,
 ) -> list[Row]:
     n = len(texts)
+    if "allabel-screened" in methods and screening is None:
+        screening = screen(texts)
     bad = [m for m in pool_sizes if not 1 <= m < n]
     if bad:
         raise ValueError(f"pool sizes must be between 1 and {n - 1} (the data has {n} samples): {bad}")
     dense = DenseSimilarity(matrix(sim)) if n <= 20000 else sim  # one N x N pass, reused by every run
     rows = []
     for method in methods:
-        for seed in ([None] if method == "allabel" else range(seeds)):
+        for seed in ([None] if method.startswith("allabel") else range(seeds)):
             for m in pool_sizes:
-                pool = select(dense, m, k=k, method=method, seed=seed or 0).indices
-                f1, sf1, sp, sr, failed = score_pool(texts, gold_spans, labels, pool, annotator, dense, k, concurrency)
+                screened = method == "allabel-screened"
+                pool = select(dense, m, k=k, method="allabel" if screened else method, seed=seed or 0,
+                              exclude=screening.excluded if screened else None).indices
+                dups = screening.duplicates if screened else None
+                f1, sf1, sp, sr, failed = score_pool(texts, gold_spans, labels, pool, annotator, dense, k, concurrency, dups)
                 rows.append(Row(method, seed, m, f1, sf1, sp, sr, failed))
                 if progress:
                     progress(f"{method}{'' if seed is None else f' seed {seed}'} pool {m}: F1 {100 * f1:.1f}, span F1 {100 * sf1:.1f}")

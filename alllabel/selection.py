@@ -15,6 +15,10 @@ literal, slow implementation of them):
   ranking of all other items (N if there is none). The n_U deepest queries are the weak points;
   the sumrank rule runs again with only them as queries, candidates = items outside D1, x = n_U.
 
+* Exclusions (beyond the paper; none = the paper exactly): an excluded item is removed from
+  U's columns - never a candidate, never in any ranking (so not in depth either), not in the
+  seed's mean - and stays a row (a query). Pre-chosen items are never excluded.
+
 Sums of unit fractions are compared exactly (floats first, fractions for near-ties), so
 mathematical ties really go to the smaller index.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +34,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from .similarity import DenseSimilarity, Similarity, iter_row_blocks
+from .blocks import BlockRunner, LocalRunner
+from .similarity import DenseSimilarity, Similarity, default_block_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,8 @@ def stage_sizes(budget: int, ratios: Sequence[float] = (1, 3, 1)) -> dict[str, i
     return {"diversity": n_d, "similarity": n_s, "uncertainty": n_u}
 
 
-def _validate(n: int, budget, k, pre_chosen) -> list[int]:
+def _validate(n: int, budget, k, pre_chosen, exclude) -> tuple[list[int], np.ndarray]:
+    """Checked pre-chosen indices and the mask of items that may be ranked (not excluded)."""
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
         raise ValueError(f"budget must be a whole number of tasks, got {budget!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -84,34 +91,104 @@ def _validate(n: int, budget, k, pre_chosen) -> list[int]:
         raise ValueError(f"pre-chosen indices out of range 0..{n - 1}: {bad[:5]}")
     if len(set(pre)) != len(pre):
         raise ValueError("pre-chosen indices contain duplicates")
-    free = n - len(pre)
+    rankable = np.ones(n, dtype=bool)
+    if exclude is not None:
+        ex = np.asarray(exclude)
+        if ex.dtype == np.bool_:
+            if ex.shape != (n,):
+                raise ValueError(f"exclude as a mask must have one entry per item ({n}), got shape {ex.shape}")
+            ex = np.flatnonzero(ex)
+        ex = ex.astype(np.int64, copy=False).ravel()
+        if len(ex) and (ex.min() < 0 or ex.max() >= n):
+            raise ValueError(f"excluded indices out of range 0..{n - 1}")
+        rankable[ex] = False
+        rankable[pre] = True  # an already-chosen item stays a demonstration whatever the rules say
+    free = int(rankable.sum()) - len(pre)
     if budget < 1 or budget > free:
-        raise ValueError(
-            f"budget must be between 1 and the number of selectable items ({free} of {n}"
-            f"{', the rest are already chosen' if pre else ''}), got {budget}"
-        )
-    return pre
+        extra = ", the rest are already chosen" if pre else ""
+        extra += f"{' or' if pre else ', the rest are'} excluded" if (~rankable).any() else ""
+        raise ValueError(f"budget must be between 1 and the number of selectable items ({free} of {n}{extra}), got {budget}")
+    return pre, rankable
 
 
-def _top_lists(block: np.ndarray, rows: np.ndarray, length: int) -> np.ndarray:
-    """Per row, the first ``length`` other items in ranking order (U descending, index ascending).
+_BUFFERS = threading.local()
 
-    ``block`` is modified (diagonal set to -inf).
+
+def _buffer(name: str, shape: tuple[int, int], dtype) -> np.ndarray:
+    """A per-thread scratch array, reused across blocks (fresh N-wide temporaries per block cost
+    page faults: about a fifth of the scan's CPU time was system time)."""
+    buf = getattr(_BUFFERS, name, None)
+    if buf is None or buf.shape[1] != shape[1] or buf.shape[0] < shape[0] or buf.dtype != dtype:
+        buf = np.empty(shape, dtype=dtype)
+        setattr(_BUFFERS, name, buf)
+    return buf[: shape[0]]
+
+
+def _top_lists(block: np.ndarray, width: int, full: bool, sentinel: int) -> np.ndarray:
+    """Per row, the first ``width`` items in ranking order (U descending, index ascending).
+
+    Items that must not appear (the row itself, excluded columns) are -inf in ``block``.
+    ``full``: some rows may have fewer than ``width`` rankable items; their lists end in
+    ``sentinel``. Otherwise every row has at least ``width`` finite values.
     """
     b, n = block.shape
-    block[np.arange(b), rows] = -np.inf
-    if length >= n - 1:
-        return np.argsort(-block, axis=1, kind="stable")[:, : n - 1]
-    neg = -block
-    kth = np.partition(neg, length - 1, axis=1)[:, length - 1 : length]  # -(L-th largest)
-    take = neg < kth
-    need = length - take.sum(axis=1)
-    eq = neg == kth
-    # Boundary ties: keep the smallest indices.
-    take |= eq & (np.cumsum(eq, axis=1, dtype=np.int32) <= need[:, None])
-    cols = np.nonzero(take)[1].reshape(b, length)
-    order = np.argsort(np.take_along_axis(neg, cols, axis=1), axis=1, kind="stable")
+    if full:
+        order = np.argsort(-block, axis=1, kind="stable")[:, :width]
+        order[np.isneginf(np.take_along_axis(block, order, axis=1))] = sentinel
+        return order.astype(np.int32)
+    part = _buffer("part", (b, n), np.float64)
+    np.copyto(part, block)
+    part.partition(n - width, axis=1)
+    kth = part[:, n - width : n - width + 1].copy()  # the width-th largest value of each row
+    take = np.greater_equal(block, kth, out=_buffer("take", (b, n), np.bool_))
+    count = np.count_nonzero(take, axis=1)
+    for r in np.flatnonzero(count != width):  # ties at the boundary (rare): keep the smallest indices
+        eq = np.flatnonzero(block[r] == kth[r, 0])
+        take[r, eq[width - (count[r] - len(eq)) :]] = False
+    cols = np.nonzero(take)[1].reshape(b, width)  # ascending indices per row
+    vals = np.take_along_axis(block, cols, axis=1)
+    np.negative(vals, out=vals)
+    order = np.argsort(vals, axis=1, kind="stable")  # stable: equal values keep index order
     return np.take_along_axis(cols, order, axis=1).astype(np.int32)
+
+
+def _mask_block(block: np.ndarray, idx: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """The row itself and the excluded items can never be ranked: -inf."""
+    block[np.arange(len(idx)), idx] = -np.inf
+    if len(excluded):
+        block[:, excluded] = -np.inf
+    return block
+
+
+def _row_max_of(sim, idx: np.ndarray):
+    rowmax = getattr(sim, "_rowmax", None)
+    return None if rowmax is None else rowmax[idx].copy()
+
+
+# Block functions: module level, so a Dask worker can run them on its copy of the similarity.
+def _scan_block(sim, idx, width, full, sentinel, excluded, grid):
+    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
+    # Row sums on an int64 fixed-point grid: exact, so independent of summation order and of
+    # the block size (mathematically tied means stay tied). Excluded items do not count.
+    block[np.arange(len(idx)), idx] = 0.0
+    scaled = _buffer("part", block.shape, np.float64)
+    np.multiply(block, grid, out=scaled)
+    np.rint(scaled, out=scaled)
+    rowsum = scaled.sum(axis=1, dtype=np.int64)
+    if len(excluded):
+        rowsum -= np.rint(block[:, excluded] * grid).sum(axis=1, dtype=np.int64)
+    lists = _top_lists(_mask_block(block, idx, excluded), width, full, sentinel) if width else None
+    return lists, rowsum, _row_max_of(sim, idx)
+
+
+def _ranked_block(sim, idx, width, full, sentinel, excluded):
+    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
+    return _top_lists(_mask_block(block, idx, excluded), width, full, sentinel), _row_max_of(sim, idx)
+
+
+def _depth_block(sim, idx, in_d1, excluded):
+    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
+    return _exact_depths(_mask_block(block, idx, excluded), idx, in_d1), _row_max_of(sim, idx)
 
 
 def _weights(ranks: np.ndarray, k: int) -> np.ndarray:
@@ -119,41 +196,63 @@ def _weights(ranks: np.ndarray, k: int) -> np.ndarray:
 
 
 class _Engine:
-    def __init__(self, sim: Similarity, k: int, block_rows: int | None, progress):
+    """The stages over a similarity whose columns may exclude some items (``rankable``).
+
+    Top lists hold column indices; ``n`` (the sentinel) pads a list whose row has fewer
+    rankable items than the list's width. Masks indexed by list entries have n + 1 cells.
+    """
+
+    def __init__(self, sim: Similarity, k: int, block_rows: int | None, progress, rankable: np.ndarray, runner: BlockRunner):
         self.sim, self.n, self.k = sim, sim.n, k
         self.block_rows = block_rows
         self.progress = progress or (lambda stage, done, total: None)
+        self.rankable = rankable
+        self.n_rankable = int(rankable.sum())
+        self.excluded = np.flatnonzero(~rankable)
+        self.runner = runner
         self.lists: np.ndarray | None = None
         self.rowsum: np.ndarray | None = None
+
+    def _ext(self, mask: np.ndarray) -> np.ndarray:
+        return np.append(mask, False)  # the sentinel is never a candidate or a D1 item
+
+    def _map(self, fn, rows: np.ndarray, *args):
+        step = self.block_rows or default_block_rows(self.n)
+        blocks = [rows[s : s + step] for s in range(0, len(rows), step)]
+        for idx, (*result, rowmax) in self.runner.map(fn, self.sim, blocks, *args):
+            if rowmax is not None:  # computed on a Dask worker: keep it here too
+                self.sim._rowmax[idx] = rowmax
+            yield idx, result
+
+    def _width(self, length: int) -> tuple[int, bool]:
+        width = max(0, min(length, self.n_rankable))
+        return width, width >= self.n_rankable - 1
 
     # --- one pass over all rows -------------------------------------------------------------
     def scan(self, length: int) -> None:
         n = self.n
-        length = max(1, min(n - 1, length)) if n > 1 else 0
-        self.lists = np.empty((n, length), dtype=np.int32)
+        width, full = self._width(max(1, length) if n > 1 else 0)
+        self.lists = np.empty((n, width), dtype=np.int32)
         self.rowsum = np.empty(n, dtype=np.int64)
-        # Row sums are accumulated as int64 on a fixed-point grid: exact, so independent of the
-        # summation order (mathematically tied means stay tied).
         bound = max(float(getattr(self.sim, "bound", 1.0)), 1e-300) * n
         grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
         done = 0
-        for idx, block in iter_row_blocks(self.sim, block_rows=self.block_rows):
-            block[np.arange(len(idx)), idx] = 0.0
-            self.rowsum[idx] = np.rint(block * grid).astype(np.int64).sum(axis=1)
-            if length:
-                self.lists[idx] = _top_lists(block, idx, length)
+        for idx, (lists, rowsum) in self._map(_scan_block, np.arange(n), width, full, n, self.excluded, grid):
+            self.rowsum[idx] = rowsum
+            if lists is not None:
+                self.lists[idx] = lists
             done += len(idx)
             self.progress("scan", done, n)
 
     def ranked(self, rows: np.ndarray, length: int) -> np.ndarray:
         """Top lists for ``rows`` (from the scan when long enough, else recomputed)."""
-        length = min(self.n - 1, length)
-        if self.lists is not None and self.lists.shape[1] >= length:
-            return self.lists[rows, :length]
-        out = np.empty((len(rows), length), dtype=np.int32)
+        width, full = self._width(length)
+        if self.lists is not None and self.lists.shape[1] >= width:
+            return self.lists[rows, :width]
+        out = np.empty((len(rows), width), dtype=np.int32)
         pos = 0
-        for idx, block in iter_row_blocks(self.sim, rows, self.block_rows):
-            out[pos : pos + len(idx)] = _top_lists(block, idx, length)
+        for idx, (lists,) in self._map(_ranked_block, np.asarray(rows), width, full, self.n, self.excluded):
+            out[pos : pos + len(idx)] = lists
             pos += len(idx)
         return out
 
@@ -163,14 +262,14 @@ class _Engine:
         if count <= 0:
             return []
         picked: list[int] = []
-        taken = np.zeros(self.n, dtype=bool)
+        taken = ~self.rankable.copy()
         taken[chosen] = True
         maxsim = np.full(self.n, -np.inf)
         for j in chosen:
             np.maximum(maxsim, self.sim.column(j), out=maxsim)
         if not chosen:
-            if seed_item is None:
-                seed_item = int(np.argmin(self.rowsum))  # lowest mean similarity; first on ties
+            if seed_item is None:  # lowest mean similarity; first on ties
+                seed_item = int(np.argmin(np.where(taken, np.iinfo(np.int64).max, self.rowsum)))
             picked.append(seed_item)
             taken[seed_item] = True
             np.maximum(maxsim, self.sim.column(seed_item), out=maxsim)
@@ -187,13 +286,15 @@ class _Engine:
         if count <= 0:
             return []
         k, depth = self.k, max(self.k, x)
-        need = depth + int((~candidate).sum())  # enough list entries to see `depth` candidates
+        # Enough list entries to see `depth` candidates: the others in a list are chosen items.
+        need = depth + int((self.rankable & ~candidate).sum())
+        cand = self._ext(candidate)
         items_all, ranks_all = [], []
         step = max(1, (self.block_rows or 4096))
         for start in range(0, len(queries), step):
             q = queries[start : start + step]
             lists = self.ranked(q, need)
-            is_cand = candidate[lists]
+            is_cand = cand[lists]
             ranks = np.cumsum(is_cand, axis=1, dtype=np.int32)
             keep = is_cand & (ranks <= depth)
             items_all.append(lists[keep])
@@ -211,27 +312,27 @@ class _Engine:
         in_d1[d1] = True
         depth = np.full(n, n, dtype=np.int64)  # "no D1 item other than a" ranks after everything
         unknown = np.zeros(n, dtype=bool)
-        if self.lists.shape[1]:
-            hit = in_d1[self.lists]
+        width = self.lists.shape[1]
+        if width:
+            hit = self._ext(in_d1)[self.lists]
             found = hit.any(axis=1)
             depth[found] = hit.argmax(axis=1)[found] + 1
             has_other = in_d1.sum() - in_d1 > 0  # a D1 item other than a exists
-            unknown = ~found & has_other & (self.lists.shape[1] < n - 1)
+            complete = width >= self.n_rankable - self.rankable  # the list holds the whole ranking
+            unknown = ~found & has_other & ~complete
         rows = np.flatnonzero(unknown)
         if len(rows) + int((depth == n).sum()) > count:  # only then does their exact depth matter
-            for idx, block in iter_row_blocks(self.sim, rows, self.block_rows):
-                depth[idx] = _exact_depths(block, idx, in_d1)
+            for idx, (d,) in self._map(_depth_block, rows, in_d1, self.excluded):
+                depth[idx] = d
         else:
             depth[rows] = n  # all of them are weak points anyway
         weak = np.lexsort((np.arange(n), -depth))[:count]
-        return self.sumrank_pick(np.sort(weak), ~in_d1, count, count)
+        return self.sumrank_pick(np.sort(weak), ~in_d1 & self.rankable, count, count)
 
 
 def _exact_depths(block: np.ndarray, rows: np.ndarray, in_d1: np.ndarray) -> np.ndarray:
-    b = len(rows)
-    block[np.arange(b), rows] = -np.inf
+    """Position of the first D1 item in each row's ranking; ``block`` has -inf where not rankable."""
     d1_vals = np.where(in_d1[None, :], block, -np.inf)
-    d1_vals[np.arange(b), rows] = -np.inf
     best = d1_vals.max(axis=1)
     first = np.argmax(d1_vals == best[:, None], axis=1)  # smallest index among the best D1 items
     before = (block > best[:, None]).sum(axis=1)
@@ -286,9 +387,11 @@ def select(
     *,
     order: str = "DSU",
     pre_chosen: Iterable[int] = (),
+    exclude: Iterable[int] | np.ndarray | None = None,
     method: str = "allabel",
     seed: int = 0,
     block_rows: int | None = None,
+    runner: BlockRunner | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Selection:
     """Choose ``budget`` items for human annotation, in queue order.
@@ -298,10 +401,16 @@ def select(
     ablations ``SDU``/``SUD``). ``pre_chosen`` are already-annotated items: they are never
     returned, seed the core-set and count as D1. ``method`` ``random`` (seeded) and
     ``coreset`` (cold-start core-set, seeded) are the paper's baselines.
+
+    ``exclude`` (indices or a boolean mask; ``None`` = the paper exactly) are items that must
+    not be offered to humans: near-duplicates, length outliers (see ``screening.screen``).
+    They are removed from U's columns - never picked, never ranked as a demonstration, not in
+    the core-set's mean - but stay queries (rows): the selection still serves them.
+    ``runner`` runs the row scan (default: threads here; ``blocks.DaskRunner`` for a cluster).
     """
     sim = _as_similarity(similarity)
     n = sim.n
-    pre = _validate(n, budget, k, pre_chosen)
+    pre, rankable = _validate(n, budget, k, pre_chosen, exclude)
     budget, k = int(budget), int(k)
     key = str(order).upper().replace("-", "")
     if key not in STAGE_ORDERS:
@@ -309,14 +418,21 @@ def select(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     rng = np.random.default_rng(seed)
-    engine = _Engine(sim, k, block_rows, progress)
+    engine = _Engine(sim, k, block_rows, progress, rankable, runner or LocalRunner())
+    try:
+        return _run(engine, method, key, pre, budget, k, ratios, rng)
+    finally:
+        _BUFFERS.__dict__.clear()  # scratch blocks of this thread; the pool's die with it
 
+
+def _run(engine: _Engine, method: str, key: str, pre: list[int], budget: int, k: int, ratios, rng) -> Selection:
+    n = engine.n
+    free = np.flatnonzero(engine.rankable)
+    free = np.setdiff1d(free, pre)
     if method == "random":
-        free = np.setdiff1d(np.arange(n), pre)
         picked = rng.permutation(free)[:budget].tolist()
         return Selection(picked, ["random"] * budget, {"random": budget})
     if method == "coreset":
-        free = np.setdiff1d(np.arange(n), pre)
         seed_item = None if pre else int(rng.choice(free))
         picked = engine.diversity(pre, budget, seed_item=seed_item)
         return Selection(picked, ["diversity"] * budget, {"diversity": budget})
@@ -334,7 +450,7 @@ def select(
         if letter == "D":
             picked = engine.diversity(chosen, count)
         elif letter == "S":
-            candidate = np.ones(n, dtype=bool)
+            candidate = engine.rankable.copy()
             candidate[chosen] = False
             picked = engine.sumrank_pick(np.arange(n), candidate, count, count)
         else:

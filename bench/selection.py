@@ -1,7 +1,8 @@
 """Selection speed and memory at scale (BM25, budget M).
 
 Prints one line per size: N, M, seconds (similarity build + selection), peak MiB of the process
-that ran it. At sizes up to --naive-max it also runs the naive path in the same process - rank-bm25
+that ran it, the 1-minute load average before and after (the machine may be shared), and a
+fingerprint of the picks (SHA-1 of the queue with its stages) to compare implementations. At sizes up to --naive-max it also runs the naive path in the same process - rank-bm25
 scoring every query one by one into a dense N x N matrix, then select() on that matrix - and
 prints the time ratio naive / ours and whether both chose the same tasks.
 
@@ -9,7 +10,9 @@ prints the time ratio naive / ours and whether both chose the same tasks.
     .venv/bin/python bench/selection.py --sizes 2000 --naive-max 2000
 """
 import argparse
+import hashlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -27,10 +30,19 @@ from bench.corpus import corpus  # noqa: E402
 
 
 def ours(n: int, m: int) -> tuple[float, list[int]]:
+    secs, sel = ours_full(n, m)
+    return secs, sel.indices
+
+
+def ours_full(n: int, m: int):
     texts = corpus(n)
     t = time.perf_counter()
     sel = select(BM25Similarity(texts), m)
-    return time.perf_counter() - t, sel.indices
+    return time.perf_counter() - t, sel
+
+
+def fingerprint(sel) -> str:
+    return hashlib.sha1(json.dumps([sel.indices, sel.stages]).encode()).hexdigest()[:12]
 
 
 def naive(n: int, m: int) -> tuple[float, list[int]]:
@@ -60,10 +72,12 @@ def main() -> None:
     a = ap.parse_args()
     if a.one:
         m = min(a.budget, max(1, a.one // 20))
-        secs, idx = ours(a.one, m)
-        print(json.dumps({"n": a.one, "m": m, "seconds": secs, "peak_mib": peak_mib(), "head": idx[:5]}))
+        load = os.getloadavg()[0]
+        secs, sel = ours_full(a.one, m)
+        print(json.dumps({"n": a.one, "m": m, "seconds": secs, "peak_mib": peak_mib(), "head": sel.indices[:5],
+                          "picks": fingerprint(sel), "load": [load, os.getloadavg()[0]]}))
         return
-    print(f"{'N':>7} {'M':>5} {'seconds':>8} {'peak MiB':>9}  naive")
+    print(f"{'N':>7} {'M':>5} {'seconds':>8} {'peak MiB':>9} {'load':>9} {'picks':>12}  naive")
     for n in a.sizes:
         # Each size in a fresh process, so its peak memory is its own.
         out = subprocess.run([sys.executable, __file__, "--one", str(n), "--budget", str(a.budget)],
@@ -74,7 +88,8 @@ def main() -> None:
             t_ours, idx_ours = ours(n, r["m"])
             t_naive, idx_naive = naive(n, r["m"])
             extra = f"{t_naive:.1f}s = {t_naive / t_ours:.0f}x ours ({t_ours:.2f}s in this process), same tasks: {idx_naive == idx_ours}"
-        print(f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f}  {extra}", flush=True)
+        load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
+        print(f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f} {load:>9} {r['picks']:>12}  {extra}", flush=True)
 
 
 if __name__ == "__main__":

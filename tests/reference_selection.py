@@ -1,6 +1,10 @@
 """A literal, slow implementation of the selection rules, written independently of alllabel.
 
 Pure Python, exact arithmetic (fractions) for means and sumranks, no shortcuts.
+
+Exclusions (``exclude``, beyond the paper): excluded items are taken out of U's columns - they
+are never candidates, never in a ranking, not in the core-set's means - and stay queries.
+With ``exclude=()`` every function is the paper's rule unchanged.
 """
 from fractions import Fraction
 from math import floor
@@ -19,16 +23,17 @@ def ranking(U, a, allowed):
     return sorted((j for j in allowed if j != a), key=lambda j: (-U[a][j], j))
 
 
-def diversity(U, chosen, count):
+def diversity(U, chosen, count, exclude=()):
     n = len(U)
+    cols = [j for j in range(n) if j not in exclude]
     picked = []
     if not chosen:
-        means = [sum(Fraction(U[i][j]) for j in range(n) if j != i) / (n - 1) if n > 1 else 0 for i in range(n)]
-        seed = min(range(n), key=lambda i: (means[i], i))
+        means = {i: sum(Fraction(U[i][j]) for j in cols if j != i) / (len(cols) - 1) if len(cols) > 1 else 0 for i in cols}
+        seed = min(cols, key=lambda i: (means[i], i))
         picked.append(seed)
     while len(picked) < count:
         sel = list(chosen) + picked
-        rest = [i for i in range(n) if i not in sel]
+        rest = [i for i in cols if i not in sel]
         picked.append(min(rest, key=lambda i: (max(U[i][j] for j in sel), i)))
     return picked[:count]
 
@@ -44,33 +49,34 @@ def sumrank(U, queries, candidates, k, x, count):
     return sorted(candidates, key=lambda b: (-score[b], b))[:count]
 
 
-def weak_points(U, d1, count):
+def weak_points(U, d1, count, exclude=()):
     n = len(U)
     depth = {}
     for a in range(n):
-        order = ranking(U, a, range(n))
+        order = ranking(U, a, [j for j in range(n) if j not in exclude])
         pos = [p for p, j in enumerate(order, start=1) if j in d1]
         depth[a] = pos[0] if pos else n
     return sorted(range(n), key=lambda a: (-depth[a], a))[:count]
 
 
-def select(U, m, k=3, ratios=(1, 3, 1), order="DSU", pre=()):
+def select(U, m, k=3, ratios=(1, 3, 1), order="DSU", pre=(), exclude=()):
     n = len(U)
+    exclude = set(exclude) - set(pre)
     n_d, n_s, n_u = sizes(m, ratios)
     chosen = list(pre)
     out, stages = [], []
     for stage in order:
         if stage == "D":
-            got, name = diversity(U, chosen, n_d), "diversity"
+            got, name = diversity(U, chosen, n_d, exclude), "diversity"
         elif stage == "S":
-            cands = [b for b in range(n) if b not in chosen]
+            cands = [b for b in range(n) if b not in chosen and b not in exclude]
             got, name = (sumrank(U, range(n), cands, k, n_s, n_s) if n_s else []), "similarity"
         else:
             name = "uncertainty"
             got = []
             if n_u:
-                weak = weak_points(U, set(chosen), n_u)
-                cands = [b for b in range(n) if b not in chosen]
+                weak = weak_points(U, set(chosen), n_u, exclude)
+                cands = [b for b in range(n) if b not in chosen and b not in exclude]
                 got = sumrank(U, weak, cands, k, n_u, n_u)
         chosen += got
         out += got

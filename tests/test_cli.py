@@ -123,3 +123,33 @@ def test_status_reads_backend_state(tmp_path, capsys):
     (p,) = json.loads(capsys.readouterr().out)
     assert p["project"] == 3 and p["queue"]["selected"] == 1
     assert main(["status", "--state-dir", str(tmp_path / "none")]) == 2
+
+
+def test_select_skips_duplicates_and_outliers_unless_paper_exact(tmp_path, capsys):
+    recs = [{"id": r["id"], "text": r["text"]} for r in mof_records()[:60]]
+    recs += [{"id": f"copy-{r['id']}", "text": r["text"].replace(" ", "  ", 1) + "."} for r in recs[:20]]
+    recs.append({"id": "huge", "text": " ".join(r["text"] for r in mof_records()[:300])})
+    path = tmp_path / "tasks.jsonl"
+    write_jsonl(path, recs)
+
+    def queue(*flags):
+        out = tmp_path / "sel.jsonl"
+        assert main(["select", str(path), "--budget", "15", "-o", str(out), "--quiet", *flags]) == 0
+        return [r["id"] for r in read_jsonl(out)], capsys.readouterr().err
+
+    ids, err = queue()
+    assert "23 near-duplicate(s), 1 length outlier(s)" in err  # the 20 copies and 3 of MOF's own (tasks 53-56)
+    assert "huge" not in ids and not any(i.startswith("copy-") for i in ids)
+    paper, _ = queue("--paper-exact")
+    assert "huge" in paper  # the core-set's first pick
+    kept, _ = queue("--keep-outliers")
+    assert "huge" in kept and not any(i.startswith("copy-") for i in kept)
+
+
+def test_evaluate_compares_screened_with_paper_exact(data, tmp_path, capsys):
+    path, _ = data
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(path), "--annotator", "projection", "--pool-sizes", "5,10", "--methods", "allabel,allabel-screened",
+                 "--out-dir", str(out), "--quiet"]) == 0
+    table = (out / "table.md").read_text()
+    assert "| allabel |" in table and "| allabel-screened |" in table

@@ -138,3 +138,58 @@ def test_truncated_rank_lists_match_reference(m, decimals):
     U = np.round(np.random.default_rng(m + decimals).random((150, 150)), decimals)
     sel = select(U, m, block_rows=32)
     assert (sel.indices, sel.stages) == ref.select(U.tolist(), m)
+
+
+# --- exclusions (near-duplicates, outliers): the reference's extended rules ---------------------
+@given(problems(), st.data(), st.sampled_from(["DSU", "SDU", "SUD"]))
+def test_matches_reference_with_exclusions(p, data, order):
+    U, m, k = p
+    n = len(U)
+    pre = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n - 1))
+    exclude = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
+    free = n - len(set(pre) | set(exclude))
+    if free < 1:
+        return
+    m = min(m, free)
+    sel = select(U, budget=m, k=k, order=order, pre_chosen=pre, exclude=exclude)
+    assert (sel.indices, sel.stages) == ref.select(U.tolist(), m, k, order=order, pre=pre, exclude=exclude)
+    assert not set(sel.indices) & (set(exclude) | set(pre))
+    mask = np.zeros(n, dtype=bool)
+    mask[exclude] = True
+    assert select(U, budget=m, k=k, order=order, pre_chosen=pre, exclude=mask).indices == sel.indices
+
+
+def test_empty_exclusion_is_the_paper():
+    U = np.round(np.random.default_rng(7).random((40, 40)), 1)
+    assert select(U, 12, exclude=[]).indices == select(U, 12).indices == ref.select(U.tolist(), 12)[0]
+
+
+@pytest.mark.parametrize("m, decimals", [(6, 1), (15, 2)])
+def test_truncated_rank_lists_with_exclusions_match_reference(m, decimals):
+    rng = np.random.default_rng(m * decimals)
+    U = np.round(rng.random((150, 150)), decimals)
+    exclude = rng.choice(150, size=40, replace=False).tolist()
+    pre = [i for i in range(150) if i not in exclude][:3]
+    whole = ref.select(U.tolist(), m, pre=pre, exclude=exclude)
+    for rows in (32, 150):
+        sel = select(U, m, block_rows=rows, pre_chosen=pre, exclude=exclude)
+        assert (sel.indices, sel.stages) == whole
+
+
+def test_threads_and_blocks_give_the_same_picks():
+    from alllabel.blocks import LocalRunner
+
+    U = np.round(np.random.default_rng(11).random((300, 300)), 2)
+    base = select(U, 30, runner=LocalRunner(1))
+    for rows, workers in ((7, 2), (64, 3), (300, 2)):
+        assert select(U, 30, block_rows=rows, runner=LocalRunner(workers)).indices == base.indices
+
+
+def test_exclusion_errors_are_explained():
+    U = np.zeros((4, 4))
+    with pytest.raises(ValueError, match=r"selectable items \(1 of 4, the rest are excluded"):
+        select(U, 2, exclude=[0, 1, 2])
+    with pytest.raises(ValueError, match="one entry per item"):
+        select(U, 1, exclude=np.zeros(3, dtype=bool))
+    with pytest.raises(ValueError, match="out of range"):
+        select(U, 1, exclude=[4])
