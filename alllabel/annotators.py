@@ -28,6 +28,7 @@ of the demonstrations shown; ``stale_reasons`` compares a stored version with ``
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 PROJECTION_NAME = "projection-offline"
 __all__ = [
     "Demo", "PreAnnotation", "PrelabelResult", "PrelabelResults", "RunEstimate", "LLMAnnotator", "ProjectionAnnotator",
-    "build_demos", "current_versions", "estimate_run", "example_from_spans", "prelabel", "stale_reasons", "unlabeled",
+    "RunPlan", "build_demos", "current_versions", "estimate_run", "example_from_spans", "plan_run", "prelabel", "stale_reasons", "unlabeled",
 ]
 
 
@@ -200,7 +201,8 @@ class LLMAnnotator:
             # A malformed reply raises ReplyError and is not cached.
             c = self.client.complete(w.messages, validate=parse_entities, schema=self.response_schema, cache_only=cache_only)
             piece = text[w.start : w.end]
-            aligned = align_entities(piece, parse_entities(c.text), self.schema.labels)
+            entities = c.parsed if c.parsed is not None else parse_entities(c.text)
+            aligned = align_entities(piece, entities, self.schema.labels)
             window_spans, reply, src = self._score(c, aligned.spans, demos)
             spans.extend(Span(s.start + w.start, s.end + w.start, s.label, s.text, s.score) for s in window_spans)
             replies.append(reply)
@@ -231,11 +233,12 @@ class LLMAnnotator:
 def _span_logprob_scores(reply: str, logprobs: list[tuple[str, float]], spans: list[Span], fallback: float) -> list[Span]:
     """Each span's exp(mean logprob) over the reply tokens that spell its text (first unused place);
     ``fallback`` (the reply's score) where the tokens cannot be matched."""
-    offsets, pos = [], 0
-    for token, _ in logprobs:
-        offsets.append((pos, pos + len(token)))
+    tokens = [t for t, _ in logprobs]
+    starts, pos = [], 0
+    for token in tokens:
+        starts.append(pos)
         pos += len(token)
-    if "".join(t for t, _ in logprobs) != reply:
+    if pos != len(reply) or "".join(tokens) != reply:
         return [replace(s, score=round(fallback, 6)) for s in spans]  # tokens do not spell the reply (some servers)
     out, cursor = [], 0
     for s in spans:
@@ -243,10 +246,14 @@ def _span_logprob_scores(reply: str, logprobs: list[tuple[str, float]], spans: l
         at = reply.find(needle, cursor)
         if at < 0:
             at = reply.find(needle)
-        lps = [] if at < 0 else [lp for (a, b), (_, lp) in zip(offsets, logprobs) if a < at + len(needle) and b > at]
-        if at >= 0:
-            cursor = at + len(needle)
-        out.append(replace(s, score=round(math.exp(sum(lps) / len(lps)) if lps else fallback, 6)))
+        if at < 0 or not needle:
+            out.append(replace(s, score=round(fallback, 6)))
+            continue
+        cursor = at + len(needle)
+        # Tokens overlapping [at, at + len(needle)): from the one holding ``at`` on.
+        first, last = bisect.bisect_right(starts, at) - 1, bisect.bisect_left(starts, at + len(needle))
+        lps = [lp for _, lp in logprobs[first:last]]
+        out.append(replace(s, score=round(math.exp(sum(lps) / len(lps)), 6)))
     return out
 
 
@@ -293,6 +300,29 @@ def build_demos(texts: Sequence[str], gold: dict[int, list[dict]], sim: Similari
     return [[Demo(example(d.index), d.similarity, d.index) for d in row] for row in found]
 
 
+@dataclass
+class RunPlan:
+    """What a bulk run will send: each query's demonstrations and (for the LLM) its prompts.
+
+    Made once by ``plan_run`` and shared by ``estimate_run`` and ``prelabel`` (no LLM call)."""
+
+    queries: list[int]
+    demos: list[list[Demo]]
+    plans: list[TaskPlan | None]
+
+
+def plan_run(
+    texts: Sequence[str], gold: dict[int, list[dict]], annotator, sim: Similarity, *, queries: Sequence[int] | None = None, k: int = 3
+) -> RunPlan:
+    if not gold:
+        raise ValueError("no annotated tasks to learn from: annotate some tasks first (or lower the budget)")
+    queries = unlabeled(texts, gold) if queries is None else list(queries)
+    demos = build_demos(texts, gold, sim, queries, k)
+    if isinstance(annotator, LLMAnnotator):
+        return RunPlan(queries, demos, [annotator.plan(texts[i], d) for i, d in zip(queries, demos)])
+    return RunPlan(queries, demos, [None] * len(queries))
+
+
 def _worst_case(annotator: LLMAnnotator, plan: TaskPlan, batch: bool) -> float:
     """US$ a task can cost at most: its prompts as counted, plus max_tokens of reply each; a
     cached window counts at what it cost when bought."""
@@ -324,6 +354,7 @@ def prelabel(
     min_span_score: float | None = None,
     run_key: str | None = None,
     batch_wait: float | None = None,
+    run: RunPlan | None = None,
 ) -> PrelabelResults:
     """Pre-annotate ``queries`` (default: every task without gold spans) from the annotated ones.
 
@@ -335,14 +366,12 @@ def prelabel(
     toward it. ``min_span_score``: drop weaker spans (``apply_min_span_score``). With
     ``ALLABEL_LLM_BATCH`` the LLM's answers come through the Batch API (``alllabel.batch``),
     bookkept under ``run_key``; ``batch_wait`` seconds of polling at most (None: until done), the
-    tasks whose batch is still running come back held.
+    tasks whose batch is still running come back held. ``run``: the ``plan_run`` of these same
+    arguments, if the caller made one already (for ``estimate_run``); ``queries``/``k`` then unused.
     """
-    if not gold:
-        raise ValueError("no annotated tasks to learn from: annotate some tasks first (or lower the budget)")
-    queries = unlabeled(texts, gold) if queries is None else list(queries)
-    demos = build_demos(texts, gold, sim, queries, k)
+    run = run or plan_run(texts, gold, annotator, sim, queries=queries, k=k)
+    queries, demos, plans = run.queries, run.demos, run.plans
     llm = isinstance(annotator, LLMAnnotator)
-    plans = [annotator.plan(texts[i], d) for i, d in zip(queries, demos)] if llm else [None] * len(queries)
     batch = llm and annotator.client.config.batch
     if max_cost_usd is not None and (not llm or annotator.client.config.prices() is None):
         if llm:
@@ -458,22 +487,27 @@ class RunEstimate:
 
 
 def estimate_run(
-    texts: Sequence[str], gold: dict[int, list[dict]], annotator: LLMAnnotator, sim: Similarity, *, k: int = 3, queries: Sequence[int] | None = None
+    texts: Sequence[str],
+    gold: dict[int, list[dict]],
+    annotator: LLMAnnotator,
+    sim: Similarity,
+    *,
+    k: int = 3,
+    queries: Sequence[int] | None = None,
+    run: RunPlan | None = None,
 ) -> RunEstimate:
     """Token and cost estimate of ``prelabel`` with the same arguments, without calling the LLM."""
-    queries = unlabeled(texts, gold) if queries is None else list(queries)
-    demos = build_demos(texts, gold, sim, queries, k)
+    run = run or plan_run(texts, gold, annotator, sim, queries=queries, k=k)
     client, counter = annotator.client, annotator.counter
     cfg = client.config
     # Expected reply tokens per input token: the demonstrations' answers against their texts.
     shown = [example_from_spans(texts[i], s) for i, s in gold.items()]
     text_tokens = sum(counter.count(e.text) for e in shown)
     ratio = sum(counter.count(answer(e)) for e in shown) / max(1, text_tokens)
-    est = RunEstimate(cfg.model, len(queries), 0, 0, 0, 0, 0, 0, annotator.max_prompt_tokens, None, None, None, counter.method)
+    est = RunEstimate(cfg.model, len(run.queries), 0, 0, 0, 0, 0, 0, annotator.max_prompt_tokens, None, None, None, counter.method)
     prices = cfg.prices()
     worst_tokens = 0
-    for i, d in zip(queries, demos):
-        plan = annotator.plan(texts[i], d)
+    for i, d, plan in zip(run.queries, run.demos, run.plans):
         task = {"windows": len(plan.windows), "prompt_tokens": 0, "completion_tokens": 0, "cached": 0}
         est.windows += len(plan.windows)
         est.long_tasks += len(plan.windows) > 1

@@ -38,10 +38,17 @@ class BudgetError(ValueError):
 class Window:
     start: int
     end: int
-    messages: list[dict]
     prompt_tokens: int  # TokenCounter.messages(messages), <= the budget
     demos: list[int]  # positions (in the task's demonstration list) shown in this prompt
-    trimmed: list[int] = field(default_factory=list)  # of those, shown as excerpts
+    trimmed: list[int]  # of those, shown as excerpts
+    shown: list[Example] = field(repr=False)
+    text: str = field(repr=False)  # the window's text
+    builder: PromptBuilder = field(repr=False)
+
+    @property
+    def messages(self) -> list[dict]:
+        """The prompt, built on demand (plans of big runs stay small in memory)."""
+        return self.builder.messages(self.shown, self.text)
 
 
 @dataclass
@@ -80,6 +87,7 @@ class PromptPlanner:
                 f"raise ALLABEL_MAX_PROMPT_TOKENS to at least {self._fixed + 2 * MIN_WINDOW_TOKENS} or shorten the label definitions"
             )
         self._units: dict[tuple, tuple[list[tuple[int, int]], list[dict]]] = {}
+        self._costs: dict[tuple[int, int], tuple[Example, int]] = {}
 
     # --- the task ----------------------------------------------------------------------------------
     def window_limit(self, examples: list[Example]) -> int:
@@ -103,6 +111,14 @@ class PromptPlanner:
     def _cost(self, n: int, ex: Example) -> int:
         c = self.counter
         return c.message_cost(EXAMPLE_PREFIX.format(n=n) + ex.text) + c.message_cost(answer(ex))
+
+    def _full_cost(self, n: int, ex: Example) -> int:
+        """``_cost`` of a demonstration shown whole, remembered (the same ones recur in every prompt)."""
+        key = (n, id(ex))
+        hit = self._costs.get(key)
+        if hit is None or hit[0] is not ex:
+            hit = self._costs[key] = (ex, self._cost(n, ex))
+        return hit[1]
 
     def _excerpt(self, n: int, ex: Example, allowance: float) -> Example | None:
         """The longest run of entity sentences (from the start) that fits ``allowance``."""
@@ -135,7 +151,7 @@ class PromptPlanner:
 
     def _choose(self, examples: list[Example], room: int) -> list[tuple[int, Example, bool]]:
         """(position, example as shown, trimmed?) within ``room`` tokens."""
-        costs = [self._cost(i + 1, ex) for i, ex in enumerate(examples)]
+        costs = [self._full_cost(i + 1, ex) for i, ex in enumerate(examples)]
         if sum(costs) <= room:
             return [(i, ex, False) for i, ex in enumerate(examples)]
         # Max-min fair shares: short demonstrations keep their size, the rest split what is left.
@@ -172,5 +188,6 @@ class PromptPlanner:
                 if not chosen:  # cannot happen with the limits above; never send an oversize prompt
                     raise BudgetError(f"a window of {tokens} tokens does not fit the budget of {self.budget}")
                 chosen.pop()
-            out.append(Window(a, b, messages, tokens, [i for i, _, _ in chosen], [i for i, _, t in chosen if t]))
+            shown = [ex for _, ex, _ in chosen]
+            out.append(Window(a, b, tokens, [i for i, _, _ in chosen], [i for i, _, t in chosen if t], shown, piece, self.builder))
         return TaskPlan(out)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .annotators import LLMAnnotator, ProjectionAnnotator, estimate_run, prelabel
+from .annotators import LLMAnnotator, ProjectionAnnotator, estimate_run, plan_run, prelabel
 from .evaluation import DEFAULT_POOL_SIZES, evaluate, leave_one_out, quality_gate, score_pool, write_reports
 from .jsonl import read_jsonl, texts_of, write_jsonl
 from .llm import LLMCache, LLMClient, LLMConfig
@@ -151,8 +151,9 @@ def cmd_prelabel(args) -> int:
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
     run_key = args.run_key or f"cli:{Path(args.input).resolve()}"
     check = not args.skip_quality and len(gold) >= 2
+    run = plan_run(texts, gold, annotator, sim, queries=queries, k=args.k)
     if llm:
-        est = estimate_run(texts, gold, annotator, sim, k=args.k, queries=queries)
+        est = estimate_run(texts, gold, annotator, sim, run=run)
         print(est.summary(), file=sys.stderr)
         if args.dry_run:
             out = est.as_dict()
@@ -182,7 +183,7 @@ def cmd_prelabel(args) -> int:
     bar = tqdm(total=len(queries), desc="pre-annotating", unit="task", disable=args.quiet)
     results = prelabel(
         texts, gold, annotator, sim, queries=queries, k=args.k, concurrency=concurrency, on_done=lambda r: bar.update(1),
-        max_cost_usd=args.max_cost, spent_usd=spent, min_span_score=args.min_span_score, run_key=run_key, batch_wait=args.batch_wait,
+        max_cost_usd=args.max_cost, spent_usd=spent, min_span_score=args.min_span_score, run_key=run_key, batch_wait=args.batch_wait, run=run,
     )
     bar.close()
     out, failed, dropped = [], 0, 0

@@ -49,6 +49,7 @@ class Example:
     text: str
     entities: list[dict]  # {"label", "text", "occurrence"?} in text order
     spans: list[dict] | None = None  # the same entities as {"start", "end", "label"}, when known
+    answer_text: str | None = field(default=None, repr=False, compare=False)  # answer(self), kept once made
 
 
 def example_from_spans(text: str, spans: Sequence[dict]) -> Example:
@@ -66,8 +67,10 @@ def example_from_spans(text: str, spans: Sequence[dict]) -> Example:
 
 
 def answer(example: Example) -> str:
-    """The assistant message that demonstrates ``example``."""
-    return json.dumps({"entities": example.entities}, ensure_ascii=False)
+    """The assistant message that demonstrates ``example`` (made once: demonstrations recur)."""
+    if example.answer_text is None:
+        example.answer_text = json.dumps({"entities": example.entities}, ensure_ascii=False)
+    return example.answer_text
 
 
 def response_schema(labels: Sequence[str]) -> dict:
@@ -91,6 +94,11 @@ class PromptBuilder:
         self.task = task or "Your task is to find every mention of the entity types defined below in the input text."
 
     def system(self) -> str:
+        if getattr(self, "_system", None) is None:
+            self._system = self._make_system()
+        return self._system
+
+    def _make_system(self) -> str:
         defs = "\n".join(
             f'- "{lab}"' + (f": {self.schema.descriptions[lab]}" if self.schema.descriptions.get(lab) else "")
             for lab in self.schema.labels

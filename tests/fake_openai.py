@@ -24,6 +24,7 @@ Sockets set TCP_NODELAY and speak HTTP/1.1 keep-alive, like a real endpoint behi
 import argparse
 import json
 import re
+import resource
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -112,7 +113,9 @@ class FakeOpenAI:
                     data = [fake._batch(i) for i in reversed(list(fake.batches))]
                     return self._send(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None, "has_more": False})
                 if path == "/v1/_stats":  # benchmarks: wall-clock times of the first request and last reply
-                    return self._send(200, {"requests": len(fake.requests), "first_request_at": fake.first_request_wall, "last_response_at": fake.last_response_wall, "max_in_flight": fake.max_in_flight})
+                    cpu = resource.getrusage(resource.RUSAGE_SELF)
+                    return self._send(200, {"requests": len(fake.requests), "first_request_at": fake.first_request_wall, "last_response_at": fake.last_response_wall,
+                                            "max_in_flight": fake.max_in_flight, "cpu_s": cpu.ru_utime + cpu.ru_stime})
                 if path == "/v1/models":
                     return self._send(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "fake"}]})
                 self._send(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
