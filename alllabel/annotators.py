@@ -431,13 +431,14 @@ def prelabel(
                 finish(j, attempt(j, cache_only=True))
     else:
         def one(j: int) -> PrelabelResult:
-            worst = math.inf
-            try:
-                worst = _worst_case(annotator, plans[j], False) if llm and guard.max_usd is not None else 0.0
-            finally:  # every task takes its admission turn, or later ones would wait forever
-                admitted = guard.admit(j, j, worst)
-            if not admitted:
-                return finish(j, held(j, guard.reason()))
+            if guard.max_usd is not None:  # admission in task order (no cap: nothing to wait for)
+                worst = math.inf
+                try:
+                    worst = _worst_case(annotator, plans[j], False)
+                finally:  # every task takes its admission turn, or later ones would wait forever
+                    admitted = guard.admit(j, j, worst)
+                if not admitted:
+                    return finish(j, held(j, guard.reason()))
             return finish(j, attempt(j))
 
         raw = run_bounded(one, range(len(queries)), concurrency)

@@ -10,10 +10,14 @@ most ``max_prompt_tokens`` as counted by ``TokenCounter.messages`` (margin inclu
    of answer tokens to text tokens, a window's reply should fill at most 3/4 of ``max_tokens``),
    it is split into windows at sentence/paragraph boundaries (``segment.windows``); each window is
    one prompt, and the caller merges the answers back at exact offsets.
-3. Demonstrations, most similar first, share what is left. If all fit, all are shown whole.
-   Otherwise every demonstration gets a fair share (shares unused by short ones go to long ones);
-   one above its share is shown as an excerpt: the sentences holding its entities, in text order,
-   as many as fit; one whose first such sentence does not fit (or that has no entities) is skipped.
+3. Demonstrations, most similar first, share what is left, and none takes more than
+   max(4 x the input's tokens, 2,000) tokens: the paper's demonstrations are paragraphs like the
+   input, and a longer one costs more on every prompt that shows it without being a better example
+   (2,000 tokens hold any MOF paragraph with its answer, so ordinary demonstrations stay whole).
+   If all fit, all are shown whole. Otherwise every demonstration gets a fair share (shares unused
+   by short ones go to long ones); one above its share is shown as an excerpt: the sentences holding
+   its entities, in text order, as many as fit; one whose first such sentence does not fit (or
+   that has no entities) is skipped.
 4. The assembled prompt is counted exactly once more; it is never above the budget.
 """
 from __future__ import annotations
@@ -28,6 +32,9 @@ from .tokens import REPLY_PRIMING, TokenCounter
 
 MIN_WINDOW_TOKENS = 200
 REPLY_FILL = 0.75
+# A demonstration takes at most max(DEMO_INPUT_RATIO x the input's tokens, DEMO_MIN_CAP) tokens.
+DEMO_INPUT_RATIO = 4
+DEMO_MIN_CAP = 2000
 
 
 class BudgetError(ValueError):
@@ -149,15 +156,16 @@ class PromptPlanner:
             take -= 1
         return None
 
-    def _choose(self, examples: list[Example], room: int) -> list[tuple[int, Example, bool]]:
+    def _choose(self, examples: list[Example], room: int, input_tokens: int) -> list[tuple[int, Example, bool]]:
         """(position, example as shown, trimmed?) within ``room`` tokens."""
+        cap = max(DEMO_INPUT_RATIO * input_tokens, DEMO_MIN_CAP)
         costs = [self._full_cost(i + 1, ex) for i, ex in enumerate(examples)]
-        if sum(costs) <= room:
+        if sum(costs) <= room and max(costs, default=0) <= cap:
             return [(i, ex, False) for i, ex in enumerate(examples)]
         # Max-min fair shares: short demonstrations keep their size, the rest split what is left.
         share, left, waiting = {}, float(room), len(examples)
         for i in sorted(range(len(examples)), key=lambda i: costs[i]):
-            fair = left / waiting
+            fair = min(left / waiting, cap)
             share[i] = min(costs[i], fair)
             left -= share[i]
             waiting -= 1
@@ -178,8 +186,8 @@ class PromptPlanner:
         out = []
         for a, b in self._windows(text, self.window_limit(examples)):
             piece = text[a:b]
-            room = self.budget - self._fixed - self.counter.message_cost(INPUT_PREFIX + piece)
-            chosen = self._choose(examples, room)
+            input_tokens = self.counter.message_cost(INPUT_PREFIX + piece)
+            chosen = self._choose(examples, self.budget - self._fixed - input_tokens, input_tokens)
             while True:
                 messages = self.builder.messages([ex for _, ex, _ in chosen], piece)
                 tokens = self.counter.messages(messages)

@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--cli-args", default="", help="extra arguments for the prelabel command")
     ap.add_argument("--prefix", default="", help="command prefix for the CLI run, e.g. 'py-spy record -o prof.svg --'")
     ap.add_argument("--data", default=str(MOF), help="the MOF JSONL (default ../shared/data/mof_zhang2024.jsonl)")
+    ap.add_argument("--code", default=str(ROOT), help="directory whose alllabel package the CLI runs (e.g. an older checkout, for a baseline)")
     args = ap.parse_args()
 
     records = [json.loads(line) for line in Path(args.data).open(encoding="utf-8")]
@@ -74,7 +75,7 @@ def main() -> None:
     )
     try:
         base = server.stdout.readline().strip()
-        env = {**os.environ, "OPENAI_BASE_URL": base, "OPENAI_API_KEY": "bench", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "OPENAI_BASE_URL": base, "OPENAI_API_KEY": "bench", "PYTHONPATH": os.pathsep.join(filter(None, [args.code, os.environ.get("PYTHONPATH")]))}
         print(f"{args.tasks} tasks, {args.pool} demonstrations, latency {args.latency} s; {os.cpu_count()} CPUs, load before: {os.getloadavg()[0]:.2f}")
         print(f"{'C':>3} {'bound/s':>8} {'tasks/s':>8} {'e2e':>6} {'calls':>6} {'attainable':>10} {'start-up s':>10} {'CPU ms/task':>11} {'fake ms/call':>12} {'in flight':>9}")
         levels = [int(c) for c in args.concurrency.split(",")]

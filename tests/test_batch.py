@@ -17,7 +17,7 @@ from alllabel.cli import main
 from alllabel.jsonl import read_jsonl, write_jsonl
 from alllabel.llm import LLMCache, LLMClient, LLMConfig, LLMError
 from alllabel.prompting import LabelSchema
-from tests.data import mof_records
+from tests.data import mof_records, mof_setup
 from tests.fake_openai import FakeOpenAI, gold_responder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,12 +26,7 @@ N = 16
 
 @pytest.fixture(scope="module")
 def mof():
-    recs = mof_records()[:N]
-    texts = [r["text"] for r in recs]
-    labels = sorted({e["label"] for r in mof_records() for e in r["entities"]})
-    spans = {i: [{"start": e["start"], "end": e["end"], "label": e["label"]} for e in r["entities"]] for i, r in enumerate(recs)}
-    gold_by_text = {t: example_from_spans(t, spans[i]).entities for i, t in enumerate(texts)}
-    return texts, LabelSchema(labels), spans, gold_by_text, BM25Similarity(texts)
+    return mof_setup(N)
 
 
 def batch_client(fake, path, **kw):
