@@ -197,3 +197,16 @@ def test_150k_character_task_is_windowed_within_budget_and_merged_at_exact_offse
     # The huge annotated task was retrieved as a demonstration and never sent whole.
     assert any(d.index == 30 for d in demos_big + demos_5)
     assert all(len(m["content"]) < len(huge_demo) for r in fake.requests for m in r["messages"])
+
+
+def test_a_long_demonstration_is_cut_even_when_the_budget_could_hold_it():
+    """Not more than max(4 x the input, 2,000) tokens per demonstration: cost, not only fit."""
+    recs = mof_records()
+    c = TokenCounter("gpt-4o")
+    planner = PromptPlanner(PromptBuilder(LabelSchema(labels())), c, 60_000)
+    long_text = "\n\n".join(r["text"] for r in recs[10:30])
+    offsets = [long_text.find(r["text"]) for r in recs[10:30]]
+    long_demo = example_from_spans(long_text, [{**s, "start": s["start"] + o, "end": s["end"] + o} for r, o in zip(recs[10:30], offsets) for s in gold_of(r)])
+    assert c.count(long_text) > 5000
+    (w,) = planner.plan(recs[100]["text"], [long_demo]).windows
+    assert w.trimmed == [0] and c.message_cost(w.messages[1]["content"]) + c.message_cost(w.messages[2]["content"]) <= 2000
