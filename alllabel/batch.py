@@ -15,7 +15,8 @@ messages) and makes sure each one ends up answered in the LLM cache, where the o
    or for ``wait`` seconds. An ended batch is collected once: each output line is validated and
    cached at the batch price (``batch_price_factor``); lines in the error file, lines that fail
    validation and lines never processed (expired, cancelled, failed batch) are reported as failures
-   and, not being cached, are submitted again by the next run.
+   and, not being cached, are submitted again by the next run. Error lines refusing the
+   ``response_format`` weaken it (json_schema -> json_object -> none) for the next submission.
 
 The bookkeeping lives in the LLM cache's SQLite file (tables ``batch_jobs``, ``batch_requests``),
 keyed by the caller's run key (e.g. a project id), so any new process on the same file resumes.
@@ -210,6 +211,7 @@ class BatchRunner:
         keys = {k for (k,) in self.db.execute("SELECT key FROM batch_requests WHERE job = ?", (job,))}
         cache, factor = self.client.cache, self.client.config.batch_price_factor
         failures: dict[str, str] = {}
+        refused = False  # a refused response_format is weakened once per batch, not once per line
         for line in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
             key = line.get("custom_id")
             if key not in keys:
@@ -218,7 +220,10 @@ class BatchRunner:
             body = response.get("body") or {}
             if line.get("error") or response.get("status_code") != 200:
                 err = line.get("error") or body.get("error") or {}
-                failures[key] = f"HTTP {response.get('status_code')} in batch {batch.id}: {err.get('message') or err}"
+                message = str(err.get("message") or err)
+                failures[key] = f"HTTP {response.get('status_code')} in batch {batch.id}: {message}"
+                if not refused:
+                    refused = self.client.refused_format(response.get("status_code"), message)
                 continue
             try:
                 c = completion_from_json(body)

@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -74,6 +75,14 @@ class LLMConfig:
     batch: bool = False
     batch_poll: float = 30.0
     batch_price_factor: float = 0.5
+    # Deprecated, ignored: the openai client's own backoff applies (0.5 s x 2^n, at most 8 s).
+    # Kept so callers written for the hand-made retry loop still construct a config.
+    backoff_base: float | None = None
+    backoff_max: float | None = None
+
+    def __post_init__(self):
+        if self.backoff_base is not None or self.backoff_max is not None:
+            warnings.warn("LLMConfig backoff_base/backoff_max are ignored: the openai client's own backoff is used", DeprecationWarning, stacklevel=3)
 
     @classmethod
     def from_env(cls, **overrides) -> "LLMConfig":
@@ -406,6 +415,19 @@ class LLMClient:
         result = completion_from_json(raw.http_response.json())
         result.retries = raw.retries_taken
         return result
+
+    def refused_format(self, status: int | None, message: str) -> bool:
+        """A reply that came back some other way (a Batch API error line) refused our
+        response_format: weaken it for the next requests. True if it did."""
+        text = message.lower()
+        if status not in (400, 422) or not ("response_format" in text or "json_schema" in text):
+            return False
+        weaker = {"json_schema": "json_object", "json_object": "none"}.get(self._format)
+        if weaker is None:
+            return False
+        log.warning("the endpoint refused response_format %s in a batch; using %s from now on", self._format, weaker)
+        self._format, self._format_confirmed = weaker, False
+        return True
 
     def _fall_back(self, old: str, new: str, status: int, messages: list[dict], schema: dict | None) -> Completion:
         """Retry with a weaker response_format; keep it only if the endpoint then answers at once

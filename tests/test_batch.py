@@ -10,13 +10,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from alllabel import BM25Similarity
-from alllabel.annotators import LLMAnnotator, example_from_spans, prelabel
+from alllabel.annotators import LLMAnnotator, prelabel
 from alllabel.batch import batch_jobs
-from alllabel.cli import main
 from alllabel.jsonl import read_jsonl, write_jsonl
 from alllabel.llm import LLMCache, LLMClient, LLMConfig, LLMError
-from alllabel.prompting import LabelSchema
 from tests.data import mof_records, mof_setup
 from tests.fake_openai import FakeOpenAI, gold_responder
 
@@ -166,3 +163,16 @@ def test_cli_batch_survives_being_killed_mid_batch(mof, tmp_path):
         assert fake.uploads == 1 and len(fake.batches) == 1
     got = read_jsonl(out)
     assert len(got) == N - 4 and all("prediction" in g for g in got)
+
+
+def test_batch_lines_refusing_json_schema_weaken_the_format_for_the_next_submission(mof, tmp_path):
+    texts, schema, spans, gold_by_text, sim = mof
+    gold = {i: spans[i] for i in range(4)}
+    with FakeOpenAI(gold_responder(gold_by_text)) as fake:
+        fake.batch_line_error = lambda body: (400, "response_format json_schema is not supported") if body["response_format"]["type"] == "json_schema" else None
+        client = batch_client(fake, tmp_path / "b.sqlite3")
+        first = prelabel(texts, gold, LLMAnnotator(client, schema), sim)
+        assert all(r.status == "failed" for r in first) and client.response_format == "json_object"
+        again = prelabel(texts, gold, LLMAnnotator(client, schema), sim)
+        assert all(r.status == "done" for r in again)
+        assert {json.loads(line)["body"]["response_format"]["type"] for line in input_lines(fake, 1)} == {"json_object"}

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from alllabel import BM25Similarity
-from alllabel.annotators import LLMAnnotator, ProjectionAnnotator, build_demos, estimate_run, example_from_spans, prelabel
+from alllabel.annotators import LLMAnnotator, ProjectionAnnotator, build_demos, estimate_run, prelabel
 from alllabel.llm import LLMCache, LLMClient, LLMConfig, LLMError
-from alllabel.prompting import LabelSchema, PromptBuilder, ReplyError, parse_entities
+from alllabel.prompting import PromptBuilder, ReplyError, parse_entities
 from alllabel.retrieval import retrieve
 from alllabel.similarity import matrix
-from tests.data import mof_records, mof_setup
+from tests.data import mof_setup
 from tests.fake_openai import FakeOpenAI, gold_responder
 
 N = 40
@@ -388,3 +388,25 @@ def test_cost_cap_under_concurrency_never_exceeds(mof, tmp_path):
     client = annotator.client
     assert results.held and client.usage.cost(client.config.prices()) <= cap
     assert all(r.status == "done" for r in results[: len(results) - len(results.held)])
+
+
+# --- quality before spending ----------------------------------------------------------------------
+def test_leave_one_out_scores_each_annotated_task_from_the_others(mof):
+    from alllabel.evaluation import leave_one_out, quality_gate
+
+    texts, schema, spans, gold_by_text, sim = mof
+    gold = {i: spans[i] for i in range(12)}
+    with FakeOpenAI(gold_responder(gold_by_text)) as fake:
+        report = leave_one_out(texts, gold, schema.labels, LLMAnnotator(client_for(fake), schema), sim, k=3)
+        inputs = [r["messages"][-1]["content"].split("Input:\n", 1)[1] for r in fake.requests]
+        shown = [[m["content"].split(":\n", 1)[1] for m in r["messages"][1:-1:2]] for r in fake.requests]
+    assert sorted(inputs) == sorted(texts[i] for i in gold)  # every annotated task, once
+    assert all(q not in demos and len(demos) == 3 for q, demos in zip(inputs, shown))  # never itself
+    assert report.tasks == report.scored == 12 and report.failed == report.held == 0
+    assert report.f1 > 0.97 and report.span_precision == 1.0  # the oracle misses only nested same-label gold
+    used = {e["label"] for i in gold for e in gold_by_text[texts[i]]}
+    assert all(report.per_label[lab]["precision"] == 1.0 for lab in used)
+    assert sum(m["gold"] for m in report.per_label.values()) == sum(len(s) for s in gold.values())
+    assert quality_gate(report, report.f1) is None and "below the minimum" in quality_gate(report, report.f1 + 0.001)
+    weak = leave_one_out(texts, gold, schema.labels, ProjectionAnnotator(schema), sim, k=3)
+    assert weak.f1 < report.f1 and weak.cost_usd == 0
