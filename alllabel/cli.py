@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .annotators import LLMAnnotator, ProjectionAnnotator, dry_run, prelabel
-from .evaluation import DEFAULT_POOL_SIZES, evaluate, score_pool, write_reports
+from .annotators import LLMAnnotator, ProjectionAnnotator, estimate_run, plan_run, prelabel
+from .evaluation import DEFAULT_POOL_SIZES, evaluate, leave_one_out, quality_gate, score_pool, write_reports
 from .jsonl import read_jsonl, texts_of, write_jsonl
 from .llm import LLMCache, LLMClient, LLMConfig
 from .prompting import LabelSchema
@@ -82,7 +82,10 @@ def _descriptions(path: str | None, labels: list[str]) -> dict[str, str]:
 
 
 def _annotator(args, schema: LabelSchema):
-    config = LLMConfig.from_env(model=args.model, concurrency=args.concurrency, base_url=args.base_url, timeout=args.timeout)
+    config = LLMConfig.from_env(
+        model=args.model, concurrency=args.concurrency, base_url=args.base_url, timeout=args.timeout,
+        max_prompt_tokens=args.max_prompt_tokens, batch=getattr(args, "batch", None) or None,
+    )
     if args.annotator == "projection" or (args.annotator == "auto" and not config.configured):
         print("annotator: projection-offline (no LLM configured; set OPENAI_API_KEY for the LLM)", file=sys.stderr)
         return ProjectionAnnotator(schema), 1
@@ -96,6 +99,11 @@ def _usage(annotator) -> None:
     if isinstance(annotator, LLMAnnotator):
         c = annotator.client
         print("LLM usage: " + json.dumps(c.usage.as_dict(c.config.prices())), file=sys.stderr)
+
+
+def _env_number(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else None
 
 
 def cmd_select(args) -> int:
@@ -128,6 +136,11 @@ def cmd_select(args) -> int:
     return 0
 
 
+# Exit codes of prelabel: 0 all done, 1 some failed, 3 some held (cost cap or a batch still
+# running: run again), 4 held by the quality check (--min-f1), 2 usage or setup errors.
+EXIT_FAILED, EXIT_HELD, EXIT_QUALITY = 1, 3, 4
+
+
 def cmd_prelabel(args) -> int:
     if args.project is not None:
         return _prelabel_project(args)
@@ -147,19 +160,51 @@ def cmd_prelabel(args) -> int:
     labels = _labels(args, records)
     schema = LabelSchema(labels, _descriptions(args.descriptions, labels))
     annotator, concurrency = _annotator(args, schema)
+    llm = isinstance(annotator, LLMAnnotator)
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
-    if args.dry_run:
-        if not isinstance(annotator, LLMAnnotator):
-            raise ValueError("--dry-run estimates LLM tokens and cost: configure an LLM (OPENAI_API_KEY) or drop --dry-run")
-        print(json.dumps(dry_run(texts, gold, annotator, sim, k=args.k, queries=queries), indent=2))
-        return 0
+    run_key = args.run_key or f"cli:{Path(args.input).resolve()}"
+    check = not args.skip_quality and len(gold) >= 2
+    run = plan_run(texts, gold, annotator, sim, queries=queries, k=args.k)
+    if llm:
+        est = estimate_run(texts, gold, annotator, sim, run=run)
+        print(est.summary(), file=sys.stderr)
+        if args.dry_run:
+            out = est.as_dict()
+            if check:  # the quality check runs first and costs one call per annotated task
+                out["quality_check"] = estimate_run(texts, gold, annotator, sim, k=args.k, queries=sorted(gold)).as_dict()
+            print(json.dumps(out, indent=2))
+            return 0
+    elif args.dry_run:
+        raise ValueError("--dry-run estimates LLM tokens and cost: configure an LLM (OPENAI_API_KEY) or drop --dry-run")
+    spent = 0.0
+    if check:
+        report = leave_one_out(
+            texts, gold, labels, annotator, sim, k=args.k, concurrency=concurrency, max_cost_usd=args.max_cost,
+            min_span_score=args.min_span_score, run_key=run_key + ":quality", batch_wait=args.batch_wait,
+        )
+        print(report.table(), file=sys.stderr)
+        spent = report.cost_usd
+        reason = quality_gate(report, args.min_f1)
+        if reason is None and report.held:
+            reason = "the cost cap was reached during the quality check"
+        if reason:
+            print(f"held, nothing pre-annotated: {reason}", file=sys.stderr)
+            _usage(annotator)
+            return EXIT_QUALITY
+    elif args.min_f1 is not None:
+        raise ValueError("--min-f1 needs the quality check (at least 2 annotated records, no --skip-quality)")
     bar = tqdm(total=len(queries), desc="pre-annotating", unit="task", disable=args.quiet)
-    results = prelabel(texts, gold, annotator, sim, queries=queries, k=args.k, concurrency=concurrency, on_done=lambda r: bar.update(1))
+    results = prelabel(
+        texts, gold, annotator, sim, queries=queries, k=args.k, concurrency=concurrency, on_done=lambda r: bar.update(1),
+        max_cost_usd=args.max_cost, spent_usd=spent, min_span_score=args.min_span_score, run_key=run_key, batch_wait=args.batch_wait, run=run,
+    )
     bar.close()
     out, failed, dropped = [], 0, 0
     for r in results:
         rec = {"id": records[r.index].get("id", r.index), "text": texts[r.index]}
-        if r.annotation is None:
+        if r.held:
+            rec["held"] = r.held
+        elif r.annotation is None:
             failed += 1
             rec["error"] = r.error
         else:
@@ -167,10 +212,15 @@ def cmd_prelabel(args) -> int:
             dropped += r.annotation.dropped_not_found + r.annotation.dropped_bad_label
         out.append(rec)
     write_jsonl(args.output, out)
-    print(f"pre-annotated {len(out) - failed} of {len(out)} task(s) from {len(gold)} demonstration(s) -> {args.output}; "
-          f"{failed} failed, {dropped} entity string(s) dropped (not in text or unknown label)", file=sys.stderr)
+    held = len(results.held)
+    print(f"pre-annotated {len(out) - failed - held} of {len(out)} task(s) from {len(gold)} demonstration(s) -> {args.output}; "
+          f"{failed} failed, {held} held, {dropped} entity string(s) dropped (not in text or unknown label)", file=sys.stderr)
+    if held:
+        print(results.held[0].held, file=sys.stderr)
+    if args.max_cost is not None:
+        print(f"counted against the cap of US${args.max_cost:.2f}: US${results.cost_usd:.4f}", file=sys.stderr)
     _usage(annotator)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_HELD if held else 0
 
 
 def _prelabel_project(args) -> int:
@@ -281,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--timeout", type=float, default=None, help="seconds per LLM call (default ALLABEL_LLM_TIMEOUT or 60)")
             p.add_argument("--concurrency", type=int, default=None, help="parallel LLM calls (default ALLABEL_LLM_CONCURRENCY or 4)")
             p.add_argument("--cache", default=os.environ.get("ALLABEL_LLM_CACHE", "data/llm_cache.sqlite3"), help="SQLite LLM cache ('' for none)")
+            p.add_argument("--max-prompt-tokens", type=int, default=None, help="token budget of one prompt (default ALLABEL_MAX_PROMPT_TOKENS or 8000)")
 
     p = sub.add_parser("select", help="choose the tasks humans should annotate, in queue order")
     p.add_argument("input")
@@ -305,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", help="a 'select' output: only those records are demonstrations; the rest are pre-annotated")
     p.add_argument("--project", type=int, help="pre-annotate this Label Studio project now (LABEL_STUDIO_URL/API_KEY)")
     p.add_argument("--dry-run", action="store_true", help="estimate tokens and cost, call nothing")
+    p.add_argument("--max-cost", type=float, default=_env_number("ALLABEL_MAX_COST_USD"), help="stop before spending more than this many US$ (default ALLABEL_MAX_COST_USD); the quality check counts too; cached answers count at their price, so a higher cap resumes")
+    p.add_argument("--min-f1", type=float, default=_env_number("ALLABEL_MIN_F1"), help="hold the run when the leave-one-out F1 (paper metric, 0..1) is below this (default ALLABEL_MIN_F1)")
+    p.add_argument("--min-span-score", type=float, default=_env_number("ALLABEL_MIN_SPAN_SCORE"), help="drop spans scored below this (0..1; default ALLABEL_MIN_SPAN_SCORE)")
+    p.add_argument("--skip-quality", action="store_true", help="no leave-one-out quality check before the run")
+    p.add_argument("--batch", action="store_true", help="use the Batch API (half price, answers within 24 h; also ALLABEL_LLM_BATCH=1)")
+    p.add_argument("--batch-wait", type=float, default=None, help="seconds to wait for a batch (default: until it ends); re-run to collect it later")
+    p.add_argument("--run-key", help="name of this run's batches (default: the input file's path), so a re-run resumes them")
     common(p)
     p.set_defaults(func=cmd_prelabel)
 
@@ -337,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "cache", None) == "":
         args.cache = None
+    for name in ("min_f1", "min_span_score"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value <= 1:
+            print(f"error: --{name.replace('_', '-')} is a fraction between 0 and 1, got {value}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:

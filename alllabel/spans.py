@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,30 @@ def exact_positions(text: str, needle: str) -> list[int]:
     return out
 
 
-def _matches(text: str, needle: str) -> list[tuple[int, int, int]]:
-    """(tier, start, end) for every match; tier 0 exact, 1 case/whitespace-tolerant; +2 if not whole-word."""
-    found: dict[tuple[int, int], int] = {(p, p + len(needle)): 0 for p in exact_positions(text, needle)}
+@lru_cache(maxsize=8192)
+def _tolerant(needle: str) -> re.Pattern | None:
+    """Case- and whitespace-tolerant pattern of ``needle`` (a lookahead also finds overlapping
+    matches). Cached: re's own cache holds 512 patterns, fewer than a run's distinct strings."""
     words = needle.split()
-    if words:
-        # A lookahead finds overlapping matches too.
-        pattern = re.compile("(?=(" + r"\s+".join(re.escape(w) for w in words) + "))", re.IGNORECASE)
+    return re.compile("(?=(" + r"\s+".join(re.escape(w) for w in words) + "))", re.IGNORECASE) if words else None
+
+
+def _exact_matches(text: str, needle: str) -> list[tuple[int, int, int]]:
+    """(tier, start, end) of every exact match in text order; tier 0 whole-word, 2 inside a word."""
+    n = len(needle)
+    return [(0 if is_whole_word(text, p, p + n) else 2, p, p + n) for p in exact_positions(text, needle)]
+
+
+def _matches(text: str, needle: str, exact: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Every match, best first: ``exact`` ones plus case/whitespace-tolerant ones (tier 1, 3 inside a word)."""
+    found: dict[tuple[int, int], int] = {(s, e): t for t, s, e in exact}
+    pattern = _tolerant(needle)
+    if pattern is not None:
         for m in pattern.finditer(text):
-            found.setdefault((m.start(1), m.end(1)), 1)
-    return sorted(
-        ((tier + (0 if is_whole_word(text, s, e) else 2), s, e) for (s, e), tier in found.items()),
-    )
+            s, e = m.start(1), m.end(1)
+            if (s, e) not in found:
+                found[(s, e)] = 1 if is_whole_word(text, s, e) else 3
+    return sorted((t, s, e) for (s, e), t in found.items())
 
 
 def align_entities(text: str, entities: list[dict], labels: list[str] | set[str]) -> Alignment:
@@ -86,7 +99,8 @@ def align_entities(text: str, entities: list[dict], labels: list[str] | set[str]
     allowed = set(labels)
     out = Alignment()
     taken: dict[str, list[tuple[int, int]]] = {}
-    cache: dict[str, list[tuple[int, int, int]]] = {}
+    exact_of: dict[str, list[tuple[int, int, int]]] = {}
+    all_of: dict[str, list[tuple[int, int, int]]] = {}
     for ent in entities:
         label, value = ent.get("label"), ent.get("text")
         if label not in allowed:
@@ -95,18 +109,25 @@ def align_entities(text: str, entities: list[dict], labels: list[str] | set[str]
         if not isinstance(value, str) or not value.strip():
             out.not_found.append(ent)
             continue
-        if value not in cache:
-            cache[value] = _matches(text, value)
+        if value not in exact_of:
+            exact_of[value] = _exact_matches(text, value)
+        exact = exact_of[value]
         spans_of_label = taken.setdefault(label, [])
-        free = [(t, s, e) for t, s, e in cache[value] if all(e <= a or s >= b for a, b in spans_of_label)]
+
+        def free(m):
+            return all(m[2] <= a or m[1] >= b for a, b in spans_of_label)
+
         occurrence = ent.get("occurrence")
         choice = None
         if isinstance(occurrence, int) and not isinstance(occurrence, bool) and occurrence >= 1:
-            exact = sorted((m for m in cache[value] if m[0] in (0, 2)), key=lambda m: m[1])
-            if occurrence <= len(exact) and exact[occurrence - 1] in free:
+            if occurrence <= len(exact) and free(exact[occurrence - 1]):
                 choice = exact[occurrence - 1]
-        if choice is None and free:
-            choice = free[0]
+        if choice is None:  # the best tier, then text order; tolerant matches only looked for when needed
+            choice = next((m for m in exact if m[0] == 0 and free(m)), None)
+        if choice is None:
+            if value not in all_of:
+                all_of[value] = _matches(text, value, exact)
+            choice = next((m for m in all_of[value] if free(m)), None)
         if choice is None:
             out.not_found.append(ent)
             continue

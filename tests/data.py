@@ -14,3 +14,16 @@ def mof_records() -> list[dict]:
 
 def mof_texts(n: int | None = None) -> list[str]:
     return [r["text"] for r in mof_records()[:n]]
+
+
+def mof_setup(n: int):
+    """(texts, LabelSchema, gold spans by index, oracle answers by text, BM25) for the first n records."""
+    from alllabel import BM25Similarity
+    from alllabel.prompting import LabelSchema, example_from_spans
+
+    recs = mof_records()[:n]
+    texts = [r["text"] for r in recs]
+    labels = sorted({e["label"] for r in mof_records() for e in r["entities"]})
+    spans = {i: [{"start": e["start"], "end": e["end"], "label": e["label"]} for e in r["entities"]] for i, r in enumerate(recs)}
+    gold_by_text = {t: example_from_spans(t, spans[i]).entities for i, t in enumerate(texts)}
+    return texts, LabelSchema(labels), spans, gold_by_text, BM25Similarity(texts)

