@@ -20,7 +20,6 @@ import os
 import sqlite3
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -75,14 +74,6 @@ class LLMConfig:
     batch: bool = False
     batch_poll: float = 30.0
     batch_price_factor: float = 0.5
-    # Deprecated, ignored: the openai client's own backoff applies (0.5 s x 2^n, at most 8 s).
-    # Kept so callers written for the hand-made retry loop still construct a config.
-    backoff_base: float | None = None
-    backoff_max: float | None = None
-
-    def __post_init__(self):
-        if self.backoff_base is not None or self.backoff_max is not None:
-            warnings.warn("LLMConfig backoff_base/backoff_max are ignored: the openai client's own backoff is used", DeprecationWarning, stacklevel=3)
 
     @classmethod
     def from_env(cls, **overrides) -> "LLMConfig":

@@ -9,7 +9,7 @@ import pytest
 from alllabel.cli import main
 from alllabel.evaluation import sample_f1, span_prf
 from alllabel.jsonl import read_jsonl, write_jsonl
-from tests.data import MOF, mof_records
+from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
 from alllabel.annotators import example_from_spans
 

@@ -126,7 +126,7 @@ def test_duplicate_of_annotated_task_is_projected_without_llm(seeded):
     rest = [q for q in queries if q not in projected][:12]
     by_text = {t: example_from_spans(t, spans[i]).entities for i, t in enumerate(texts)}
     with FakeOpenAI(gold_responder(by_text)) as fake:
-        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, backoff_base=0.01))
+        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url))
         results = prelabel(texts, gold, LLMAnnotator(client, LabelSchema(labels)), BM25Similarity(texts), queries=rest)
         asked = [req["messages"][-1]["content"] for req in fake.requests]
     assert len(results) == len(asked) == len(rest)

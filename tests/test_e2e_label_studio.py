@@ -6,7 +6,6 @@ API (``/next`` + submit), as the "Label All Tasks" button does.
 """
 import threading
 import time
-from collections import Counter
 
 import pytest
 import requests
@@ -89,7 +88,7 @@ class Backend:
     def __init__(self, tmp_path, ls, fake, key=None, **settings):
         defaults = dict(state_dir=tmp_path / "state", model_version=MV, budget=BUDGET, sync_interval=2, queue_reserve=RESERVE, max_backoff=2, llm_max_backoff=1)
         self.settings = Settings(**{**defaults, **settings})
-        llm = LLMConfig(api_key="test", base_url=fake.base_url, backoff_base=0.01, max_retries=1, concurrency=2)
+        llm = LLMConfig(api_key="test", base_url=fake.base_url, max_retries=1, concurrency=2)
         self.backend = ALLabelBackend(self.settings, ls_factory=lambda: LabelStudioAPI(ls.url, key or ls.token), llm_config=llm)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
