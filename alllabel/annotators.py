@@ -29,6 +29,7 @@ of the demonstrations shown; ``stale_reasons`` compares a stored version with ``
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import logging
@@ -173,6 +174,13 @@ class LLMAnnotator:
         self.response_schema = response_schema(schema.labels)
         self.name = f"llm-{cfg.model}"
 
+    def online(self) -> "LLMAnnotator":
+        """The same annotator answering at once (not through the Batch API), on the same cache."""
+        if not self.client.config.batch:
+            return self
+        client = LLMClient(dataclasses.replace(self.client.config, batch=False), self.client.cache)
+        return LLMAnnotator(client, self.schema, self.prompt, max_prompt_tokens=self.max_prompt_tokens)
+
     def fingerprint(self) -> str:
         """Hash of everything that makes this annotator's prompts (and sampling) what they are."""
         cfg = self.client.config
@@ -264,6 +272,7 @@ class PrelabelResult:
     annotation: PreAnnotation | None
     error: str | None = None
     held: str | None = None  # why it was not attempted (cost cap, batch still running): not a failure
+    blocking: bool = False  # the endpoint refuses everyone (key, model, URL): retrying cannot help
 
     @property
     def status(self) -> str:
@@ -400,7 +409,8 @@ def prelabel(
         except (LLMError, ReplyError) as e:
             guard.settle(j, None)
             log.warning("task %d: pre-annotation failed: %s", i, e)
-            return PrelabelResult(i, None, f"{type(e).__name__}: {e}")
+            blocking = isinstance(e, LLMError) and e.status in (401, 403, 404)
+            return PrelabelResult(i, None, f"{type(e).__name__}: {e}", blocking=blocking)
 
     def held(j: int, why: str) -> PrelabelResult:
         return PrelabelResult(queries[j], None, held=why)

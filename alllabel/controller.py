@@ -11,8 +11,9 @@ Each step, in order (see ``ProjectController.step``):
 3. *plan*: the queue gets the ALLabel picks it needs (``planner.picks_needed``).
 4. *settings*, once at connect: Uncertainty sampling on our model version, predictions hidden
    from annotators while they label the budget, the "ALLabel queue" tab.
-5. *budget*: once M tasks carry confirmed human annotations, the pre-annotation run starts on
-   its own thread (``_run``); predictions are shown to annotators from then on.
+5. *budget*: once M tasks carry confirmed human annotations, the bulk pre-annotation
+   (``bulk.py``: near-duplicate projections, estimate, quality check, holds, the run) starts on
+   its own thread; predictions are shown to annotators from then on.
 6. *push*: what Label Studio should hold and does not is sent in batches (``push_batch``
    predictions or ``push_delay`` seconds, whichever comes first), so pre-annotations appear while
    the run goes on.
@@ -23,19 +24,20 @@ waits for a human, and one project's long run never delays another project.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from . import ls_format, planner, reconcile
-from .annotators import LLMAnnotator, PrelabelResult, prelabel
+from . import bulk, ls_format, planner, reconcile
+from .annotators import LLMAnnotator
+from .blocks import make_runner
 from .label_config import NERConfig, parse_label_config
-from .ls_client import QUEUE_VIEW_TITLE, SAMPLING, LabelStudioAPI, LabelStudioError
+from .ls_client import QUEUE_VIEW_TITLE, REVIEW_VIEW_TITLE, SAMPLING, LabelStudioAPI, LabelStudioError
+from .screening import LengthRule, screen
 from .selection import select
-from .similarity import make_similarity
+from .simcache import SimilarityCache
 
 if TYPE_CHECKING:
     from .orchestrator import Orchestrator
@@ -73,11 +75,15 @@ class ProjectController:
         self._llm_backoff = 0.0
         # The pre-annotation run.
         self._run_thread: threading.Thread | None = None
-        self.run_progress: dict = {}
         self.runs_finished = 0
         self.force_run = False  # pre-annotate now, whatever the budget says (CLI: prelabel --project)
-        self._sim_key: str | None = None
-        self._sim = None
+        self._rerun = False  # redo stale pre-annotations at the next run (Start Training, CLI)
+        self.hold: bulk.Hold | None = None
+        self._hold_since = 0.0
+        self.blocker: str | None = None  # a problem only the user can fix: /setup reports it in Label Studio
+        self.report: dict = {}  # estimate, quality, progress, stale, screening: for /status
+        self._quality_key: str | None = None
+        self._similarities = SimilarityCache(orch.settings.state_dir / "similarity", keep=1)
         self._spare: list[tuple[int, str]] = []  # next reserve picks already selected: (task id, stage)
         self._spare_key: str | None = None
         # What the last probe said.
@@ -95,9 +101,14 @@ class ProjectController:
             self._full_sync |= full
             self._reassert |= reassert
             self._audit_needed |= audit
-            if reassert:  # Start Training: retry now, whatever the backoff said
+            if reassert:  # Start Training: retry now, whatever the backoff said; redo what is stale
                 self._retry_at = self._llm_retry_at = self._claim_retry_at = 0.0
                 self._backoff = self._llm_backoff = 0.0
+                self._rerun = True
+                self.blocker = None
+                if self.hold and self.hold.kind in ("manual", "batch"):
+                    self.hold = None
+                self.state.update_project(self.pid, run_approved=1)
         self._wake.set()
 
     def stop(self) -> None:
@@ -121,6 +132,8 @@ class ProjectController:
             due.append(now + 0.5)
         if self._llm_retry_at:
             due.append(self._llm_retry_at)
+        if self.hold and self.hold.kind == "batch":
+            due.append(self._hold_since + self.orch.llm_config.batch_poll)
         return max(0.05, min(due) - now)
 
     def _loop(self) -> None:
@@ -329,24 +342,43 @@ class ProjectController:
             self.state.update_project(self.pid, phase="prelabeling", message=None)
             phase = "prelabeling"
             self._show_predictions(ls)
+            self._review_tab(ls)
         if phase in ("prelabeling", "done"):
             self._manage_run(phase, set(usable), annotated)
         self._reassert = False
 
     def _select(self, usable: list[int], taken: set[int], count: int) -> list[tuple[int, str]]:
-        """The next ``count`` ALLabel picks with ``taken`` as pre-chosen: (task id, stage)."""
+        """The next ``count`` ALLabel picks with ``taken`` as pre-chosen: (task id, stage).
+
+        Near-duplicates of a chosen or offered task and length outliers are never offered
+        (``screening.py``; ALLABEL_PAPER_EXACT=1 gives the paper's selection)."""
+        s = self.settings
         count = min(count, len(usable) - len(taken & set(usable)))
         if count <= 0:
             return []
-        s = self.settings
         texts = dict(self.state.usable_tasks(self.pid))
-        sim = self._similarity(usable, [texts[t] for t in usable])
+        corpus = [texts[t] for t in usable]
+        sim = self._similarity(corpus)
+        index = {t: i for i, t in enumerate(usable)}
+        exclude = None
+        if s.exclude_duplicates or s.exclude_outliers:
+            found = screen(corpus, chosen=[index[t] for t in taken if t in index], duplicates=s.exclude_duplicates,
+                           threshold=s.duplicate_threshold, outliers=s.exclude_outliers,
+                           length_rule=LengthRule(long_factor=s.outlier_factor, short_factor=s.outlier_factor))
+            exclude = found.excluded
+            self.report["screening"] = found.summary()
+            count = min(count, int((~exclude).sum()) - len(taken & set(usable)))
+            if count <= 0:
+                return []
+        runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
 
         def pick(pre, n):
-            sel = select(sim, n, k=s.k, ratios=s.ratios, order=s.order, pre_chosen=pre)
+            sel = select(sim, n, k=s.k, ratios=s.ratios, order=s.order, pre_chosen=pre, exclude=exclude, runner=runner)
             return list(zip(sel.indices, sel.stages))
 
-        return [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
+        picks = [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
+        self._similarities.save(sim)  # the scan's row maxima, for the next plan and the run
+        return picks
 
     def _top_up_spare(self, usable: list[int], taken: set[int], want: int) -> None:
         want = min(want, len(set(usable) - taken))
@@ -417,20 +449,29 @@ class ProjectController:
             ls.update_project(self.pid, show_collab_predictions=True)
             self.state.update_project(self.pid, applied_settings={**applied, "show_collab_predictions": True})
 
+    def _review_tab(self, ls: LabelStudioAPI) -> None:
+        """A Data Manager tab of the pre-annotated tasks, lowest confidence first (created once)."""
+        if not any((v.get("data") or {}).get("title") == REVIEW_VIEW_TITLE for v in ls.views(self.pid)):
+            ls.create_view(self.pid, review_view(self.settings))
+
     def _manage_run(self, phase: str, usable: set[int], annotated: set[int]) -> None:
-        running = self._run_thread is not None and self._run_thread.is_alive()
-        if running:
+        if self._run_thread is not None and self._run_thread.is_alive():
             return
+        if self.hold and not self._hold_lifted():
+            self.state.update_project(self.pid, message=self.hold.reason)
+            return
+        self.hold = None
         preds = self.state.predictions(self.pid)
         todo = [t for t in usable if t not in annotated and (t not in preds or preds[t].result is None)]
-        retry_later = [t for t in todo if preds.get(t) and preds[t].failures and time.monotonic() < self._llm_retry_at]
-        startable = [t for t in todo if t not in set(retry_later)]
-        if startable:
+        retry_later = {t for t in todo if preds.get(t) and preds[t].failures and time.monotonic() < self._llm_retry_at}
+        startable = [t for t in todo if t not in retry_later]
+        if startable or self._rerun:
             if phase == "done":
                 self.state.update_project(self.pid, phase="prelabeling")
             queue_positions = {t: p.position for t, p in preds.items() if p.position is not None}
             order = planner.run_order(startable, queue_positions)
-            self._run_thread = threading.Thread(target=self._run, args=(order,), name=f"alllabel-run-{self.pid}", daemon=True)
+            rerun, self._rerun = self._rerun, False
+            self._run_thread = threading.Thread(target=self._run, args=(order, rerun), name=f"alllabel-run-{self.pid}", daemon=True)
             self._run_thread.start()
         elif not todo:
             if phase != "done":
@@ -439,41 +480,57 @@ class ProjectController:
                 log.info("project %d: pre-annotation complete", self.pid)
         else:
             wait = max(0.0, self._llm_retry_at - time.monotonic())
-            self.state.update_project(self.pid, message=f"{len(todo)} task(s) failed to pre-annotate; retrying in {wait:.0f}s ({preds[todo[0]].error})")
+            error = next((preds[t].error for t in todo if preds.get(t) and preds[t].error), None)
+            self.state.update_project(self.pid, message=f"{len(todo)} task(s) failed to pre-annotate; retrying in {wait:.0f}s ({error})")
 
-    def _run(self, order: list[int]) -> None:
-        """The pre-annotation run (its own thread): results are saved one by one and pushed by the loop."""
+    def _hold_lifted(self) -> bool:
+        h = self.hold
+        if h.kind == "manual":
+            return bool(self.state.project(self.pid)["run_approved"])
+        if h.kind == "min_f1":  # more (or changed) human annotations: check again
+            cfg = parse_label_config(self.state.project(self.pid)["label_config"])
+            return bulk.Corpus.load(self.state, self.pid, cfg).gold_key() != h.key
+        if h.kind == "cost_cap":
+            return self.settings.max_cost_usd != h.key
+        if h.kind == "batch":
+            return time.monotonic() >= self._hold_since + self.orch.llm_config.batch_poll
+        return True
+
+    def _run(self, order: list[int], rerun: bool) -> None:
+        """The bulk pre-annotation (its own thread): results are saved one by one and pushed by the loop."""
+        out = None
         try:
-            project = self.state.project(self.pid)
-            cfg = parse_label_config(project["label_config"])
-            texts = dict(self.state.usable_tasks(self.pid))
-            ids = sorted(texts)
-            index = {t: i for i, t in enumerate(ids)}
-            human = self.state.human_results(self.pid)
-            gold = {index[t]: ls_format.result_spans(r, cfg) for t, r in human.items() if t in index}
-            if not gold:
+            cfg = parse_label_config(self.state.project(self.pid)["label_config"])
+            corpus = bulk.Corpus.load(self.state, self.pid, cfg)
+            if not corpus.gold:
                 raise ValueError("no human-annotated tasks to use as demonstrations yet")
             annotator = self.orch.annotator(cfg)
-            sim = self._similarity(ids, [texts[t] for t in ids])
-            queries = [index[t] for t in order if t in index and index[t] not in gold]
-            self.run_progress = {"total": len(queries), "done": 0, "failed": 0, "started": time.time(), "annotator": annotator.name}
-            log.info("project %d: pre-annotating %d task(s) with %s from %d demonstration(s)", self.pid, len(queries), annotator.name, len(gold))
+            sim = self._similarity(corpus.texts)
+            if rerun:
+                annotated = self.state.annotated_tasks(self.pid)
+                old = bulk.stale(corpus, annotator, sim, self.state.predictions(self.pid), [t for t in corpus.ids if t not in annotated], self.settings.k)
+                self.report["stale"] = {"tasks": len(old), "examples": dict(list(old.items())[:3])}
+                if old:
+                    log.info("project %d: %d pre-annotation(s) are out of date (%s); redoing them", self.pid, len(old), next(iter(old.values())))
+                order = order + [t for t in old if t not in set(order)]
+            self.report["progress"] = {"total": len(order), "done": 0, "failed": 0, "started": time.time(), "annotator": annotator.name}
+            log.info("project %d: pre-annotating %d task(s) with %s from %d demonstration(s)", self.pid, len(order), annotator.name, len(corpus.gold))
 
-            def save(r: PrelabelResult) -> None:
-                tid = ids[r.index]
-                if r.annotation is None:
-                    self.state.save_prelabel(self.pid, tid, None, None, annotator.name, None, r.error)
-                    self.run_progress["failed"] += 1
-                else:
-                    a = r.annotation
-                    result = [ls_format.span_result(cfg, sp) for sp in a.spans]
-                    self.state.save_prelabel(self.pid, tid, result, round(a.score, 6), a.annotator, None, None)
-                self.run_progress["done"] += 1
-                self._wake.set()
+            def report(name, value):
+                self.report[name] = {**self.report.get(name, {}), **value} if name == "progress" else value
 
             concurrency = self.orch.llm_config.concurrency if isinstance(annotator, LLMAnnotator) else 1
-            prelabel([texts[t] for t in ids], gold, annotator, sim, queries=queries, k=self.settings.k, concurrency=concurrency, on_done=save)
-            failed = self.run_progress["failed"]
+            out = bulk.run(self.state, self.pid, corpus, annotator, sim, order, settings=self.settings, concurrency=concurrency,
+                           approved=bool(self.state.project(self.pid)["run_approved"]), quality_done=self._quality_key,
+                           report=report, saved=self._wake.set)
+            if out.quality:
+                self._quality_key = out.quality["gold_key"]
+            self.hold, self._hold_since = out.hold, time.monotonic()
+            self.blocker = out.blocker
+            if out.hold:
+                log.warning("project %d: %s", self.pid, out.hold.reason)
+                self.state.update_project(self.pid, message=out.hold.reason)
+            failed = out.failed
         except Exception as e:  # noqa: BLE001 - reported in /status, retried with backoff
             log.exception("project %d: pre-annotation run failed", self.pid)
             self.state.update_project(self.pid, message=f"pre-annotation run failed: {type(e).__name__}: {e}")
@@ -482,6 +539,8 @@ class ProjectController:
             self._llm_backoff = min(self.settings.llm_max_backoff, max(5.0, 2 * self._llm_backoff))
             self._llm_retry_at = time.monotonic() + self._llm_backoff
             log.warning("project %d: %d pre-annotation(s) failed; retrying in %.0fs", self.pid, failed, self._llm_backoff)
+            if self.blocker:
+                log.error("project %d: pre-annotation is blocked: %s", self.pid, self.blocker)
         else:
             self._llm_backoff = 0.0
             self._llm_retry_at = 0.0
@@ -489,18 +548,9 @@ class ProjectController:
         self._plan_now = True
         self._wake.set()
 
-    def _similarity(self, ids: list[int], texts: list[str]):
-        """One similarity for planning, re-planning and pre-annotation, until the tasks change."""
-        h = hashlib.sha1()
-        for t, text in zip(ids, texts):
-            h.update(f"{t}\0{len(text)}\0".encode())
-            h.update(text.encode("utf-8", "surrogatepass"))
-        key = h.hexdigest()
-        with self._lock:
-            if self._sim_key != key:
-                self._sim = make_similarity(texts, self.settings.similarity, model=self.settings.sbert_model)
-                self._sim_key = key
-            return self._sim
+    def _similarity(self, texts: list[str]):
+        """One similarity per corpus for planning, re-planning and pre-annotation (``simcache``)."""
+        return self._similarities.get(texts, self.settings.similarity, model=self.settings.sbert_model)
 
     # 6. push --------------------------------------------------------------------------------------
     def _push(self, ls: LabelStudioAPI, force: bool = False) -> None:
@@ -518,6 +568,19 @@ class ProjectController:
         sent = reconcile.push(self.state, ls, self.pid, mv, self.state.pending_pushes(self.pid), self.settings.push_batch)
         if sent:
             log.info("project %d: %d prediction(s) sent to Label Studio", self.pid, sent)
+
+
+def review_view(settings) -> dict:
+    """The review tab: unannotated tasks with a pre-annotation, lowest confidence first. Queue
+    entries (score = position x 1e-6) stay out of it while the queue is under 1,000 positions."""
+    return {
+        "title": REVIEW_VIEW_TITLE,
+        "ordering": ["tasks:predictions_score"],
+        "filters": {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+            {"filter": "filter:tasks:predictions_score", "operator": "greater", "type": "Number", "value": 0.001},
+        ]},
+    }
 
 
 def _drift_message(key: str, current, ours) -> str:

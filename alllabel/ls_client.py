@@ -20,6 +20,7 @@ import httpx
 log = logging.getLogger(__name__)
 
 QUEUE_VIEW_TITLE = "ALLabel queue"
+REVIEW_VIEW_TITLE = "ALLabel review"
 SAMPLING = "Uncertainty sampling"
 PAGE_SIZE = 500
 

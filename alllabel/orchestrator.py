@@ -116,6 +116,9 @@ class Orchestrator:
             self._checks[pid] = (now + (CHECK_FAIL_TTL if error else CHECK_OK_TTL), error)
         if error:
             raise SetupError(error)
+        c = self.controllers.get(pid)
+        if c is not None and c.blocker:  # shown on the model's card in Label Studio (it calls /setup there)
+            raise SetupError(f"pre-annotation is blocked: {c.blocker}")
 
     def predict(self, project_key, tasks: list[dict]) -> list:
         """One item per task, in order: our prediction for it, or [] (none, or already in Label Studio)."""
@@ -275,8 +278,14 @@ def project_status(state: State, pid: int, controller: ProjectController | None 
         "skipped_tasks": len(state.skipped(pid)),
         "warnings": config_warnings(p["label_config"]) + (list(c.warnings) if c else []),
     }
-    if c and c.run_progress:
-        out["run"] = dict(c.run_progress)
+    if p["phase"] in ("prelabeling", "done") or (c and c.report):
+        run = dict(c.report) if c else {}
+        run["spent_usd"] = round(p["spent_usd"], 4)
+        if c and c.hold:
+            run["hold"] = c.hold.reason
+        if c and c.blocker:
+            run["blocked"] = c.blocker
+        out["run"] = run
     return out
 
 

@@ -44,6 +44,31 @@ def parse_ratios(value: str) -> tuple[float, float, float]:
     return r  # type: ignore[return-value]
 
 
+def _flag(env, name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def _fraction(env, name: str, default: float | None) -> float | None:
+    """A number in [0, 1], written 0.6 or 60%."""
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw[:-1]) / 100 if raw.strip().endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1] (0.6 or 60%), got {raw!r}")
+    return value
+
+
 def _positive(env, name: str, default: float, zero_ok: bool = False) -> float:
     raw = env.get(name)
     try:
@@ -78,6 +103,19 @@ class Settings:
     max_backoff: float = 30.0  # longest wait before retrying after Label Studio failed
     llm_max_backoff: float = 600.0  # longest wait before retrying pre-annotations that failed
     connect_wait: float = 2.5  # the first /setup of a project waits this long for its queue (LS allows 3 s)
+    # Which tasks humans are offered (alllabel/screening.py); paper_exact turns both rules off.
+    exclude_duplicates: bool = True
+    duplicate_threshold: float = 0.8
+    exclude_outliers: bool = True
+    outlier_factor: float = 4.0
+    project_duplicates: bool = True  # a near-duplicate of an annotated task gets its annotation, no LLM
+    dask_scheduler: str | None = None
+    # The bulk run (alllabel/bulk.py).
+    prelabel_start: str = "auto"  # auto | manual (waits for Start Training)
+    quality_check: bool = True
+    min_f1: float | None = None
+    max_cost_usd: float | None = None
+    min_span_score: float | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -89,6 +127,10 @@ class Settings:
                 descriptions = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as e:
                 raise ValueError(f"ALLABEL_LABEL_DESCRIPTIONS must name a JSON file {{label: description}}: {e}") from None
+        start = env.get("ALLABEL_PRELABEL_START", "auto")
+        if start not in ("auto", "manual"):
+            raise ValueError(f"ALLABEL_PRELABEL_START must be auto or manual, got {start!r}")
+        paper_exact = _flag(env, "ALLABEL_PAPER_EXACT", False)
         annotator = env.get("ALLABEL_ANNOTATOR", "auto")
         if annotator not in ("auto", "llm", "projection"):
             raise ValueError(f"ALLABEL_ANNOTATOR must be auto, llm or projection, got {annotator!r}")
@@ -113,4 +155,15 @@ class Settings:
             push_delay=_positive(env, "ALLABEL_PUSH_DELAY", 2),
             max_backoff=_positive(env, "ALLABEL_MAX_BACKOFF", 30),
             llm_max_backoff=_positive(env, "ALLABEL_LLM_MAX_BACKOFF", 600),
+            exclude_duplicates=not paper_exact and _flag(env, "ALLABEL_EXCLUDE_DUPLICATES", True),
+            duplicate_threshold=_fraction(env, "ALLABEL_DUPLICATE_THRESHOLD", 0.8),
+            exclude_outliers=not paper_exact and _flag(env, "ALLABEL_EXCLUDE_OUTLIERS", True),
+            outlier_factor=_positive(env, "ALLABEL_OUTLIER_FACTOR", 4),
+            project_duplicates=_flag(env, "ALLABEL_PROJECT_DUPLICATES", True),
+            dask_scheduler=env.get("ALLABEL_DASK_SCHEDULER") or None,
+            prelabel_start=start,
+            quality_check=_flag(env, "ALLABEL_QUALITY_CHECK", True),
+            min_f1=_fraction(env, "ALLABEL_MIN_F1", None),
+            max_cost_usd=_positive(env, "ALLABEL_MAX_COST_USD", None, zero_ok=True) if env.get("ALLABEL_MAX_COST_USD") else None,
+            min_span_score=_fraction(env, "ALLABEL_MIN_SPAN_SCORE", None),
         )

@@ -39,7 +39,9 @@ CREATE TABLE projects (
     applied_settings TEXT,     -- JSON: the project settings we set; NULL until we set them
     view_id          INTEGER,  -- the Data Manager tab we created (never touched again)
     tasks_watermark  TEXT,     -- Label Studio's updated_at of the newest task change seen
-    predictions_baseline INTEGER  -- predictions of other model versions at the last audit
+    predictions_baseline INTEGER,  -- predictions of other model versions at the last audit
+    spent_usd        REAL NOT NULL DEFAULT 0,  -- LLM spend counted against ALLABEL_MAX_COST_USD
+    run_approved     INTEGER NOT NULL DEFAULT 0  -- Start Training pressed (ALLABEL_PRELABEL_START=manual)
 );
 CREATE TABLE tasks (
     project_id  INTEGER NOT NULL,
@@ -162,7 +164,7 @@ class Prediction:
     result: list | None
     score: float | None
     annotator: str | None
-    version: str | None
+    version: dict | None
     error: str | None
     failures: int
     want: str | None
@@ -177,6 +179,7 @@ _PRED_COLS = "task_id, position, stage, result, score, annotator, version, error
 def _prediction(row: tuple) -> Prediction:
     values = list(row)
     values[3] = None if values[3] is None else json.loads(values[3])
+    values[6] = None if values[6] is None else json.loads(values[6])
     return Prediction(*values)
 
 
@@ -233,7 +236,8 @@ class State:
             return db.execute("SELECT value FROM clock").fetchone()[0]
 
     # --- projects ------------------------------------------------------------------------------
-    _PROJECT_FIELDS = ("project_id", "label_config", "phase", "budget", "total_tasks", "message", "applied_settings", "view_id", "tasks_watermark", "predictions_baseline")
+    _PROJECT_FIELDS = ("project_id", "label_config", "phase", "budget", "total_tasks", "message", "applied_settings", "view_id", "tasks_watermark",
+                       "predictions_baseline", "spent_usd", "run_approved")
 
     def register(self, project_id: int, label_config: str) -> None:
         self._q(
@@ -249,6 +253,10 @@ class State:
         p = dict(zip(self._PROJECT_FIELDS, rows[0]))
         p["applied_settings"] = json.loads(p["applied_settings"]) if p["applied_settings"] else None
         return p
+
+    def add_spent(self, project_id: int, usd: float) -> None:
+        if usd:
+            self._q("UPDATE projects SET spent_usd = spent_usd + ? WHERE project_id = ?", (usd, project_id))
 
     def projects(self) -> list[int]:
         return [r[0] for r in self._q("SELECT project_id FROM projects ORDER BY project_id")]
@@ -408,7 +416,7 @@ class State:
             chunk = task_ids[i : i + 500]
             _refresh_want(db, f"project_id = ? AND task_id IN ({','.join('?' * len(chunk))})", (project_id, *chunk))
 
-    def save_prelabel(self, project_id: int, task_id: int, result: list | None, score: float | None, annotator: str, version: str | None, error: str | None) -> None:
+    def save_prelabel(self, project_id: int, task_id: int, result: list | None, score: float | None, annotator: str, version: dict | None, error: str | None) -> None:
         """A pre-annotation (or the error that prevented it). A failure keeps an earlier pre-annotation."""
         with self._transaction() as db:
             if result is None:
@@ -422,7 +430,7 @@ class State:
                     "INSERT INTO predictions (project_id, task_id, result, score, annotator, version, updated) VALUES (?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(project_id, task_id) DO UPDATE SET result = excluded.result, score = excluded.score, annotator = excluded.annotator, "
                     "version = excluded.version, error = NULL, failures = 0, updated = excluded.updated",
-                    (project_id, task_id, json.dumps(result, ensure_ascii=False), score, annotator, version, time.time()),
+                    (project_id, task_id, json.dumps(result, ensure_ascii=False), score, annotator, None if version is None else json.dumps(version, sort_keys=True), time.time()),
                 )
             self._refresh(db, project_id, [task_id])
 

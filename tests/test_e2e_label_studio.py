@@ -369,7 +369,7 @@ def test_a_second_project_is_planned_while_the_first_one_runs(ls, tmp_path):
             assert api.connect(pid1, b.url).status_code == 201
             for q in b.orch.state.queue(pid1)[:BUDGET]:
                 api.annotate(q.task_id, rec1[q.task_id])
-            b.wait_for(pid1, lambda st: st.get("run", {}).get("done", 0) >= 1, what="the first run")
+            b.wait_for(pid1, lambda st: st.get("run", {}).get("progress", {}).get("done", 0) >= 1, what="the first run")
             pid2, _ = api.new_project("meanwhile", second)
             started = time.monotonic()
             assert api.connect(pid2, b.url).status_code == 201
@@ -500,8 +500,10 @@ def test_llm_down_then_back_heals_by_itself(ls, tmp_path):
             for q in b.orch.state.queue(pid)[:BUDGET]:
                 api.annotate(q.task_id, rec_of[q.task_id])
             left = len(records) - BUDGET
-            st = b.wait_for(pid, lambda st: st["prelabels"]["failed"] == left, what="failures")
-            assert st["prelabels"]["done"] == 0 and st["phase"] == "prelabeling"
+            # Near-duplicates of annotated tasks are projected without the LLM; every other task fails.
+            st = b.wait_for(pid, lambda st: st["prelabels"]["failed"] and st["prelabels"]["failed"] + st["prelabels"]["done"] == left, what="failures")
+            assert st["phase"] == "prelabeling" and st["prelabels"]["done"] == sum(
+                p.annotator == "near-duplicate-projection" for p in b.orch.state.predictions(pid).values())
             fake.script = []  # the LLM is back: the retry comes without anyone pressing anything
             b.wait_for(pid, lambda st: st["phase"] == "done" and st["prelabels"]["pushed"] == left, timeout=60, what="retry")
         finally:
