@@ -1,4 +1,4 @@
-"""End to end against a real Label Studio 1.23 (headless, SQLite, 127.0.0.1) and the fake LLM.
+"""End to end against a real Label Studio 1.23 (headless, PostgreSQL, 127.0.0.1) and the fake LLM.
 
 The backend runs in this process behind a real HTTP server, so Label Studio calls /setup,
 /predict and /webhook exactly as in production.
@@ -18,7 +18,7 @@ from alllabel.settings import Settings
 from model import ALLabelBackend
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
-from tests.label_studio import LabelStudioServer, free_port
+from tests.label_studio import free_port
 
 MV = "alllabel-e2e"
 N_TASKS = 40
@@ -32,9 +32,9 @@ CONFIG = (
 
 
 @pytest.fixture(scope="module")
-def ls(tmp_path_factory):
-    with LabelStudioServer(tmp_path_factory.mktemp("ls")) as server:
-        yield server
+def ls(label_studio):
+    """The session's Label Studio on PostgreSQL (tests/conftest.py)."""
+    return label_studio
 
 
 class Backend:
