@@ -1,7 +1,9 @@
 """Run a real Label Studio on 127.0.0.1 from its own virtualenv, on SQLite or on a throwaway PostgreSQL.
 
 Used by scripts/demo.py (the README's first command when no LABEL_STUDIO_URL is set) and by the
-end-to-end tests. Every process started here is stopped by its PID (``stop()``).
+end-to-end tests. Every process started here is stopped by its PID (``stop()``); each runs in a
+process group of its own, so a Ctrl-C in the terminal reaches only the program that owns it, which
+then stops them in order.
 
 Label Studio 1.23 facts this relies on (measured, see the README): ``DJANGO_DB=default`` means
 PostgreSQL from the ``POSTGRE_*`` variables; LS reads unprefixed ``USERNAME``/``PASSWORD``/``HOST``/...
@@ -54,7 +56,7 @@ def ls_env(data_dir: Path, port: int, *, username: str, password: str, token: st
     return env
 
 
-def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+def stop_process(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(sig)
@@ -137,7 +139,7 @@ class Postgres:
         self.proc = subprocess.Popen(
             [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.data.parent),
              "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-            stdout=self._log, stderr=subprocess.STDOUT, user=self._user(),
+            stdout=self._log, stderr=subprocess.STDOUT, user=self._user(), process_group=0,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -157,7 +159,7 @@ class Postgres:
         return r.stdout
 
     def stop(self) -> None:
-        _stop(self.proc, signal.SIGINT)  # "fast" shutdown: ends sessions, leaves a clean cluster
+        stop_process(self.proc, signal.SIGINT)  # "fast" shutdown: ends sessions, leaves a clean cluster
         if self._log:
             self._log.close()
             self._log = None
@@ -178,7 +180,7 @@ class LabelStudio:
         self.data.mkdir(parents=True, exist_ok=True)
         self._log = open(self.data / "ls.log", "ab")
         self.proc = subprocess.Popen([str(self.ls_bin), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(self.port)],
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT, process_group=0)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -194,7 +196,7 @@ class LabelStudio:
         raise RuntimeError(f"Label Studio did not answer on {self.url} within {timeout}s; see {self.data / 'ls.log'}")
 
     def stop(self) -> None:
-        _stop(self.proc, signal.SIGTERM)
+        stop_process(self.proc, signal.SIGTERM)
         if self._log:
             self._log.close()
             self._log = None
