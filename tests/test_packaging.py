@@ -93,6 +93,18 @@ def test_compose_wires_backend_to_label_studio():
     assert "9090:9090" in backend["ports"]
 
 
+def test_compose_runs_label_studio_on_postgresql():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    db, ls = compose["services"]["db"], compose["services"]["label-studio"]
+    env = ls["environment"]
+    assert db["image"].startswith("postgres:") and "ports" not in db  # only on the compose network
+    assert env["DJANGO_DB"] == "default" and env["POSTGRE_HOST"] == "db" and env["POSTGRE_PORT"] == "5432"
+    assert env["POSTGRE_NAME"] == db["environment"]["POSTGRES_DB"] and env["POSTGRE_USER"] == db["environment"]["POSTGRES_USER"]
+    assert env["POSTGRE_PASSWORD"] == "${POSTGRES_PASSWORD}" and db["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD")
+    assert ls["depends_on"]["db"]["condition"] == "service_healthy"
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in db["volumes"]) and "postgres-data" in compose["volumes"]
+
+
 def test_dockerfile_runs_what_the_tests_run():
     docker = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", docker, re.M)
