@@ -24,9 +24,6 @@ CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PREFIX = "Batch 🧪👩‍🔬 run 𝛼-2\r\n"  # astral emoji, a ZWJ sequence, a mathematical letter, CRLF
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: scripts/install.sh test installs Debian's chromium")
-
-
 def awkward(rec: dict) -> dict:
     """The record with PREFIX before its text: every entity now sits after emoji and CRLF."""
     shift = len(PREFIX)
@@ -40,6 +37,7 @@ def awkward(rec: dict) -> dict:
 def browser(tmp_path):
     from playwright.sync_api import sync_playwright
 
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: scripts/install.sh test installs Debian's chromium"
     profile = Path(tempfile.mkdtemp(prefix="alllabel-chromium-"))  # a fresh --user-data-dir
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True, args=FLAGS, viewport={"width": 1400, "height": 900})
