@@ -104,13 +104,6 @@ class Postgres:
             raise RuntimeError("PostgreSQL cannot run as root and there is no 'postgres' user: run the tests as a normal user") from None
         return "postgres"
 
-    def _own(self, path: Path) -> None:
-        user = self._user()
-        if user:
-            shutil.chown(path, user, user)
-            for p in path.rglob("*"):
-                shutil.chown(p, user, user)
-
     @classmethod
     def workdir(cls) -> Path:
         """A fresh folder under /tmp that the server's user owns (short: it also holds the unix socket)."""

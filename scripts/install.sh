@@ -36,9 +36,12 @@ debs() {  # Debian packages, installed only when the command they provide is mis
   command -v apt-get >/dev/null 2>&1 || { echo "install ${missing[*]} with your system's package manager (the tests need initdb and chromium)" >&2; exit 1; }
   local sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
   echo "installing ${missing[*]} (Debian packages) ..." >&2
-  # The tests make their own throwaway clusters: don't let the package create and start a system-wide one.
-  "${sudo[@]}" mkdir -p /etc/postgresql-common/createcluster.d
-  [ -e /etc/postgresql-common/createcluster.conf ] || echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.d/alllabel.conf >/dev/null
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    # The tests make their own throwaway clusters: don't let the package create (and start) a system-wide
+    # "main" cluster. postgresql-common reads this drop-in (its createcluster.conf includes the folder).
+    "${sudo[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.d/alllabel.conf >/dev/null
+  fi
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 }
