@@ -28,22 +28,28 @@ venv() {  # venv DIR STAMPNAME STAMPFILES -- PIP-INSTALL-ARGS...
   echo "$want" > "$dir/.stamp-$name"
 }
 
-debs() {  # Debian packages, installed only when the command they provide is missing
-  local missing=()
-  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
-  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-  [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null 2>&1 || { echo "install ${missing[*]} with your system's package manager (the tests need initdb and chromium)" >&2; exit 1; }
+apt_install() {  # Debian packages, with sudo when not root
+  command -v apt-get >/dev/null 2>&1 || { echo "install $* with your system's package manager" >&2; exit 1; }
   local sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
-  echo "installing ${missing[*]} (Debian packages) ..." >&2
-  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+  echo "installing $* (Debian packages) ..." >&2
+  if [[ " $* " == *" postgresql "* ]]; then
     # The tests make their own throwaway clusters: don't let the package create (and start) a system-wide
     # "main" cluster. postgresql-common reads this drop-in (its createcluster.conf includes the folder).
     "${sudo[@]}" mkdir -p /etc/postgresql-common/createcluster.d
     echo "create_main_cluster = false" | "${sudo[@]}" tee /etc/postgresql-common/createcluster.d/alllabel.conf >/dev/null
   fi
   "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
+}
+
+# Debian's own python3 comes without venv/ensurepip.
+"$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+
+debs() {  # what the tests need from Debian, installed only when the command it provides is missing
+  local missing=()
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
 RUNTIME=(requirements.txt pyproject.toml)
