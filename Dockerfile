@@ -8,11 +8,15 @@ ENV PYTHONUNBUFFERED=1 \
     ALLABEL_STATE_DIR=/data/state
 
 WORKDIR /app
+# Dependencies first (a layer that changes only with requirements.txt), then the alllabel package itself
+# (with its `alllabel` command and the bundled examples), then the WSGI entry points.
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
+COPY pyproject.toml README.md ./
 COPY alllabel/ alllabel/
 COPY examples/ examples/
+RUN pip install --no-cache-dir --no-deps . && rm -rf build *.egg-info alllabel examples  # one copy: the installed one
 COPY model.py _wsgi.py gunicorn.conf.py ./
 
 RUN useradd --create-home --uid 10001 alllabel && mkdir -p /data && chown alllabel /data

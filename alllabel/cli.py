@@ -1,4 +1,4 @@
-"""Command line: ``python -m alllabel {select,prelabel,evaluate,demo,status} ...``.
+"""Command line: ``alllabel {select,prelabel,evaluate,demo,status} ...`` (or ``python -m alllabel``).
 
 JSONL records look like ``{"id": ..., "text": "...", "entities": [{"start", "end", "label"}]}``;
 a record with an ``entities`` list counts as human-annotated.
@@ -26,7 +26,16 @@ from .selection import select
 from .settings import parse_budget, parse_ratios, resolve_budget
 from .similarity import make_similarity
 
-EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "mof_sample.jsonl"
+
+def _example_data() -> Path:
+    """The bundled MOF sample: alllabel/examples/ when installed from a wheel, examples/ in a checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "examples" / "mof_sample.jsonl"
+    return installed if installed.exists() else here.parent / "examples" / "mof_sample.jsonl"
+
+
+EXAMPLE_DATA = _example_data()
+DEFAULT_BACKEND_URL = "http://127.0.0.1:9090"
 
 
 class Bar:
@@ -298,21 +307,29 @@ def cmd_demo(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .state import State
+    """Ask the running backend (GET /status) rather than reading its state folder."""
+    import httpx
 
-    path = Path(args.state_dir)
-    if not (path / "state.sqlite3").exists():
-        raise ValueError(f"no backend state in {path} (set --state-dir to the backend's ALLABEL_STATE_DIR)")
-    from .orchestrator import project_status
-
-    state = State(path)
-    ids = [args.project] if args.project is not None else state.projects()
-    print(json.dumps([project_status(state, p) for p in ids], indent=2))
+    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    url = args.url.rstrip("/") + "/status"
+    try:
+        r = httpx.get(url, params={"project": args.project} if args.project is not None else None, auth=(user, password or "") if user else None, timeout=args.timeout)
+    except httpx.HTTPError as e:
+        raise RuntimeError(f"no alllabel backend answers at {args.url} ({type(e).__name__}: {e}); start it (bash scripts/start.sh) or pass --url") from None
+    if r.status_code == 401:
+        raise RuntimeError(f"the backend at {args.url} wants HTTP basic auth: set BASIC_AUTH_USER and BASIC_AUTH_PASS to its credentials")
+    try:
+        data = r.json()
+    except ValueError:
+        data = None
+    if r.status_code != 200 or not isinstance(data, dict) or "projects" not in data:
+        raise RuntimeError(f"{url} answered HTTP {r.status_code} with {r.text[:200]!r}: is that an alllabel backend?")
+    print(json.dumps(data, indent=2, ensure_ascii=False))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m alllabel", description="ALLabel active-learning selection and LLM pre-annotation")
+    ap = argparse.ArgumentParser(prog="alllabel", description="ALLabel active-learning selection and LLM pre-annotation")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -383,9 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("status", help="progress of the backend's projects")
-    p.add_argument("--state-dir", default=os.environ.get("ALLABEL_STATE_DIR", "data/state"))
-    p.add_argument("--project", type=int)
+    p = sub.add_parser("status", help="progress of the running backend's projects (its GET /status)")
+    p.add_argument("--url", default=DEFAULT_BACKEND_URL, help=f"the backend (default {DEFAULT_BACKEND_URL}); basic auth from BASIC_AUTH_USER/BASIC_AUTH_PASS")
+    p.add_argument("--project", type=int, help="only this Label Studio project")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
     p.set_defaults(func=cmd_status)
     return ap
 

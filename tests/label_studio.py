@@ -1,114 +1,146 @@
-"""Start a real Label Studio (from .venv-ls, installed by scripts/install.sh) on 127.0.0.1.
+"""A real Label Studio (from .venv-ls, installed by scripts/install.sh) on 127.0.0.1 for the tests.
 
-A migrated template data dir (DB + admin user + legacy token) is built once with
-``label-studio init`` (~1 minute) and copied for each server (a few seconds to start).
+PostgreSQL by default, as production Label Studio runs (task locks only work there); SQLite on request.
+A migrated template (database + admin user + legacy token + the data dir's SECRET_KEY) is built once
+with ``label-studio init`` (about a minute) and copied for each server: the SQLite file, or for
+PostgreSQL a whole stopped cluster that is copied and started on a free loopback port.
 """
-import os
+import fcntl
 import shutil
-import socket
 import subprocess
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
+from alllabel.local_studio import LabelStudio, Postgres, free_port, ls_env, pg_bin
+
+__all__ = ["LabelStudioServer", "add_annotator", "free_port", "TOKEN"]
+
 ROOT = Path(__file__).resolve().parents[1]
 LS_BIN = ROOT / ".venv-ls" / "bin" / "label-studio"
-TEMPLATE = ROOT / ".cache" / "ls-template"
+CACHE = ROOT / ".cache"
+USERNAME, PASSWORD = "admin@example.com", "adminpass123"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
-# get_env falls back to these unprefixed names: never let the caller's shell leak in.
-_STRIP = ("USERNAME", "PASSWORD", "HOST", "PORT", "USER_TOKEN", "DATABASE_NAME")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _env(data: Path, port: int, postgres: Postgres | None = None) -> dict:
+    return ls_env(data, port, username=USERNAME, password=PASSWORD, token=TOKEN, postgres=postgres)
 
 
-def ls_env(data_dir: Path, port: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in _STRIP}
-    env.update(
-        LABEL_STUDIO_BASE_DATA_DIR=str(data_dir), DJANGO_DB="sqlite",
-        LABEL_STUDIO_USERNAME="admin@example.com", LABEL_STUDIO_PASSWORD="adminpass123",
-        LABEL_STUDIO_USER_TOKEN=TOKEN, LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
-        LABEL_STUDIO_ML_BLOCK_LOCAL_IP="false", LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
-        LABEL_STUDIO_HOST=f"http://127.0.0.1:{port}", LABEL_STUDIO_LATEST_VERSION_CHECK="false",
-        LABEL_STUDIO_COLLECT_ANALYTICS="false", LABEL_STUDIO_SENTRY_DSN="", LABEL_STUDIO_FRONTEND_SENTRY_DSN="",
-    )
-    return env
+@contextmanager
+def _locked():
+    CACHE.mkdir(exist_ok=True)
+    with open(CACHE / "ls-template.lock", "w") as lock:  # two test runs never build a template at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
-def ensure_template() -> Path:
+def _init(data: Path, env: dict) -> None:
+    r = subprocess.run([str(LS_BIN), "init"], env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode:
+        raise RuntimeError(f"label-studio init failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+
+
+def ensure_template(db: str = "postgresql") -> Path:
+    """The cached migrated template for ``db`` ("postgresql" or "sqlite"), built on first use."""
     if not LS_BIN.exists():
         raise RuntimeError(f"{LS_BIN} is missing: run scripts/install.sh first")
-    if not (TEMPLATE / "label_studio.sqlite3").exists():
-        shutil.rmtree(TEMPLATE, ignore_errors=True)
-        TEMPLATE.mkdir(parents=True)
-        subprocess.run([str(LS_BIN), "init"], env=ls_env(TEMPLATE, 8080), check=True, capture_output=True, timeout=600)
-    return TEMPLATE
+    with _locked():
+        if db == "sqlite":
+            template = CACHE / "ls-template"
+            if not (template / "label_studio.sqlite3").exists():
+                shutil.rmtree(template, ignore_errors=True)
+                template.mkdir(parents=True)
+                _init(template, _env(template, 8080))
+            return template
+        # The cluster is tied to the PostgreSQL major version that made it.
+        template = CACHE / f"ls-template-pg{(pg_bin() / 'initdb').resolve().parent.parent.name}"
+        if not (template / "ready").exists():
+            shutil.rmtree(template, ignore_errors=True)
+            work = Postgres.workdir()  # PostgreSQL runs in /tmp (owned by its user), then the result is copied
+            try:
+                pg = Postgres.init(work / "pgdata").start()
+                try:
+                    pg.psql("CREATE DATABASE ls")
+                    _init(work / "ls-data", _env(work / "ls-data", 8080, pg))
+                finally:
+                    pg.stop()
+                staging = Path(str(template) + ".tmp")
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+                subprocess.run(["cp", "-a", str(work / "pgdata"), str(work / "ls-data"), str(staging)], check=True)
+                (staging / "ready").touch()
+                staging.rename(template)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        return template
 
 
 class LabelStudioServer:
-    def __init__(self, workdir: Path):
+    """One Label Studio (and, on PostgreSQL, its own cluster) for a test module or session."""
+
+    def __init__(self, workdir: Path, db: str = "postgresql"):
+        self.db = db
         self.data = Path(workdir) / "ls-data"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = TOKEN
-        self.proc = None
+        self.pg: Postgres | None = None
+        self.pg_dir: Path | None = None
+        self.ls: LabelStudio | None = None
 
-    def start(self, timeout: float = 180) -> "LabelStudioServer":
-        if not self.data.exists():
-            shutil.copytree(ensure_template(), self.data)
-        self.log = open(self.data / "ls.log", "a")
-        self.proc = subprocess.Popen(
-            [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(self.port)],
-            env=ls_env(self.data, self.port), stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Label Studio exited ({self.proc.returncode}); see {self.data / 'ls.log'}")
-            try:
-                if requests.get(self.url + "/health", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"Label Studio did not answer on {self.url} within {timeout}s")
+    @property
+    def proc(self):
+        return self.ls.proc if self.ls else None
 
-    def restart(self, down: float = 0.0) -> None:
-        """Stop the server, stay down ``down`` seconds, start it again on the same port and data."""
-        self.stop()
-        time.sleep(down)
-        self.start()
+    def start(self, timeout: float = 300) -> "LabelStudioServer":
+        template = ensure_template(self.db)
+        try:
+            if self.db == "sqlite":
+                shutil.copytree(template, self.data)
+            else:
+                shutil.copytree(template / "ls-data", self.data)
+                self.pg_dir = Postgres.workdir()
+                self.pg = Postgres.copy_of(template / "pgdata", self.pg_dir / "pgdata").start()
+            self.ls = LabelStudio(LS_BIN, self.data, self.port, _env(self.data, self.port, self.pg)).start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
-    def add_user(self, email: str, password: str = "annotator-pass-123") -> str:
-        """A second annotator in the organisation (through an invite link); returns their legacy token."""
-        invite = requests.get(f"{self.url}/api/invite", headers={"Authorization": f"Token {self.token}"}, timeout=10).json()["invite_url"]
-        s = requests.Session()
-        s.get(self.url + invite, timeout=10)
-        r = s.post(self.url + invite, data={"email": email, "password": password, "csrfmiddlewaretoken": s.cookies.get("csrftoken")},
-                   headers={"Referer": self.url + invite}, allow_redirects=False, timeout=10)
-        if r.status_code != 302:
-            raise RuntimeError(f"signing up {email} failed: HTTP {r.status_code}")
-        return s.get(f"{self.url}/api/current-user/token", timeout=10).json()["token"]
+    def stop_label_studio(self) -> None:
+        """Stop only the Label Studio process, as in an outage: its data and database stay."""
+        if self.ls:
+            self.ls.stop()
+
+    def start_label_studio(self, timeout: float = 300) -> None:
+        """Start Label Studio again on the same port, data and database."""
+        self.ls = LabelStudio(LS_BIN, self.data, self.port, _env(self.data, self.port, self.pg)).start(timeout)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if getattr(self, "log", None):
-            self.log.close()
+        if self.ls:
+            self.ls.stop()
+        if self.pg:
+            self.pg.stop()
+        if self.pg_dir:
+            shutil.rmtree(self.pg_dir, ignore_errors=True)
+            self.pg_dir = None
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def add_annotator(server: LabelStudioServer, email: str, password: str = "annotate-me-123") -> str:
+    """Sign a new user up through the organisation's invite link, as a person would; return their legacy token."""
+    admin = {"Authorization": f"Token {server.token}"}
+    invite = requests.get(f"{server.url}/api/invite", headers=admin, timeout=30).json()["invite_url"]
+    s = requests.Session()
+    page = server.url + invite
+    s.get(page, timeout=30)
+    r = s.post(page, data={"email": email, "password": password, "csrfmiddlewaretoken": s.cookies["csrftoken"]}, headers={"Referer": page}, allow_redirects=False, timeout=30)
+    assert r.status_code == 302, f"sign-up of {email} failed: HTTP {r.status_code}"
+    return s.get(f"{server.url}/api/current-user/token", timeout=30).json()["token"]

@@ -1,17 +1,18 @@
 """The command line, on real MOF data, with the fake LLM where an LLM is needed."""
 import json
-from pathlib import Path
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
+from alllabel.annotators import example_from_spans
 from alllabel.cli import main
 from alllabel.evaluation import sample_f1, span_prf
 from alllabel.jsonl import read_jsonl, write_jsonl
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
-from alllabel.annotators import example_from_spans
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,16 +159,63 @@ def test_demo_runs_offline(tmp_path, monkeypatch):
     assert len(read_jsonl(tmp_path / "prelabels.jsonl")) == 135
 
 
-def test_status_reads_backend_state(tmp_path, capsys):
-    from alllabel.state import State
+@pytest.fixture
+def backend_server(tmp_path):
+    """The real backend app over HTTP on 127.0.0.1, with one project in its state."""
+    from werkzeug.serving import make_server
 
-    s = State(tmp_path)
-    s.register(3, "<View/>")
-    s.add_to_queue(3, [(10, 0, "diversity")])
-    assert main(["status", "--state-dir", str(tmp_path)]) == 0
-    (p,) = json.loads(capsys.readouterr().out)
+    from _wsgi import create_app
+    from alllabel.ls_client import LabelStudioAPI
+    from alllabel.settings import Settings
+    from model import ALLabelBackend
+    from tests.label_studio import free_port
+
+    def start(**settings):
+        backend = ALLabelBackend(Settings(state_dir=tmp_path / "state", model_version="mv-status", **settings), ls_factory=lambda: LabelStudioAPI("http://127.0.0.1:9", "t"))
+        backend.orchestrator.state.register(3, '<View><Labels name="l" toName="t"><Label value="A"/></Labels><Text name="t" value="$text"/></View>')
+        backend.orchestrator.state.add_to_queue(3, [(10, 0, "diversity")])
+        port = free_port()
+        server = make_server("127.0.0.1", port, create_app(backend), threaded=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{port}"
+
+    servers = []
+    yield start
+    for s in servers:
+        s.shutdown()
+
+
+def test_status_asks_the_running_backend(backend_server, capsys, monkeypatch):
+    monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
+    url = backend_server()
+    assert main(["status", "--url", url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_version"] == "mv-status"
+    (p,) = out["projects"]
     assert p["project"] == 3 and p["queue"]["selected"] == 1
-    assert main(["status", "--state-dir", str(tmp_path / "none")]) == 2
+    assert main(["status", "--url", url, "--project", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["projects"][0]["project"] == 3
+
+
+def test_status_with_basic_auth(backend_server, capsys, monkeypatch):
+    url = backend_server(basic_auth_user="u", basic_auth_pass="p")
+    monkeypatch.delenv("BASIC_AUTH_USER", raising=False)
+    assert main(["status", "--url", url]) == 2
+    assert "BASIC_AUTH_USER" in capsys.readouterr().err
+    monkeypatch.setenv("BASIC_AUTH_USER", "u")
+    monkeypatch.setenv("BASIC_AUTH_PASS", "p")
+    assert main(["status", "--url", url]) == 0
+    assert json.loads(capsys.readouterr().out)["model_version"] == "mv-status"
+
+
+def test_status_says_when_nothing_answers(capsys):
+    from tests.label_studio import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["status", "--url", url]) == 2
+    err = capsys.readouterr().err
+    assert f"no alllabel backend answers at {url}" in err and "--url" in err
 
 
 def test_select_skips_duplicates_and_outliers_unless_paper_exact(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""End to end against a real Label Studio 1.23 (headless, 127.0.0.1) and the fake LLM.
+"""End to end against a real Label Studio 1.23 (headless, PostgreSQL, 127.0.0.1) and the fake LLM.
 
 The backend runs in this process behind a real HTTP server, so Label Studio calls /setup,
 /predict and /webhook exactly as in production. Annotators are driven through Label Studio's
@@ -20,7 +20,7 @@ from alllabel.settings import Settings
 from model import ALLabelBackend
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
-from tests.label_studio import LabelStudioServer, free_port
+from tests.label_studio import free_port
 
 MV = "alllabel-e2e"
 N_TASKS = 40
@@ -35,9 +35,9 @@ CONFIG = (
 
 
 @pytest.fixture(scope="module")
-def ls(tmp_path_factory):
-    with LabelStudioServer(tmp_path_factory.mktemp("ls")) as server:
-        yield server
+def ls(label_studio):
+    """The session's Label Studio on PostgreSQL (tests/conftest.py)."""
+    return label_studio
 
 
 class LS:
@@ -205,7 +205,7 @@ def test_two_fast_annotators_and_constant_resyncs_lose_nothing(ls, tmp_path):
     """Issue 8, defect 1: annotations recorded from webhooks were erased by a re-sync snapshot."""
     api = LS(ls)
     records = mof_records()[:300]
-    second = ls.add_user(f"annotator-{time.time_ns()}@example.com")
+    second = add_annotator(ls, f"annotator-{time.time_ns()}@example.com")
     budget = 20
     stop = threading.Event()
     with FakeOpenAI(oracle(records)) as fake:
@@ -258,11 +258,11 @@ def test_label_studio_down_mid_push_heals_by_itself(ls, tmp_path):
             for q in b.orch.state.queue(pid)[:BUDGET]:
                 api.annotate(q.task_id, rec_of[q.task_id])
             b.wait_for(pid, lambda st: st["prelabels"]["pushed"] >= 5, what="first pushes")
-            ls.stop()  # in the middle of the push
+            ls.stop_label_studio()  # in the middle of the push
             b.wait_for(pid, lambda st: st["prelabels"]["done"] == len(records) - BUDGET, what="LLM run")
             assert b.status(pid)["prelabels"]["pushed"] < len(records) - BUDGET
             assert "cannot reach Label Studio" in b.status(pid)["message"]
-            ls.start()
+            ls.start_label_studio()
             back = time.monotonic()
             b.wait_for(pid, lambda st: st["phase"] == "done" and st["prelabels"]["pushed"] == len(records) - BUDGET, timeout=60, what="healing")
             print(f"healed {time.monotonic() - back:.1f}s after Label Studio came back")
@@ -271,7 +271,7 @@ def test_label_studio_down_mid_push_heals_by_itself(ls, tmp_path):
         finally:
             b.stop()
             if ls.proc.poll() is not None:
-                ls.start()
+                ls.start_label_studio()
 
 
 def test_predictions_stream_while_the_run_goes(ls, tmp_path):
