@@ -15,12 +15,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .annotators import LLMAnnotator, ProjectionAnnotator, estimate_run, plan_run, prelabel
+from .blocks import make_runner
+from .duplicates import DEFAULT_THRESHOLD
 from .evaluation import DEFAULT_POOL_SIZES, evaluate, leave_one_out, quality_gate, score_pool, write_reports
 from .jsonl import read_jsonl, texts_of, write_jsonl
 from .llm import LLMCache, LLMClient, LLMConfig
 from .prompting import LabelSchema
-from .blocks import make_runner
-from .duplicates import DEFAULT_THRESHOLD
 from .screening import screen
 from .selection import select
 from .settings import parse_budget, parse_ratios, resolve_budget
@@ -373,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", help="a 'select' output: only those records are demonstrations; the rest are pre-annotated")
     p.add_argument("--project", type=int, help="pre-annotate this Label Studio project now (LABEL_STUDIO_URL/API_KEY)")
     p.add_argument("--dry-run", action="store_true", help="estimate tokens and cost, call nothing")
-    p.add_argument("--max-cost", type=float, default=_env_number("ALLABEL_MAX_COST_USD"), help="stop before spending more than this many US$ (default ALLABEL_MAX_COST_USD); the quality check counts too; cached answers count at their price, so a higher cap resumes")
+    p.add_argument("--max-cost", type=float, default=_env_number("ALLABEL_MAX_COST_USD"),
+                   help="stop before spending more than this many US$ (default ALLABEL_MAX_COST_USD); the quality check counts too; "
+                        "cached answers count at their price, so a higher cap resumes")
     p.add_argument("--min-f1", type=float, default=_env_number("ALLABEL_MIN_F1"), help="hold the run when the leave-one-out F1 (paper metric, 0..1) is below this (default ALLABEL_MIN_F1)")
     p.add_argument("--min-span-score", type=float, default=_env_number("ALLABEL_MIN_SPAN_SCORE"), help="drop spans scored below this (0..1; default ALLABEL_MIN_SPAN_SCORE)")
     p.add_argument("--skip-quality", action="store_true", help="no leave-one-out quality check before the run")

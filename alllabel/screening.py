@@ -44,7 +44,10 @@ class LengthRule:
         return low, high
 
 
-def length_outliers(texts: Sequence[str], rule: LengthRule = LengthRule()) -> tuple[np.ndarray, dict[int, str]]:
+DEFAULT_LENGTH_RULE = LengthRule()
+
+
+def length_outliers(texts: Sequence[str], rule: LengthRule = DEFAULT_LENGTH_RULE) -> tuple[np.ndarray, dict[int, str]]:
     """Mask of tasks outside the rule's length range, with the reason for each."""
     lengths = np.array([len(tokenize(t)) for t in texts], dtype=np.float64)
     low, high = rule.bounds(lengths)
@@ -79,7 +82,7 @@ def screen(
     duplicates: bool = True,
     threshold: float = DEFAULT_THRESHOLD,
     outliers: bool = True,
-    length_rule: LengthRule = LengthRule(),
+    length_rule: LengthRule = DEFAULT_LENGTH_RULE,
     found: Duplicates | None = None,
 ) -> Screening:
     """Tasks not to offer to humans. ``chosen``: annotated or queued tasks (never excluded; they

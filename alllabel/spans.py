@@ -114,8 +114,8 @@ def align_entities(text: str, entities: list[dict], labels: list[str] | set[str]
         exact = exact_of[value]
         spans_of_label = taken.setdefault(label, [])
 
-        def free(m):
-            return all(m[2] <= a or m[1] >= b for a, b in spans_of_label)
+        def free(m, spans=spans_of_label):
+            return all(m[2] <= a or m[1] >= b for a, b in spans)
 
         occurrence = ent.get("occurrence")
         choice = None

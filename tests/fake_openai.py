@@ -274,7 +274,8 @@ class FakeOpenAI:
             if rows:
                 fid = f"file-{len(self.files) + 1}"
                 content = ("\n".join(rows) + "\n").encode()
-                self.files[fid] = {"object": {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()), "filename": f"{bid}_{name}.jsonl", "purpose": "batch_output", "status": "processed"}, "content": content}
+                meta = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()), "filename": f"{bid}_{name}.jsonl", "purpose": "batch_output", "status": "processed"}
+                self.files[fid] = {"object": meta, "content": content}
                 if name == "output":
                     out_id = fid
                 else:

@@ -4,8 +4,8 @@ import pytest
 
 from alllabel import BM25Similarity, SBERTSimilarity, select
 from alllabel.retrieval import Demonstration, retrieve
-from alllabel.similarity import iter_row_blocks, matrix
 from alllabel.simcache import SimilarityCache
+from alllabel.similarity import iter_row_blocks, matrix
 from tests.data import mof_texts
 
 
@@ -82,7 +82,7 @@ def test_sbert_embeds_each_text_once_across_plan_and_preannotation(mof, tmp_path
     texts = mof[:40]
     calls = []
     similarity.embed_texts(["warm up"])  # load the real model
-    for name, model in similarity._MODELS.items():
+    for model in similarity._MODELS.values():
         real = model.encode
 
         def counting(sentences, *a, _real=real, **kw):  # a spy on the real model: it still encodes

@@ -80,11 +80,15 @@ def test_start_sh_brings_up_a_connected_demo_and_ctrl_c_stops_it(tmp_path):
         assert project["task_number"] == 150 and project["sampling"] == "Uncertainty sampling" and project["model_version"] == "alllabel"
         (ml,) = requests.get(f"{url}/api/ml", params={"project": pid}, headers=h, timeout=30).json()
         assert ml["url"] == f"http://127.0.0.1:{backend_port}" and ml["title"] == "alllabel"
-        # The queue is served: /next gives the task at queue position 0 (score 0 of our model version).
+        # The queue is served: /next gives the task at queue position 0 (score 0 of our model version),
+        # without showing annotators the empty queue prediction.
         task = requests.get(f"{url}/api/projects/{pid}/next", headers=h, timeout=60).json()
-        assert [(p["model_version"], p["score"]) for p in task["predictions"]] == [("alllabel", 0.0)]
+        assert task["predictions"] == []
+        ours = requests.get(f"{url}/api/predictions/", params={"task": task["id"]}, headers=h, timeout=30).json()
+        assert [(p["model_version"], p["score"]) for p in ours] == [("alllabel", 0.0)]
         status = requests.get(f"http://127.0.0.1:{backend_port}/status", params={"project": pid}, timeout=30).json()
-        assert status["projects"][0]["queue"]["pushed"] == status["projects"][0]["budget"] == 8  # 5 % of 150
+        st = status["projects"][0]
+        assert st["budget"] == 8 and st["queue"]["pushed"] == st["queue"]["selected"] == 8 + 5  # 5 % of 150, and the reserve
 
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(90) == 0

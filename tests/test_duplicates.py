@@ -100,7 +100,7 @@ def test_annotated_task_represents_its_cluster(seeded):
     copy, src = next(iter(copies.items()))
     s = screen(texts, chosen=[copy])  # the copy was annotated first
     assert not s.excluded[copy] and s.excluded[src]
-    assert s.duplicates.representative[src] == copy and "near-duplicate of task #%d" % copy in s.reasons[src]
+    assert s.duplicates.representative[src] == copy and f"near-duplicate of task #{copy}" in s.reasons[src]
     sel = select(BM25Similarity(texts), 20, pre_chosen=[copy], exclude=s.excluded)
     assert src not in sel.indices
 

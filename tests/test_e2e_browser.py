@@ -17,7 +17,7 @@ from alllabel.annotators import example_from_spans
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
 from tests.label_studio import PASSWORD, USERNAME
-from tests.test_e2e_label_studio import MV, Backend, new_project, result_of
+from tests.test_e2e_label_studio import BUDGET, LS, Backend, result_of
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 # Flags measured to keep Chromium quiet and offline here (see ../shared/notes).
@@ -56,11 +56,12 @@ def test_label_all_tasks_and_prelabels_in_the_browser(label_studio, browser, tmp
     shots.mkdir(parents=True, exist_ok=True)
     with FakeOpenAI(gold_responder(by_text)) as fake:
         b = Backend(tmp_path, ls, fake)
+        api = LS(ls)
         try:
-            c, pid, rec_of = new_project(ls, "browser", records)
-            c.ml.create(project=pid, url=b.url, title=MV)
-            b.idle()
-            queue = [e["task_id"] for e in b.orch.state.queue(pid)]
+            pid, rec_of = api.new_project("browser", records)
+            assert api.connect(pid, b.url).status_code == 201
+            b.idle(pid)
+            queue = [q.task_id for q in b.orch.state.queue(pid)]
 
             page = browser.new_page()
             page.goto(f"{ls.url}/user/login/")
@@ -78,17 +79,19 @@ def test_label_all_tasks_and_prelabels_in_the_browser(label_studio, browser, tmp
             assert rec_of[queue[0]]["text"].split("\r\n")[1][:60] in page.locator(".lsf-htx-richtext").inner_text()
 
             # The budget, annotated through the API; the backend then pre-annotates the rest.
-            for tid in queue:
+            for tid in queue[:BUDGET]:
                 r = requests.post(f"{ls.url}/api/tasks/{tid}/annotations/", headers={"Authorization": f"Token {ls.token}"}, json={"result": result_of(rec_of[tid])})
                 assert r.status_code == 201
-            b.idle()
-            preds = {p.task: p for p in b.ls_api().predictions(pid, MV) if p.task not in queue}
+            b.wait_for(pid, lambda st: st["phase"] == "done", what="pre-annotation")
+            b.idle(pid)
+            preds = {p.task: p for p in api.predictions(pid) if p.task not in queue}
             tid, pred = max(preds.items(), key=lambda kv: len(kv[1].result))  # the task with the most regions
             text = rec_of[tid]["text"]
             wanted = sorted(text[r["value"]["start"]:r["value"]["end"]] for r in pred.result)
             assert len(wanted) >= 3 and text.index("\r\n") < min(r["value"]["start"] for r in pred.result)
 
-            page.goto(f"{ls.url}/projects/{pid}/data?tab=1&task={tid}")
+            tab = api.get("/api/dm/views/", project=pid)[0]["id"]
+            page.goto(f"{ls.url}/projects/{pid}/data?tab={tab}&task={tid}")
             page.locator(".lsf-htx-richtext .htx-highlight").first.wait_for(timeout=60000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / "prelabels.png"))

@@ -20,7 +20,7 @@ from alllabel.settings import Settings
 from model import ALLabelBackend
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
-from tests.label_studio import free_port
+from tests.label_studio import add_annotator, free_port
 
 MV = "alllabel-e2e"
 N_TASKS = 40
