@@ -85,12 +85,12 @@ class LS:
 
 
 class Backend:
-    def __init__(self, tmp_path, ls, fake, key=None, **settings):
+    def __init__(self, tmp_path, ls, fake, key=None, llm=None, port=None, **settings):
         defaults = dict(state_dir=tmp_path / "state", model_version=MV, budget=BUDGET, sync_interval=2, queue_reserve=RESERVE, max_backoff=2, llm_max_backoff=1)
         self.settings = Settings(**{**defaults, **settings})
-        llm = LLMConfig(api_key="test", base_url=fake.base_url, max_retries=1, concurrency=2)
+        llm = LLMConfig(**{"api_key": "test", "base_url": fake.base_url, "max_retries": 1, "concurrency": 2, **(llm or {})})
         self.backend = ALLabelBackend(self.settings, ls_factory=lambda: LabelStudioAPI(ls.url, key or ls.token), llm_config=llm)
-        self.port = free_port()
+        self.port = port or free_port()  # a restarted backend keeps its URL
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = make_server("127.0.0.1", self.port, create_app(self.backend), threaded=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
