@@ -225,7 +225,7 @@ class Orchestrator:
         c = self.controller(pid)
         before = c.runs_finished
         c.force_run = True
-        c.wake(full=True)
+        c.wake(full=True, reassert=True, audit=True)  # as Start Training: approve, retry, redo what is stale
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             if c.runs_finished > before and c.idle():

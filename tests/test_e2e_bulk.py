@@ -255,3 +255,27 @@ def test_duplicates_outliers_and_a_long_text(ls, tmp_path):
             assert {(s, e) for s, e, _ in regions} & {(e["start"], e["end"]) for e in long_entities}
         finally:
             b.stop()
+
+
+def test_a_rejected_llm_key_shows_on_the_model_in_label_studio(ls, tmp_path):
+    """An endpoint refusing every call (401) blocks the run; /setup says so, which Label Studio shows
+    as the model's state (Error) with our message, and retrying stops hammering until it is fixed."""
+    api = LS(ls)
+    records = mof_records()[560:590]
+    with FakeOpenAI() as fake:
+        fake.script = [{"status": 401, "message": "Incorrect API key provided"}] * 1000
+        b = Backend(tmp_path, ls, fake, quality_check=False)
+        try:
+            pid, rec_of = api.new_project("bad llm key", records)
+            assert api.connect(pid, b.url).status_code == 201
+            annotate_budget(api, b, pid, rec_of)
+            st = b.wait_for(pid, lambda st: st.get("run", {}).get("blocked"), what="the block")
+            assert "check OPENAI_API_KEY" in st["run"]["blocked"]
+            (ml,) = api.get("/api/ml/", project=pid)  # the Model settings page: LS calls /setup
+            assert ml["readable_state"] == "Error" and "pre-annotation is blocked" in ml["error_message"] and "OPENAI_API_KEY" in ml["error_message"]
+            fake.script = []  # the key is fixed; Start Training retries at once
+            api.start_training(pid)
+            b.wait_for(pid, lambda st: st["phase"] == "done", what="the run after the fix")
+            assert api.get("/api/ml/", project=pid)[0]["readable_state"] == "Connected"
+        finally:
+            b.stop()
