@@ -46,27 +46,34 @@ class Corpus:
     ids: list[int]
     texts: list[str]
     gold: dict[int, list[dict]]  # index -> human spans (each annotated task's latest answer)
+    gold_key: str = ""  # see ``gold_key``
 
     @classmethod
     def load(cls, state: State, pid: int, cfg: NERConfig) -> "Corpus":
         tasks = state.usable_tasks(pid)
         ids = [t for t, _ in tasks]
         index = {t: i for i, t in enumerate(ids)}
-        gold = {index[t]: ls_format.result_spans(r, cfg) for t, r in state.human_results(pid).items() if t in index}
-        return cls(cfg, ids, [text for _, text in tasks], gold)
+        human = {t: r for t, r in state.human_results(pid).items() if t in index}
+        gold = {index[t]: ls_format.result_spans(r, cfg) for t, r in human.items()}
+        return cls(cfg, ids, [text for _, text in tasks], gold, _key(human))
 
     def index(self, task_ids: Iterable[int]) -> list[int]:
         pos = {t: i for i, t in enumerate(self.ids)}
         return [pos[t] for t in task_ids if t in pos]
 
-    def gold_key(self) -> str:
-        """Changes whenever a human annotation is added, changed or removed."""
-        body = json.dumps(sorted((self.ids[i], s) for i, s in self.gold.items()), sort_keys=True, default=str)
-        return hashlib.sha1(body.encode()).hexdigest()[:16]
-
     def version(self, a_version: dict) -> dict:
         """A pre-annotation's version with its demonstrations as task ids (indices change with the corpus)."""
         return {**a_version, "demos": [self.ids[i] for i in a_version.get("demos", [])]}
+
+
+def gold_key(state: State, pid: int) -> str:
+    """Changes whenever a human annotation of a usable task is added, changed or removed (no texts read)."""
+    usable = set(state.usable_task_ids(pid))
+    return _key({t: r for t, r in state.human_results(pid).items() if t in usable})
+
+
+def _key(human: dict[int, list]) -> str:
+    return hashlib.sha1(json.dumps(sorted(human.items()), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -174,7 +181,7 @@ def run(
         log.info("project %d: %s", pid, est.summary())
     spent = state.project(pid)["spent_usd"]
     # 3. Quality check, once per set of human annotations.
-    key = corpus.gold_key()
+    key = corpus.gold_key
     if settings.quality_check and len(corpus.gold) >= 2 and quality_done != key:
         checker = annotator.online() if llm else annotator  # answers now, even when the bulk uses the Batch API
         q = leave_one_out(corpus.texts, corpus.gold, list(cfg.labels), checker, sim, k=settings.k, concurrency=concurrency,

@@ -85,10 +85,9 @@ class ProjectController:
         self._quality_key: str | None = None
         self._similarities = SimilarityCache(orch.settings.state_dir / "similarity", keep=1)
         self._spare: list[tuple[int, str]] = []  # next reserve picks already selected: (task id, stage)
-        self._spare_key: str | None = None
+        self._spare_key: tuple[int, ...] | None = None  # the usable tasks the spares were selected among
         # What the last probe said.
         self.warnings: list[str] = []
-        self._last_counts: dict = {}
         self._webhooks_authorized = False
         self._busy = False
         self.thread = threading.Thread(target=self._loop, name=f"alllabel-project-{pid}", daemon=True)
@@ -488,8 +487,7 @@ class ProjectController:
         if h.kind == "manual":
             return bool(self.state.project(self.pid)["run_approved"])
         if h.kind == "min_f1":  # more (or changed) human annotations: check again
-            cfg = parse_label_config(self.state.project(self.pid)["label_config"])
-            return bulk.Corpus.load(self.state, self.pid, cfg).gold_key() != h.key
+            return bulk.gold_key(self.state, self.pid) != h.key
         if h.kind == "cost_cap":
             return self.settings.max_cost_usd != h.key
         if h.kind == "batch":
