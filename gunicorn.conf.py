@@ -22,3 +22,14 @@ def when_ready(server):
     warning = exposure_warning(os.environ.get("ALLABEL_LISTEN", ""), bool(os.environ.get("BASIC_AUTH_USER")))
     if warning:
         server.log.warning("alllabel: %s", warning)
+
+
+def worker_exit(server, worker):
+    """A worker leaving (SIGTERM, or its master gone): stop the controllers and runs now, or Python
+    would wait for a long pre-annotation run to finish while a new worker takes over the state."""
+    import sys
+
+    wsgi = sys.modules.get("_wsgi")
+    app = getattr(wsgi, "__dict__", {}).get("app") if wsgi else None
+    if app is not None:
+        app.config["backend"].orchestrator.close()

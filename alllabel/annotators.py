@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -279,6 +280,9 @@ class PrelabelResult:
         return "done" if self.annotation is not None else "held" if self.held else "failed"
 
 
+STOPPED = "stopped: the process is shutting down; the next run does it"
+
+
 class PrelabelResults(list):
     """``prelabel``'s results in query order, plus what the run counted against its cost cap."""
 
@@ -364,6 +368,7 @@ def prelabel(
     run_key: str | None = None,
     batch_wait: float | None = None,
     run: RunPlan | None = None,
+    stop: threading.Event | None = None,
 ) -> PrelabelResults:
     """Pre-annotate ``queries`` (default: every task without gold spans) from the annotated ones.
 
@@ -377,6 +382,8 @@ def prelabel(
     bookkept under ``run_key``; ``batch_wait`` seconds of polling at most (None: until done), the
     tasks whose batch is still running come back held. ``run``: the ``plan_run`` of these same
     arguments, if the caller made one already (for ``estimate_run``); ``queries``/``k`` then unused.
+    ``stop``: once set, tasks not started yet come back held (``STOPPED``): a process shutting down
+    does not wait for the rest of a long run.
     """
     run = run or plan_run(texts, gold, annotator, sim, queries=queries, k=k)
     queries, demos, plans = run.queries, run.demos, run.plans
@@ -441,6 +448,8 @@ def prelabel(
                 finish(j, attempt(j, cache_only=True))
     else:
         def one(j: int) -> PrelabelResult:
+            if stop is not None and stop.is_set():
+                return finish(j, held(j, STOPPED))
             if guard.max_usd is not None:  # admission in task order (no cap: nothing to wait for)
                 worst = math.inf
                 try:

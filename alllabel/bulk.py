@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from . import ls_format
-from .annotators import LLMAnnotator, PrelabelResult, current_versions, estimate_run, plan_run, prelabel, stale_reasons
+from .annotators import STOPPED, LLMAnnotator, PrelabelResult, current_versions, estimate_run, plan_run, prelabel, stale_reasons
 from .duplicates import find_duplicates
 from .evaluation import leave_one_out, quality_gate
 from .label_config import NERConfig
@@ -131,6 +131,7 @@ def run(
     quality_done: str | None,
     report: Callable[[str, object], None],
     saved: Callable[[], None],
+    stop=None,
 ) -> RunOutcome:
     """Pre-annotate the tasks in ``order`` (task ids), following the module's steps.
 
@@ -203,8 +204,8 @@ def run(
     # 5. The run.
     results = prelabel(corpus.texts, corpus.gold, annotator, sim, run=plan, concurrency=concurrency, on_done=save,
                        max_cost_usd=settings.max_cost_usd, spent_usd=spent, min_span_score=settings.min_span_score,
-                       run_key=f"project-{pid}", batch_wait=0 if llm and annotator.client.config.batch else None)
-    held = results.held
+                       run_key=f"project-{pid}", batch_wait=0 if llm and annotator.client.config.batch else None, stop=stop)
+    held = [r for r in results.held if r.held != STOPPED]
     if held:
         batch = [r for r in held if r.held and r.held.startswith("held: waiting for batch")]
         if batch:

@@ -110,9 +110,13 @@ class ProjectController:
                 self.state.update_project(self.pid, run_approved=1)
         self._wake.set()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the loop and the run (tasks not started are left for the next process) and wait for both."""
         self._stop.set()
         self._wake.set()
+        for t in (self.thread, self._run_thread):
+            if t is not None and t is not threading.current_thread():
+                t.join(timeout)
 
     def idle(self) -> bool:
         """Nothing left to do right now (for tests and the CLI): no claims, pushes, runs or failures."""
@@ -520,7 +524,7 @@ class ProjectController:
             concurrency = self.orch.llm_config.concurrency if isinstance(annotator, LLMAnnotator) else 1
             out = bulk.run(self.state, self.pid, corpus, annotator, sim, order, settings=self.settings, concurrency=concurrency,
                            approved=bool(self.state.project(self.pid)["run_approved"]), quality_done=self._quality_key,
-                           report=report, saved=self._wake.set)
+                           report=report, saved=self._wake.set, stop=self._stop)
             if out.quality:
                 self._quality_key = out.quality["gold_key"]
             self.hold, self._hold_since = out.hold, time.monotonic()

@@ -26,7 +26,7 @@ from .llm import LLMCache, LLMClient, LLMConfig
 from .ls_client import LabelStudioAPI, LabelStudioError
 from .prompting import LabelSchema, PromptBuilder
 from .settings import Settings
-from .state import State
+from .state import DirectoryLock, State
 
 log = logging.getLogger("alllabel")
 
@@ -49,6 +49,7 @@ def project_id_of(key) -> int:
 class Orchestrator:
     def __init__(self, settings: Settings | None = None, ls_factory: Callable[[], LabelStudioAPI] | None = None, llm_config: LLMConfig | None = None):
         self.settings = settings or Settings.from_env()
+        self._dir_lock = DirectoryLock(self.settings.state_dir, wait=self.settings.lock_wait)
         self.state = State(self.settings.state_dir)
         self.ls_factory = ls_factory or LabelStudioAPI.from_env
         self.llm_config = llm_config or LLMConfig.from_env()
@@ -248,8 +249,12 @@ class Orchestrator:
         return False
 
     def close(self) -> None:
-        for c in self.controllers.values():
+        """Stop every controller and run (tasks not started are left for the next process), then let
+        another process have the state."""
+        for c in list(self.controllers.values()):
             c.stop()
+        self.state.close()
+        self._dir_lock.release()
 
 
 def project_status(state: State, pid: int, controller: ProjectController | None = None) -> dict:

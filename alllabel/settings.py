@@ -103,6 +103,7 @@ class Settings:
     max_backoff: float = 30.0  # longest wait before retrying after Label Studio failed
     llm_max_backoff: float = 600.0  # longest wait before retrying pre-annotations that failed
     connect_wait: float = 2.5  # the first /setup of a project waits this long for its queue (LS allows 3 s)
+    lock_wait: float = 60.0  # a new backend waits this long for a previous one on the same state to exit
     # Which tasks humans are offered (alllabel/screening.py); paper_exact turns both rules off.
     exclude_duplicates: bool = True
     duplicate_threshold: float = 0.8

@@ -279,3 +279,80 @@ def test_a_rejected_llm_key_shows_on_the_model_in_label_studio(ls, tmp_path):
             assert api.get("/api/ml/", project=pid)[0]["readable_state"] == "Connected"
         finally:
             b.stop()
+
+
+def test_a_killed_backend_leaves_no_second_process_behind(ls, tmp_path):
+    """kill -9 of gunicorn's master mid-run: its worker must stop at once (not finish the run beside
+    the new backend, which would push every prediction twice); the new backend finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import requests
+
+    from tests.label_studio import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    api = LS(ls)
+    records = mof_records()[590:650]
+    with FakeOpenAI(oracle(records)) as fake:
+        fake.latency = 1.0  # the run (about 30 s) outlasts the 20 s the old worker gets to leave
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "k",
+               "ALLABEL_STATE_DIR": str(tmp_path / "state"), "ALLABEL_BUDGET": str(BUDGET), "ALLABEL_MODEL_VERSION": "alllabel-e2e",
+               "ALLABEL_QUALITY_CHECK": "0", "ALLABEL_SYNC_INTERVAL": "2", "ALLABEL_LLM_CONCURRENCY": "2"}
+        env.pop("BASIC_AUTH_USER", None)
+        log = (tmp_path / "backend.log").open("a")
+
+        def start():
+            p = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8", "_wsgi:app"],
+                                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(url + "/health", timeout=1).ok:
+                        return p
+                except requests.RequestException:
+                    time.sleep(0.2)
+            raise AssertionError("backend did not start")
+
+        def status():
+            return requests.get(url + "/status", timeout=10).json()["projects"][0]
+
+        master = start()
+        new = None
+        try:
+            pid, rec_of = api.new_project("kill -9", records)
+            assert api.connect(pid, url).status_code == 201
+            queue = [p.task for p in api.predictions(pid)]
+            for t in sorted(queue, key=lambda t: [p.score for p in api.predictions(pid) if p.task == t][0])[:BUDGET]:
+                api.annotate(t, rec_of[t])
+            deadline = time.monotonic() + 60
+            while status().get("run", {}).get("progress", {}).get("done", 0) < 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            (worker,) = [int(x) for x in subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()]
+            master.send_signal(signal.SIGKILL)
+            master.wait()
+            killed = time.monotonic()
+            while os.path.exists(f"/proc/{worker}") and time.monotonic() - killed < 20:
+                time.sleep(0.1)
+            gone = time.monotonic() - killed
+            assert not os.path.exists(f"/proc/{worker}"), "the orphaned worker is still running"
+            print(f"orphaned worker gone {gone:.1f}s after its master was killed")
+            new = start()
+            deadline = time.monotonic() + 120
+            while status()["phase"] != "done" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert status()["phase"] == "done"
+            preds = per_task(api.predictions(pid))
+            assert set(preds) == set(rec_of) and all(len(v) == 1 for v in preds.values())
+            assert "duplicate prediction" not in (tmp_path / "backend.log").read_text()
+        finally:
+            for p in (master, new):
+                if p is not None and p.poll() is None:
+                    p.terminate()
+                    p.wait(30)
+            log.close()

@@ -130,3 +130,13 @@ def test_a_push_and_a_pull_never_both_send_a_task(tmp_path):
     assert s.claim_push(1, {100: (None, d), 101: (None, d)}) == [101]  # so the push skips it
     assert not s.pulled(1, 101, d)  # and /predict does not answer for a task being pushed
     assert s.unsure_pushes(1) == 1  # until the push is confirmed (or an audit settles it)
+
+
+def test_one_backend_process_per_state_directory(tmp_path):
+    from alllabel.state import DirectoryLock
+
+    first = DirectoryLock(tmp_path, wait=0)
+    with pytest.raises(RuntimeError, match=r"another alllabel process \(pid \d+\) is using the state"):
+        DirectoryLock(tmp_path, wait=0.3)
+    first.release()
+    DirectoryLock(tmp_path, wait=0).release()  # free again once the first one is gone
