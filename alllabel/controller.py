@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("alllabel")
 
 CLAIM_CHECKS = 3  # a claimed new annotation Label Studio does not know after this many reads is dropped
-SYNC_MARGIN = timedelta(seconds=30)  # re-read tasks changed shortly before the last one seen (late commits)
+SYNC_MARGIN = timedelta(seconds=30)
+CONNECT_GRACE = 120.0  # seconds after the settings are set in which Label Studio's connect may still overwrite them  # re-read tasks changed shortly before the last one seen (late commits)
 
 
 class ProjectController:
@@ -88,6 +89,7 @@ class ProjectController:
         self._spare_key: tuple[int, ...] | None = None  # the usable tasks the spares were selected among
         # What the last probe said.
         self.warnings: list[str] = []
+        self.title_warning: str | None = None
         self._webhooks_authorized = False
         self._busy = False
         self.thread = threading.Thread(target=self._loop, name=f"alllabel-project-{pid}", daemon=True)
@@ -114,9 +116,11 @@ class ProjectController:
         """Stop the loop and the run (tasks not started are left for the next process) and wait for both."""
         self._stop.set()
         self._wake.set()
-        for t in (self.thread, self._run_thread):
-            if t is not None and t is not threading.current_thread():
-                t.join(timeout)
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)  # first the loop: its last step may still have started a run
+        run = self._run_thread
+        if run is not None and run is not threading.current_thread():
+            run.join(timeout)
 
     def idle(self) -> bool:
         """Nothing left to do right now (for tests and the CLI): no claims, pushes, runs or failures."""
@@ -221,7 +225,7 @@ class ProjectController:
             self.state.register(self.pid, info["label_config"])
             cfg = parse_label_config(info["label_config"])
             self._full_sync = True
-        self._note_settings(info)
+        self._note_settings(ls, info)
         if self.settings.basic_auth_user and not self._webhooks_authorized:
             token = self.orch.basic_auth_header()
             # LS creates the backend's webhook after the first /setup: keep trying until it exists.
@@ -288,10 +292,24 @@ class ProjectController:
         if skipped and full:
             log.warning("project %d: %d task(s) cannot be used and are left alone: %s", self.pid, len(skipped), dict(list(skipped.items())[:5]))
 
-    def _note_settings(self, info: dict) -> None:
-        """Compare the project's settings with what we set; report differences, change nothing."""
+    def _note_settings(self, ls: LabelStudioAPI, info: dict) -> None:
+        """Compare the project's settings with what we set; report differences, change nothing -
+        except what Label Studio itself does on connect (below)."""
         applied = self.state.project(self.pid)["applied_settings"] or {}
-        warnings = []
+        mv = self.settings.model_version
+        if applied and info.get("model_version") not in (None, mv) and time.time() - applied.get("applied_at", 0) < CONNECT_GRACE:
+            # Creating the model, Label Studio sets the project's model version to the model's title
+            # when its own copy of the project had none, i.e. over ours, set during that /setup. A
+            # title other than ALLABEL_MODEL_VERSION would then leave Uncertainty sampling with no
+            # prediction of that version: random tasks. That is Label Studio's doing, not the user's.
+            titles = {m.get("title") for m in ls.ml_backends(self.pid)}
+            if info["model_version"] in titles:
+                self.title_warning = (f"the model is connected with title {info['model_version']!r}, but ALLabel's predictions use model version "
+                                      f"{mv!r} (ALLABEL_MODEL_VERSION): set the project's model version back to {mv!r}; rename the model to {mv!r}")
+                log.warning("project %d: %s", self.pid, self.title_warning)
+                ls.update_project(self.pid, model_version=mv)
+                info = {**info, "model_version": mv}
+        warnings = [self.title_warning] if self.title_warning else []
         for key, value in applied.items():
             if key in info and info[key] != value:
                 warnings.append(_drift_message(key, info[key], value))
@@ -425,7 +443,8 @@ class ProjectController:
         want = {"sampling": SAMPLING, "model_version": self.settings.model_version, "show_collab_predictions": phase in ("prelabeling", "done")}
         ls.update_project(self.pid, **want)
         project = self.state.project(self.pid)
-        self.state.update_project(self.pid, applied_settings=want)
+        self.state.update_project(self.pid, applied_settings={**want, "applied_at": time.time()})
+        self._next_probe = min(self._next_probe, time.monotonic() + 3)  # see what Label Studio's connect did (no event tells)
         self.warnings = []
         if project["view_id"] is None:
             views = ls.views(self.pid)
@@ -468,7 +487,7 @@ class ProjectController:
         todo = [t for t in usable if t not in annotated and (t not in preds or preds[t].result is None)]
         retry_later = {t for t in todo if preds.get(t) and preds[t].failures and time.monotonic() < self._llm_retry_at}
         startable = [t for t in todo if t not in retry_later]
-        if startable or self._rerun:
+        if (startable or self._rerun) and not self._stop.is_set():
             if phase == "done":
                 self.state.update_project(self.pid, phase="prelabeling")
             queue_positions = {t: p.position for t, p in preds.items() if p.position is not None}

@@ -192,12 +192,14 @@ class LabelStudioAPI:
     def create_view(self, project_id: int, data: dict) -> int:
         return self._json("POST", "/api/dm/views/", json={"project": project_id, "data": data}, what=f"create a tab in project {project_id}")["id"]
 
+    def ml_backends(self, project_id: int) -> list[dict]:
+        return self._json("GET", "/api/ml/", params={"project": project_id}, what=f"list the ML backends of project {project_id}") or []
+
     def authorize_webhooks(self, project_id: int, model_version: str, authorization: str) -> int:
         """Add our basic-auth header to the webhook LS created for this backend (it sends none).
 
         Returns how many of the backend's webhooks carry the header now (0: none exists yet)."""
-        backends = self._json("GET", "/api/ml/", params={"project": project_id}, what=f"list the ML backends of project {project_id}") or []
-        urls = {(m.get("url") or "").rstrip("/") + "/webhook" for m in backends if m.get("title") == model_version}
+        urls = {(m.get("url") or "").rstrip("/") + "/webhook" for m in self.ml_backends(project_id) if m.get("title") == model_version}
         hooks = self._json("GET", "/api/webhooks/", params={"project": project_id}, what=f"list the webhooks of project {project_id}") or []
         n = 0
         for w in hooks:

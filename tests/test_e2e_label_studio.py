@@ -381,6 +381,25 @@ def test_a_second_project_is_planned_while_the_first_one_runs(ls, tmp_path):
             b.stop()
 
 
+def test_a_model_title_other_than_the_model_version_is_corrected_and_explained(ls, tmp_path):
+    """Label Studio sets the project's model version to the model's title when it creates the model:
+    with a mistyped title, Uncertainty sampling would find no prediction of that version (random tasks)."""
+    api = LS(ls)
+    records = mof_records()[20:40]
+    with FakeOpenAI() as fake:
+        b = Backend(tmp_path, ls, fake)
+        try:
+            pid, _ = api.new_project("title", records)
+            r = api.send("POST", "/api/ml", {"project": pid, "url": b.url, "title": "My NER model"})
+            assert r.status_code == 201
+            st = b.wait_for(pid, lambda st: any("title 'My NER model'" in w for w in st["warnings"]), timeout=20, what="the warning")
+            assert api.project(pid)["model_version"] == MV
+            assert api.next(pid)["id"] == b.orch.state.queue(pid)[0].task_id  # the ALLabel order, not a random task
+            assert "rename the model" in st["warnings"][0]
+        finally:
+            b.stop()
+
+
 def test_a_wrong_key_is_named_when_connecting(ls, tmp_path):
     """Issue 8, defect 6: Label Studio's connect answer says what is wrong."""
     api = LS(ls)
