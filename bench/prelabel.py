@@ -87,7 +87,7 @@ def main() -> None:
             if args.profile and n == len(levels) - 1:
                 cmd += ["-m", "cProfile", "-o", args.profile]
             cmd += ["-m", "alllabel", "prelabel", str(data), "-o", str(work / f"out-{c}.jsonl"), "--cache", str(cache),
-                    "--concurrency", str(c), "--quiet", *args.cli_args.split()]
+                    "--concurrency", str(c), "--quiet", "--skip-quality", *args.cli_args.split()]  # the bulk calls only
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.time()
             proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
