@@ -1,6 +1,6 @@
 """Synthetic paragraph-length corpora built from real MOF synthesis sentences.
 
-Texts are shuffled mixtures of sentences from ../shared/data/mof_zhang2024.jsonl (MIT (c) 2023
+Texts are shuffled mixtures of sentences from examples/mof_zhang2024.jsonl (MIT (c) 2023
 zw-SIMM), so vocabulary, lengths and term statistics are those of real chemistry paragraphs.
 """
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-MOF = Path(__file__).resolve().parents[2] / "shared" / "data" / "mof_zhang2024.jsonl"
+MOF = Path(__file__).resolve().parents[1] / "examples" / "mof_zhang2024.jsonl"
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:

@@ -16,7 +16,7 @@ The bound is C / latency tasks/s (C calls always in flight, zero client time). P
     .venv/bin/python bench/prelabel.py                         # 600 tasks at C = 1, 4, 16, 64
     .venv/bin/python bench/prelabel.py --concurrency 64 --profile out/prelabel.prof
 
-Data: ../shared/data/mof_zhang2024.jsonl (MIT (c) 2023 zw-SIMM).
+Data: examples/mof_zhang2024.jsonl (MIT (c) 2023 zw-SIMM).
 """
 import argparse
 import json
@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MOF = ROOT.parent / "shared" / "data" / "mof_zhang2024.jsonl"
+MOF = ROOT / "examples" / "mof_zhang2024.jsonl"
 
 
 def _get(url: str, method: str = "GET") -> dict:
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--profile", help="run the CLI under cProfile and write the stats here (last concurrency only)")
     ap.add_argument("--cli-args", default="", help="extra arguments for the prelabel command")
     ap.add_argument("--prefix", default="", help="command prefix for the CLI run, e.g. 'py-spy record -o prof.svg --'")
-    ap.add_argument("--data", default=str(MOF), help="the MOF JSONL (default ../shared/data/mof_zhang2024.jsonl)")
+    ap.add_argument("--data", default=str(MOF), help="the MOF JSONL (default examples/mof_zhang2024.jsonl)")
     ap.add_argument("--code", default=str(ROOT), help="directory whose alllabel package the CLI runs (e.g. an older checkout, for a baseline)")
     args = ap.parse_args()
 

@@ -1,10 +1,10 @@
-"""The shared MOF data set (MIT (c) 2023 zw-SIMM; see ../shared/data/README.md)."""
+"""The MOF data set in examples/ (MIT (c) 2023 zw-SIMM; see examples/NOTICE.md)."""
 from functools import lru_cache
 from pathlib import Path
 
 from alllabel.jsonl import read_jsonl
 
-MOF = Path(__file__).resolve().parents[2] / "shared" / "data" / "mof_zhang2024.jsonl"
+MOF = Path(__file__).resolve().parents[1] / "examples" / "mof_zhang2024.jsonl"
 
 
 @lru_cache

@@ -1,6 +1,6 @@
 """Token counting, sentence windows and prompts within the token budget, on real MOF text.
 
-MOF data: ../shared/data/mof_zhang2024.jsonl (MIT (c) 2023 zw-SIMM).
+MOF data: examples/mof_zhang2024.jsonl (MIT (c) 2023 zw-SIMM).
 """
 import json
 import math

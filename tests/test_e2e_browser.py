@@ -20,7 +20,7 @@ from tests.label_studio import PASSWORD, USERNAME
 from tests.test_e2e_label_studio import BUDGET, LS, Backend, result_of
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-# Flags measured to keep Chromium quiet and offline here (see ../shared/notes).
+# Flags measured to keep Chromium quiet and offline here (measured on this machine kind: they keep it off the network).
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PREFIX = "Batch 🧪👩‍🔬 run 𝛼-2\r\n"  # astral emoji, a ZWJ sequence, a mathematical letter, CRLF
 
