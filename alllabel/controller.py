@@ -331,15 +331,13 @@ class ProjectController:
         frozen = phase in ("prelabeling", "done")
         budget = project["budget"] if frozen and project["budget"] else planner.budget_for(s.budget, len(usable))
         reached = frozen or self.force_run or planner.budget_reached(len(annotated), budget)
-        preds = self.state.predictions(self.pid)
-        # What Label Studio can serve in our order now: queued tasks, and pre-annotations it holds
-        # (one computed but not pushed yet does not keep an annotator off a random task).
-        available = {t for t, p in preds.items() if t not in annotated and (p.position is not None or (p.result is not None and p.pushed is not None))}
-        untaken = [t for t in usable if t not in annotated and t not in preds]
+        predicted = self.state.predicted_task_ids(self.pid)
+        untaken = [t for t in usable if t not in annotated and t not in predicted]
         for_budget, for_reserve = planner.picks_needed(
-            budget=budget, annotated=len(annotated), available=len(available), reserve=s.queue_reserve, budget_reached=reached, untaken=len(untaken))
+            budget=budget, annotated=len(annotated), available=self.state.available(self.pid), reserve=s.queue_reserve,
+            budget_reached=reached, untaken=len(untaken))
         with self._queue_lock:
-            taken = annotated | set(preds)
+            taken = annotated | predicted
             position = self.state.next_position(self.pid)
             # The budget's picks: exactly ALLabel's selection for M (annotated tasks pre-chosen).
             entries = self._add(self._select(usable, taken, for_budget), position)

@@ -489,12 +489,13 @@ class State:
         return out
 
     def available(self, project_id: int, assume_annotated: Iterable[int] = ()) -> int:
-        """Unannotated tasks Label Studio can serve in our order: queued, or pre-annotated and held."""
+        """Unannotated tasks Label Studio can serve in our order: queued, or pre-annotated and held (one
+        computed but not pushed yet does not keep an annotator off a random task)."""
         extra = list(assume_annotated)
-        marks = ",".join("?" * len(extra)) or "NULL"
+        besides = f"AND p.task_id NOT IN ({','.join('?' * len(extra))}) " if extra else ""  # (NOT IN (NULL) matches nothing)
         return self._q(
             "SELECT COUNT(*) FROM predictions p WHERE p.project_id = ? AND (p.position IS NOT NULL OR (p.result IS NOT NULL AND p.pushed IS NOT NULL)) "
-            f"AND p.task_id NOT IN ({marks}) AND NOT EXISTS (SELECT 1 FROM annotations a WHERE a.project_id = p.project_id "
+            f"{besides}AND NOT EXISTS (SELECT 1 FROM annotations a WHERE a.project_id = p.project_id "
             "AND a.task_id = p.task_id AND a.status = 'verified' AND a.cancelled = 0)",
             (project_id, *extra),
         )[0][0]

@@ -140,3 +140,16 @@ def test_one_backend_process_per_state_directory(tmp_path):
         DirectoryLock(tmp_path, wait=0.3)
     first.release()
     DirectoryLock(tmp_path, wait=0).release()  # free again once the first one is gone
+
+
+def test_available_counts_what_label_studio_can_serve_in_our_order(tmp_path):
+    s = State(tmp_path)
+    s.register(1, NER)
+    s.add_to_queue(1, [(100, 0, "diversity"), (101, 1, "similarity")])
+    s.save_prelabel(1, 102, RESULT, 0.5, "x", None, None)  # computed, not in Label Studio yet
+    assert s.available(1) == 2
+    s.claim_push(1, {102: (None, digest(RESULT, 0.5))})
+    s.finish_push(1, {102: digest(RESULT, 0.5)})
+    assert s.available(1) == 3  # held by Label Studio now
+    s.record_annotation(1, annotation(9, 100), s.tick())
+    assert s.available(1) == 2 and s.available(1, [101]) == 1
