@@ -3,6 +3,7 @@
 GET /health, POST /setup, POST /predict, POST /webhook, GET /versions, and GET /status
 (our progress report). Optional HTTP basic auth (BASIC_AUTH_USER / BASIC_AUTH_PASS).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -11,11 +12,14 @@ import os
 
 from flask import Flask, jsonify, request
 
-from alllabel.label_config import UnsupportedConfig
-from alllabel.orchestrator import SetupError
+from alllabel.backend.label_config import UnsupportedConfig
+from alllabel.backend.orchestrator import SetupError
 from model import ALLabelBackend
 
-logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.basicConfig(
+    level=os.environ.get("LOG_LEVEL", "INFO"),
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+)
 log = logging.getLogger("alllabel.wsgi")
 
 
@@ -31,9 +35,17 @@ def create_app(backend: ALLabelBackend | None = None) -> Flask:
         if not user:
             return None
         auth = request.authorization
-        ok = auth is not None and hmac.compare_digest(auth.username or "", user) and hmac.compare_digest(auth.password or "", settings.basic_auth_pass or "")
+        ok = (
+            auth is not None
+            and hmac.compare_digest(auth.username or "", user)
+            and hmac.compare_digest(auth.password or "", settings.basic_auth_pass or "")
+        )
         if not ok:
-            return jsonify(error="authentication required"), 401, {"WWW-Authenticate": 'Basic realm="alllabel"'}
+            return (
+                jsonify(error="authentication required"),
+                401,
+                {"WWW-Authenticate": 'Basic realm="alllabel"'},
+            )
         return None
 
     def body() -> dict:
@@ -62,7 +74,9 @@ def create_app(backend: ALLabelBackend | None = None) -> Flask:
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify(status="UP", model_class="ALLabelBackend", model_version=backend.model_version)
+        return jsonify(
+            status="UP", model_class="ALLabelBackend", model_version=backend.model_version
+        )
 
     @app.post("/setup")
     def setup():

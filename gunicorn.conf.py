@@ -2,13 +2,20 @@
 
 It tells the app where it listens, so the app can warn when that is beyond loopback without
 basic auth (/status and the log)."""
+
 import os
 
 
 def _addresses(cfg) -> list[str]:
     out = []
     for a in cfg.address:
-        out.append(f"unix:{a}" if isinstance(a, str) else f"[{a[0]}]:{a[1]}" if ":" in str(a[0]) else f"{a[0]}:{a[1]}")
+        out.append(
+            f"unix:{a}"
+            if isinstance(a, str)
+            else f"[{a[0]}]:{a[1]}"
+            if ":" in str(a[0])
+            else f"{a[0]}:{a[1]}"
+        )
     return out
 
 
@@ -17,9 +24,11 @@ def on_starting(server):
 
 
 def when_ready(server):
-    from alllabel.orchestrator import exposure_warning
+    from alllabel.backend.orchestrator import exposure_warning
 
-    warning = exposure_warning(os.environ.get("ALLABEL_LISTEN", ""), bool(os.environ.get("BASIC_AUTH_USER")))
+    warning = exposure_warning(
+        os.environ.get("ALLABEL_LISTEN", ""), bool(os.environ.get("BASIC_AUTH_USER"))
+    )
     if warning:
         server.log.warning("alllabel: %s", warning)
 

@@ -3,19 +3,22 @@
 It keeps the familiar shape of label-studio-ml backends - ``setup``, ``predict(tasks, context,
 **kwargs)``, ``fit(event, data)`` - but is served by our own Flask app (``_wsgi.py``): PyPI's
 label-studio-ml 1.0.9 pins vulnerable Flask/Werkzeug versions and mishandles LS 1.23's events,
-and its 2.x is not on PyPI. The work itself lives in ``alllabel.orchestrator``.
+and its 2.x is not on PyPI. The work itself lives in ``alllabel.backend.orchestrator``.
 """
+
 from __future__ import annotations
 
-from alllabel.llm import LLMConfig
-from alllabel.orchestrator import Orchestrator
-from alllabel.settings import Settings
+from alllabel.backend.orchestrator import Orchestrator
+from alllabel.backend.settings import Settings
+from alllabel.llm.client import LLMConfig
 
 
 class ALLabelBackend:
     """Orders the annotation queue with ALLabel, then pre-annotates the rest with an LLM."""
 
-    def __init__(self, settings: Settings | None = None, ls_factory=None, llm_config: LLMConfig | None = None):
+    def __init__(
+        self, settings: Settings | None = None, ls_factory=None, llm_config: LLMConfig | None = None
+    ):
         self.orchestrator = Orchestrator(settings, ls_factory, llm_config)
 
     @property
@@ -26,7 +29,9 @@ class ALLabelBackend:
         """Called on every /setup: registers the project; returns the model version."""
         return self.orchestrator.setup(project, label_config)
 
-    def predict(self, tasks: list[dict], context: dict | None = None, project=None, **kwargs) -> list:
+    def predict(
+        self, tasks: list[dict], context: dict | None = None, project=None, **kwargs
+    ) -> list:
         """One entry per task, in order: a stored prediction dict, or [] for none."""
         return self.orchestrator.predict(project, tasks)
 

@@ -7,6 +7,7 @@ then counts the requests the backend makes while nobody annotates.
     .venv/bin/python bench/idle_requests.py                 # 10,000 tasks, 3 idle minutes
     .venv/bin/python bench/idle_requests.py --tasks 2000 --minutes 1
 """
+
 import argparse
 import sys
 import tempfile
@@ -21,9 +22,9 @@ import requests  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 from _wsgi import create_app  # noqa: E402
-from alllabel.llm import LLMConfig  # noqa: E402
-from alllabel.ls_client import LabelStudioAPI  # noqa: E402
-from alllabel.settings import Settings  # noqa: E402
+from alllabel.backend.ls_client import LabelStudioAPI  # noqa: E402
+from alllabel.backend.settings import Settings  # noqa: E402
+from alllabel.llm.client import LLMConfig  # noqa: E402
 from bench.corpus import corpus  # noqa: E402
 from model import ALLabelBackend  # noqa: E402
 from tests.label_studio import LabelStudioServer, free_port  # noqa: E402
@@ -39,30 +40,50 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="alllabel-idle-"))
     with LabelStudioServer(work) as ls:
         h = {"Authorization": f"Token {ls.token}"}
-        pid = requests.post(f"{ls.url}/api/projects/", headers=h, json={"title": "idle cost", "label_config": CONFIG}).json()["id"]
+        pid = requests.post(
+            f"{ls.url}/api/projects/",
+            headers=h,
+            json={"title": "idle cost", "label_config": CONFIG},
+        ).json()["id"]
         texts = corpus(a.tasks)
         t = time.perf_counter()
         for i in range(0, len(texts), 2000):
-            requests.post(f"{ls.url}/api/projects/{pid}/import", headers=h, json=[{"text": x} for x in texts[i : i + 2000]]).raise_for_status()
+            requests.post(
+                f"{ls.url}/api/projects/{pid}/import",
+                headers=h,
+                json=[{"text": x} for x in texts[i : i + 2000]],
+            ).raise_for_status()
         print(f"imported {a.tasks} tasks in {time.perf_counter() - t:.0f}s")
-        settings = Settings(state_dir=work / "state", model_version="alllabel", annotator="projection")
-        backend = ALLabelBackend(settings, ls_factory=lambda: LabelStudioAPI(ls.url, ls.token), llm_config=LLMConfig())
+        settings = Settings(
+            state_dir=work / "state", model_version="alllabel", annotator="projection"
+        )
+        backend = ALLabelBackend(
+            settings, ls_factory=lambda: LabelStudioAPI(ls.url, ls.token), llm_config=LLMConfig()
+        )
         port = free_port()
         server = make_server("127.0.0.1", port, create_app(backend), threaded=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         orch = backend.orchestrator
         t = time.perf_counter()
-        r = requests.post(f"{ls.url}/api/ml", headers=h, json={"project": pid, "url": f"http://127.0.0.1:{port}", "title": "alllabel"})
+        r = requests.post(
+            f"{ls.url}/api/ml",
+            headers=h,
+            json={"project": pid, "url": f"http://127.0.0.1:{port}", "title": "alllabel"},
+        )
         r.raise_for_status()
         assert orch.wait_idle(pid, 600), orch.status(pid)
         st = orch.status(pid)["projects"][0]
         connect_requests = orch.ls().requests
-        print(f"connect: {time.perf_counter() - t:.1f}s, {connect_requests} Label Studio requests "
-              f"(queue of {st['queue']['selected']} pushed: {st['queue']['pushed']})")
+        print(
+            f"connect: {time.perf_counter() - t:.1f}s, {connect_requests} Label Studio requests "
+            f"(queue of {st['queue']['selected']} pushed: {st['queue']['pushed']})"
+        )
         time.sleep(a.minutes * 60)
         idle = orch.ls().requests - connect_requests
-        print(f"idle: {idle} requests in {a.minutes:g} min = {idle / a.minutes:.1f} requests per minute "
-              f"(ALLABEL_SYNC_INTERVAL {settings.sync_interval:g}s)")
+        print(
+            f"idle: {idle} requests in {a.minutes:g} min = {idle / a.minutes:.1f} requests per minute "
+            f"(ALLABEL_SYNC_INTERVAL {settings.sync_interval:g}s)"
+        )
         server.shutdown()
         orch.close()
 

@@ -6,6 +6,7 @@ medians with their ratio. Templates are built first if missing (not timed).
 
     .venv/bin/python bench/ls_startup.py --rounds 3
 """
+
 import argparse
 import statistics
 import sys

@@ -9,6 +9,7 @@ prints the time ratio naive / ours and whether both chose the same tasks.
     .venv/bin/python bench/selection.py                    # 1000 (+naive), 20000, 100000
     .venv/bin/python bench/selection.py --sizes 2000 --naive-max 2000
 """
+
 import argparse
 import hashlib
 import json
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from alllabel import BM25Similarity, select  # noqa: E402
-from alllabel.tokenize import tokenize  # noqa: E402
+from alllabel.text.tokenize import tokenize  # noqa: E402
 from bench.corpus import corpus  # noqa: E402
 
 
@@ -74,14 +75,29 @@ def main() -> None:
         m = min(a.budget, max(1, a.one // 20))
         load = os.getloadavg()[0]
         secs, sel = ours_full(a.one, m)
-        print(json.dumps({"n": a.one, "m": m, "seconds": secs, "peak_mib": peak_mib(), "head": sel.indices[:5],
-                          "picks": fingerprint(sel), "load": [load, os.getloadavg()[0]]}))
+        print(
+            json.dumps(
+                {
+                    "n": a.one,
+                    "m": m,
+                    "seconds": secs,
+                    "peak_mib": peak_mib(),
+                    "head": sel.indices[:5],
+                    "picks": fingerprint(sel),
+                    "load": [load, os.getloadavg()[0]],
+                }
+            )
+        )
         return
     print(f"{'N':>7} {'M':>5} {'seconds':>8} {'peak MiB':>9} {'load':>9} {'picks':>12}  naive")
     for n in a.sizes:
         # Each size in a fresh process, so its peak memory is its own.
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--budget", str(a.budget)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--budget", str(a.budget)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         extra = ""
         if n <= a.naive_max:
@@ -89,7 +105,10 @@ def main() -> None:
             t_naive, idx_naive = naive(n, r["m"])
             extra = f"{t_naive:.1f}s = {t_naive / t_ours:.0f}x ours ({t_ours:.2f}s in this process), same tasks: {idx_naive == idx_ours}"
         load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
-        print(f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f} {load:>9} {r['picks']:>12}  {extra}", flush=True)
+        print(
+            f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f} {load:>9} {r['picks']:>12}  {extra}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 4. Once the backend has pushed its queue, it prints the URL, the login and what to do, and waits.
 Ctrl-C (SIGINT) or SIGTERM stops the backend and Label Studio, by their PIDs.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,13 @@ from pathlib import Path
 
 import httpx
 
-from alllabel.jsonl import read_jsonl
-from alllabel.local_studio import LabelStudio, ls_env, stop_process
-from alllabel.settings import Settings
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # scripts.local_studio: the repository's, not the installed package's
+
+from alllabel.backend.settings import Settings  # noqa: E402
+from alllabel.text.jsonl import read_jsonl  # noqa: E402
+from scripts.local_studio import LabelStudio, ls_env, stop_process  # noqa: E402
+
 DATA = ROOT / "examples" / "mof_sample.jsonl"
 TITLE = "ALLabel demo"
 
@@ -47,7 +50,11 @@ def login(demo_dir: Path) -> dict:
     path = demo_dir / "login.json"
     if path.exists():
         return json.loads(path.read_text())
-    creds = {"username": "admin@example.com", "password": secrets.token_urlsafe(12), "token": secrets.token_hex(20)}
+    creds = {
+        "username": "admin@example.com",
+        "password": secrets.token_urlsafe(12),
+        "token": secrets.token_hex(20),
+    }
     demo_dir.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.write_text(json.dumps(creds, indent=2))
@@ -56,7 +63,11 @@ def login(demo_dir: Path) -> dict:
 
 def label_config(records: list[dict]) -> str:
     labels = sorted({e["label"] for r in records for e in r.get("entities") or []})
-    return '<View><Labels name="label" toName="text">' + "".join(f'<Label value="{lab}"/>' for lab in labels) + '</Labels><Text name="text" value="$text"/></View>'
+    return (
+        '<View><Labels name="label" toName="text">'
+        + "".join(f'<Label value="{lab}"/>' for lab in labels)
+        + '</Labels><Text name="text" value="$text"/></View>'
+    )
 
 
 def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float) -> None:
@@ -77,8 +88,14 @@ def demo_project(client, records: list[dict]) -> int:
     for p in client.projects.list():
         if p.title == TITLE:
             return p.id
-    p = client.projects.create(title=TITLE, label_config=label_config(records), description="MOF synthesis paragraphs (MIT (c) 2023 zw-SIMM), ordered by ALLabel")
-    client.projects.import_tasks(id=p.id, request=[{"text": r["text"], "source_id": r["id"]} for r in records])
+    p = client.projects.create(
+        title=TITLE,
+        label_config=label_config(records),
+        description="MOF synthesis paragraphs (MIT (c) 2023 zw-SIMM), ordered by ALLabel",
+    )
+    client.projects.import_tasks(
+        id=p.id, request=[{"text": r["text"], "source_id": r["id"]} for r in records]
+    )
     return p.id
 
 
@@ -101,10 +118,16 @@ def wait_for_queue(backend: str, pid: int, proc: subprocess.Popen, timeout: floa
             raise RuntimeError(f"the backend exited ({proc.returncode})")
         status = httpx.get(f"{backend}/status", params={"project": pid}, timeout=10).json()
         projects = status.get("projects") or []
-        if projects and projects[0]["queue"]["selected"] and projects[0]["queue"]["pushed"] == projects[0]["queue"]["selected"]:
+        if (
+            projects
+            and projects[0]["queue"]["selected"]
+            and projects[0]["queue"]["pushed"] == projects[0]["queue"]["selected"]
+        ):
             return status
         time.sleep(0.5)
-    raise RuntimeError(f"the backend did not push its queue within {timeout}s: {json.dumps(status)}")
+    raise RuntimeError(
+        f"the backend did not push its queue within {timeout}s: {json.dumps(status)}"
+    )
 
 
 def main() -> int:
@@ -113,8 +136,13 @@ def main() -> int:
     bind = os.environ.get("ALLABEL_BIND", "127.0.0.1:9090")
     host, _, bport = bind.rpartition(":")
     backend_url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{bport}"
-    settings = Settings.from_env()  # the backend's model version and budget, and early errors in ALLABEL_*
-    for h, p, var in (("127.0.0.1", ls_port, "ALLABEL_DEMO_LS_PORT"), (host or "127.0.0.1", int(bport), "ALLABEL_BIND")):
+    settings = (
+        Settings.from_env()
+    )  # the backend's model version and budget, and early errors in ALLABEL_*
+    for h, p, var in (
+        ("127.0.0.1", ls_port, "ALLABEL_DEMO_LS_PORT"),
+        (host or "127.0.0.1", int(bport), "ALLABEL_BIND"),
+    ):
         if not port_free(h, p):
             raise RuntimeError(f"port {p} is in use: stop what runs there or set {var}")
     creds = login(demo_dir)
@@ -122,7 +150,18 @@ def main() -> int:
     ls_data = demo_dir / "label-studio"
     first = not (ls_data / "label_studio.sqlite3").exists()
 
-    ls = LabelStudio(ROOT / ".venv-ls" / "bin" / "label-studio", ls_data, ls_port, ls_env(ls_data, ls_port, username=creds["username"], password=creds["password"], token=creds["token"]))
+    ls = LabelStudio(
+        ROOT / ".venv-ls" / "bin" / "label-studio",
+        ls_data,
+        ls_port,
+        ls_env(
+            ls_data,
+            ls_port,
+            username=creds["username"],
+            password=creds["password"],
+            token=creds["token"],
+        ),
+    )
     backend = None
     stopping = []
 
@@ -134,7 +173,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        say(f"starting Label Studio on {ls.url}" + (" (first start: migrating its database, about a minute)" if first else "") + f"; log {ls_data / 'ls.log'}")
+        say(
+            f"starting Label Studio on {ls.url}"
+            + (" (first start: migrating its database, about a minute)" if first else "")
+            + f"; log {ls_data / 'ls.log'}"
+        )
         ls.start(timeout=900)
         say(f"Label Studio is up (pid {ls.proc.pid})")
 
@@ -143,10 +186,32 @@ def main() -> int:
         client = Client(base_url=ls.url, api_key=creds["token"])
         pid = demo_project(client, records)
 
-        env = {**os.environ, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": creds["token"], "ALLABEL_STATE_DIR": str(demo_dir / "state")}
+        env = {
+            **os.environ,
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": creds["token"],
+            "ALLABEL_STATE_DIR": str(demo_dir / "state"),
+        }
         log = open(demo_dir / "backend.log", "ab")
-        backend = subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "--bind", bind, "--workers", "1", "--threads", os.environ.get("THREADS", "8"), "--timeout", "120", "_wsgi:app"],
-                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+        backend = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "gunicorn"),
+                "--bind",
+                bind,
+                "--workers",
+                "1",
+                "--threads",
+                os.environ.get("THREADS", "8"),
+                "--timeout",
+                "120",
+                "_wsgi:app",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
         wait_http(f"{backend_url}/health", backend, "the backend", 120)
         say(f"backend is up on {backend_url} (pid {backend.pid}); log {demo_dir / 'backend.log'}")
 
@@ -156,12 +221,12 @@ def main() -> int:
         say(f"""
 ALLabel demo is ready.
   Label Studio   {ls.url}
-  Login          {creds['username']} / {creds['password']}   (kept in {demo_dir / 'login.json'})
-  Project        "{TITLE}": {p['total_tasks']} MOF synthesis paragraphs, {ls.url}/projects/{pid}/
-  Backend        {backend_url}, model version "{status['model_version']}", annotator {status['annotator']}
+  Login          {creds["username"]} / {creds["password"]}   (kept in {demo_dir / "login.json"})
+  Project        "{TITLE}": {p["total_tasks"]} MOF synthesis paragraphs, {ls.url}/projects/{pid}/
+  Backend        {backend_url}, model version "{status["model_version"]}", annotator {status["annotator"]}
 
 What to do: open the project and press "Label All Tasks". Tasks come in ALLabel's order
-(diversity -> similarity -> uncertainty). After {p['budget']} annotations the backend pre-annotates the
+(diversity -> similarity -> uncertainty). After {p["budget"]} annotations the backend pre-annotates the
 other tasks; they appear as predictions (review goes lowest confidence first).
 Progress: .venv/bin/alllabel status --url {backend_url}
 Stop: Ctrl-C (stops the backend and Label Studio).
@@ -169,13 +234,17 @@ Stop: Ctrl-C (stops the backend and Label Studio).
         while True:
             for proc, what in ((ls.proc, "Label Studio"), (backend, "the backend")):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{what} exited ({proc.returncode}); see its log in {demo_dir}")
+                    raise RuntimeError(
+                        f"{what} exited ({proc.returncode}); see its log in {demo_dir}"
+                    )
             time.sleep(1)
     except KeyboardInterrupt:
         say("stopping ...")
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        signal.signal(
+            signal.SIGINT, signal.SIG_IGN
+        )  # a second Ctrl-C must not cut the clean-up short
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if backend is not None:
             stop_process(backend, signal.SIGTERM)

@@ -1,8 +1,9 @@
 """The MOF data set in examples/ (MIT (c) 2023 zw-SIMM; see examples/NOTICE.md)."""
+
 from functools import lru_cache
 from pathlib import Path
 
-from alllabel.jsonl import read_jsonl
+from alllabel.text.jsonl import read_jsonl
 
 MOF = Path(__file__).resolve().parents[1] / "examples" / "mof_zhang2024.jsonl"
 
@@ -19,11 +20,14 @@ def mof_texts(n: int | None = None) -> list[str]:
 def mof_setup(n: int):
     """(texts, LabelSchema, gold spans by index, oracle answers by text, BM25) for the first n records."""
     from alllabel import BM25Similarity
-    from alllabel.prompting import LabelSchema, example_from_spans
+    from alllabel.prelabel.prompt import LabelSchema, example_from_spans
 
     recs = mof_records()[:n]
     texts = [r["text"] for r in recs]
     labels = sorted({e["label"] for r in mof_records() for e in r["entities"]})
-    spans = {i: [{"start": e["start"], "end": e["end"], "label": e["label"]} for e in r["entities"]] for i, r in enumerate(recs)}
+    spans = {
+        i: [{"start": e["start"], "end": e["end"], "label": e["label"]} for e in r["entities"]]
+        for i, r in enumerate(recs)
+    }
     gold_by_text = {t: example_from_spans(t, spans[i]).entities for i, t in enumerate(texts)}
     return texts, LabelSchema(labels), spans, gold_by_text, BM25Similarity(texts)

@@ -21,6 +21,7 @@ HTTP 500 (a process that dies between upload and creation looks the same to the 
 Sockets set TCP_NODELAY and speak HTTP/1.1 keep-alive, like a real endpoint behind a proxy.
 ``python -m tests.fake_openai --latency 0.5`` serves until killed and prints its base URL.
 """
+
 import argparse
 import json
 import re
@@ -75,7 +76,9 @@ class FakeOpenAI:
         self.refuse_response_format = False
         self.batch_timing = batch_timing
         self.batch_line_error = None  # body -> (status, message) | None
-        self.fail_batch_create = 0  # answer this many POST /v1/batches with HTTP 500 (a crash after upload)
+        self.fail_batch_create = (
+            0  # answer this many POST /v1/batches with HTTP 500 (a crash after upload)
+        )
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
         self.uploads = 0
@@ -101,36 +104,89 @@ class FakeOpenAI:
                 if m:
                     f = fake.files.get(m.group(1))
                     if f is None:
-                        return self._send(404, {"error": {"message": "no such file", "type": "invalid_request_error"}})
+                        return self._send(
+                            404,
+                            {"error": {"message": "no such file", "type": "invalid_request_error"}},
+                        )
                     if m.group(2):
                         return self._send_raw(200, f["content"], "application/octet-stream")
                     return self._send(200, f["object"])
                 m = re.fullmatch(r"/v1/batches/([^/]+)", path)
                 if m:
                     b = fake._batch(m.group(1))
-                    return self._send(404, {"error": {"message": "no such batch", "type": "invalid_request_error"}}) if b is None else self._send(200, b)
+                    return (
+                        self._send(
+                            404,
+                            {
+                                "error": {
+                                    "message": "no such batch",
+                                    "type": "invalid_request_error",
+                                }
+                            },
+                        )
+                        if b is None
+                        else self._send(200, b)
+                    )
                 if path == "/v1/batches":
                     data = [fake._batch(i) for i in reversed(list(fake.batches))]
-                    return self._send(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None, "has_more": False})
-                if path == "/v1/_stats":  # benchmarks: wall-clock times of the first request and last reply
+                    return self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": data,
+                            "first_id": data[0]["id"] if data else None,
+                            "last_id": data[-1]["id"] if data else None,
+                            "has_more": False,
+                        },
+                    )
+                if (
+                    path == "/v1/_stats"
+                ):  # benchmarks: wall-clock times of the first request and last reply
                     cpu = resource.getrusage(resource.RUSAGE_SELF)
-                    return self._send(200, {"requests": len(fake.requests), "first_request_at": fake.first_request_wall, "last_response_at": fake.last_response_wall,
-                                            "max_in_flight": fake.max_in_flight, "cpu_s": cpu.ru_utime + cpu.ru_stime})
+                    return self._send(
+                        200,
+                        {
+                            "requests": len(fake.requests),
+                            "first_request_at": fake.first_request_wall,
+                            "last_response_at": fake.last_response_wall,
+                            "max_in_flight": fake.max_in_flight,
+                            "cpu_s": cpu.ru_utime + cpu.ru_stime,
+                        },
+                    )
                 if path == "/v1/models":
-                    return self._send(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "fake"}]})
-                self._send(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+                    return self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {
+                                    "id": "gpt-4o",
+                                    "object": "model",
+                                    "created": 0,
+                                    "owned_by": "fake",
+                                }
+                            ],
+                        },
+                    )
+                self._send(
+                    404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}}
+                )
 
             def do_POST(self):
                 raw = self._body()
                 path = self.path.split("?", 1)[0]
                 if path == "/v1/files":
-                    return self._send(200, fake._upload(_multipart(raw, self.headers["Content-Type"])))
+                    return self._send(
+                        200, fake._upload(_multipart(raw, self.headers["Content-Type"]))
+                    )
                 if path == "/v1/batches":
                     with fake._lock:
                         refuse = fake.fail_batch_create > 0
                         fake.fail_batch_create -= refuse
                     if refuse:
-                        return self._send(500, {"error": {"message": "fake outage", "type": "server_error"}})
+                        return self._send(
+                            500, {"error": {"message": "fake outage", "type": "server_error"}}
+                        )
                     return self._send(200, fake._create_batch(json.loads(raw)))
                 m = re.fullmatch(r"/v1/batches/([^/]+)/cancel", path)
                 if m:
@@ -142,14 +198,22 @@ class FakeOpenAI:
                     with fake._lock:
                         fake.requests.clear()
                         fake.max_in_flight = 0
-                        fake.first_request_at = fake.last_response_at = fake.first_request_wall = fake.last_response_wall = None
+                        fake.first_request_at = fake.last_response_at = fake.first_request_wall = (
+                            fake.last_response_wall
+                        ) = None
                     return self._send(200, {})
                 if path != "/v1/chat/completions":
-                    return self._send(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+                    return self._send(
+                        404,
+                        {"error": {"message": f"no route {path}", "type": "invalid_request_error"}},
+                    )
                 body = json.loads(raw)
                 with fake._lock:
                     if fake.first_request_at is None:
-                        fake.first_request_at, fake.first_request_wall = time.perf_counter(), time.time()
+                        fake.first_request_at, fake.first_request_wall = (
+                            time.perf_counter(),
+                            time.time(),
+                        )
                     fake.requests.append(body)
                     step = fake.script.pop(0) if fake.script else {}
                     fake.in_flight += 1
@@ -157,13 +221,25 @@ class FakeOpenAI:
                 try:
                     time.sleep(step.get("delay", 0) + fake.latency)
                     if "status" in step:
-                        return self._send(step["status"], {"error": {"message": step.get("message", "fake error"), "type": "fake"}}, step.get("headers", {}))
+                        return self._send(
+                            step["status"],
+                            {
+                                "error": {
+                                    "message": step.get("message", "fake error"),
+                                    "type": "fake",
+                                }
+                            },
+                            step.get("headers", {}),
+                        )
                     status, payload = fake._chat(body, step)
                     self._send(status, payload)
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1
-                        fake.last_response_at, fake.last_response_wall = time.perf_counter(), time.time()
+                        fake.last_response_at, fake.last_response_wall = (
+                            time.perf_counter(),
+                            time.time(),
+                        )
 
             def _send(self, status, payload, headers=None):
                 self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
@@ -188,7 +264,13 @@ class FakeOpenAI:
     def _chat(self, body: dict, step: dict) -> tuple[int, dict]:
         fmt = (body.get("response_format") or {}).get("type")
         if fmt and self.refuse_response_format:
-            return 400, {"error": {"message": "response_format is not supported by this model", "type": "invalid_request_error", "param": "response_format"}}
+            return 400, {
+                "error": {
+                    "message": "response_format is not supported by this model",
+                    "type": "invalid_request_error",
+                    "param": "response_format",
+                }
+            }
         if fmt == "json_schema" and self.refuse_json_schema:
             return 500, {"error": {"message": "Internal Server Error", "type": "server_error"}}
         content = step["content"] if "content" in step else self.responder(body)
@@ -199,20 +281,48 @@ class FakeOpenAI:
         logprobs = None
         if self.logprob is not None and request.get("logprobs"):
             lp = self.logprob if callable(self.logprob) else (lambda t: self.logprob)
-            logprobs = {"content": [{"token": t, "logprob": lp(t), "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]}
-        prompt_tokens = sum(len(_ENC.encode_ordinary(m["content"])) + 3 for m in request["messages"]) + 3
+            logprobs = {
+                "content": [
+                    {"token": t, "logprob": lp(t), "bytes": list(t.encode()), "top_logprobs": []}
+                    for t in tokens
+                ]
+            }
+        prompt_tokens = (
+            sum(len(_ENC.encode_ordinary(m["content"])) + 3 for m in request["messages"]) + 3
+        )
         return {
-            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": request["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason, "logprobs": logprobs}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens), "total_tokens": prompt_tokens + len(tokens)},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish_reason,
+                    "logprobs": logprobs,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": len(tokens),
+                "total_tokens": prompt_tokens + len(tokens),
+            },
         }
 
     # --- files and batches -----------------------------------------------------------------------
     def _add_file(self, content: bytes, filename: str, purpose: str) -> dict:
         with self._lock:
             fid = f"file-{len(self.files) + 1}"
-            obj = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()), "filename": filename, "purpose": purpose, "status": "processed"}
+            obj = {
+                "id": fid,
+                "object": "file",
+                "bytes": len(content),
+                "created_at": int(time.time()),
+                "filename": filename,
+                "purpose": purpose,
+                "status": "processed",
+            }
             self.files[fid] = {"object": obj, "content": content}
         return obj
 
@@ -224,7 +334,12 @@ class FakeOpenAI:
     def _create_batch(self, body: dict) -> dict:
         with self._lock:
             bid = f"batch_{len(self.batches) + 1}"
-            self.batches[bid] = {"request": body, "created": time.time(), "result": None, "cancelled": None}
+            self.batches[bid] = {
+                "request": body,
+                "created": time.time(),
+                "result": None,
+                "cancelled": None,
+            }
         return self._batch(bid)
 
     def _batch(self, bid: str) -> dict | None:
@@ -235,10 +350,18 @@ class FakeOpenAI:
         now, created = time.time(), b["created"]
         validating, working = self.batch_timing
         obj = {
-            "id": bid, "object": "batch", "endpoint": b["request"]["endpoint"], "input_file_id": b["request"]["input_file_id"],
-            "completion_window": b["request"]["completion_window"], "created_at": int(created), "metadata": b["request"].get("metadata"),
-            "expires_at": int(created) + 86400, "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-            "output_file_id": None, "error_file_id": None, "errors": None,
+            "id": bid,
+            "object": "batch",
+            "endpoint": b["request"]["endpoint"],
+            "input_file_id": b["request"]["input_file_id"],
+            "completion_window": b["request"]["completion_window"],
+            "created_at": int(created),
+            "metadata": b["request"].get("metadata"),
+            "expires_at": int(created) + 86400,
+            "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+            "output_file_id": None,
+            "error_file_id": None,
+            "errors": None,
         }
         if b["cancelled"] is not None and b["result"] is None:
             obj.update(status="cancelled", cancelled_at=int(b["cancelled"]))
@@ -251,7 +374,13 @@ class FakeOpenAI:
                 if b["result"] is None:
                     b["result"] = self._run_batch(bid, lines)
             out_id, err_id, done, failed = b["result"]
-            obj.update(status="completed", in_progress_at=int(created + validating), completed_at=int(now), output_file_id=out_id, error_file_id=err_id)
+            obj.update(
+                status="completed",
+                in_progress_at=int(created + validating),
+                completed_at=int(now),
+                output_file_id=out_id,
+                error_file_id=err_id,
+            )
             obj["request_counts"].update(completed=done, failed=failed)
         return obj
 
@@ -263,10 +392,18 @@ class FakeOpenAI:
             self.requests.append(body)
             failure = self.batch_line_error(body) if self.batch_line_error else None
             if failure:
-                status, payload = failure[0], {"error": {"message": failure[1], "type": "invalid_request_error"}}
+                status, payload = (
+                    failure[0],
+                    {"error": {"message": failure[1], "type": "invalid_request_error"}},
+                )
             else:
                 status, payload = self._chat(body, {})
-            record = {"id": f"batch_req_{bid}_{n}", "custom_id": req["custom_id"], "response": {"status_code": status, "request_id": f"req_{n}", "body": payload}, "error": None}
+            record = {
+                "id": f"batch_req_{bid}_{n}",
+                "custom_id": req["custom_id"],
+                "response": {"status_code": status, "request_id": f"req_{n}", "body": payload},
+                "error": None,
+            }
             (out if status == 200 else err).append(json.dumps(record))
         # Called with the lock held: add files directly.
         out_id = err_id = None
@@ -274,7 +411,15 @@ class FakeOpenAI:
             if rows:
                 fid = f"file-{len(self.files) + 1}"
                 content = ("\n".join(rows) + "\n").encode()
-                meta = {"id": fid, "object": "file", "bytes": len(content), "created_at": int(time.time()), "filename": f"{bid}_{name}.jsonl", "purpose": "batch_output", "status": "processed"}
+                meta = {
+                    "id": fid,
+                    "object": "file",
+                    "bytes": len(content),
+                    "created_at": int(time.time()),
+                    "filename": f"{bid}_{name}.jsonl",
+                    "purpose": "batch_output",
+                    "status": "processed",
+                }
                 self.files[fid] = {"object": meta, "content": content}
                 if name == "output":
                     out_id = fid
@@ -300,11 +445,13 @@ def main() -> None:
     args = ap.parse_args()
     responder = None
     if args.gold:
-        from alllabel.annotators import example_from_spans
-        from alllabel.jsonl import read_jsonl
+        from alllabel.prelabel.annotators import example_from_spans
+        from alllabel.text.jsonl import read_jsonl
 
         recs = read_jsonl(args.gold)
-        responder = gold_responder({r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs})
+        responder = gold_responder(
+            {r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs}
+        )
     fake = FakeOpenAI(responder, args.logprob)
     fake.latency = args.latency
     print(fake.base_url, flush=True)

@@ -5,6 +5,7 @@ A migrated template (database + admin user + legacy token + the data dir's SECRE
 with ``label-studio init`` (about a minute) and copied for each server: the SQLite file, or for
 PostgreSQL a whole stopped cluster that is copied and started on a free loopback port.
 """
+
 import fcntl
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from alllabel.local_studio import LabelStudio, Postgres, free_port, ls_env, pg_bin
+from scripts.local_studio import LabelStudio, Postgres, free_port, ls_env, pg_bin
 
 __all__ = ["LabelStudioServer", "add_annotator", "free_port", "TOKEN"]
 
@@ -31,7 +32,9 @@ def _env(data: Path, port: int, postgres: Postgres | None = None) -> dict:
 @contextmanager
 def _locked():
     CACHE.mkdir(exist_ok=True)
-    with open(CACHE / "ls-template.lock", "w") as lock:  # two test runs never build a template at once
+    with open(
+        CACHE / "ls-template.lock", "w"
+    ) as lock:  # two test runs never build a template at once
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -39,7 +42,9 @@ def _locked():
 def _init(data: Path, env: dict) -> None:
     r = subprocess.run([str(LS_BIN), "init"], env=env, capture_output=True, text=True, timeout=900)
     if r.returncode:
-        raise RuntimeError(f"label-studio init failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        raise RuntimeError(
+            f"label-studio init failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        )
 
 
 def ensure_template(db: str = "postgresql") -> Path:
@@ -58,7 +63,9 @@ def ensure_template(db: str = "postgresql") -> Path:
         template = CACHE / f"ls-template-pg{(pg_bin() / 'initdb').resolve().parent.parent.name}"
         if not (template / "ready").exists():
             shutil.rmtree(template, ignore_errors=True)
-            work = Postgres.workdir()  # PostgreSQL runs in /tmp (owned by its user), then the result is copied
+            work = (
+                Postgres.workdir()
+            )  # PostgreSQL runs in /tmp (owned by its user), then the result is copied
             try:
                 pg = Postgres.init(work / "pgdata").start()
                 try:
@@ -69,7 +76,10 @@ def ensure_template(db: str = "postgresql") -> Path:
                 staging = Path(str(template) + ".tmp")
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
-                subprocess.run(["cp", "-a", str(work / "pgdata"), str(work / "ls-data"), str(staging)], check=True)
+                subprocess.run(
+                    ["cp", "-a", str(work / "pgdata"), str(work / "ls-data"), str(staging)],
+                    check=True,
+                )
                 (staging / "ready").touch()
                 staging.rename(template)
             finally:
@@ -103,7 +113,9 @@ class LabelStudioServer:
                 shutil.copytree(template / "ls-data", self.data)
                 self.pg_dir = Postgres.workdir()
                 self.pg = Postgres.copy_of(template / "pgdata", self.pg_dir / "pgdata").start()
-            self.ls = LabelStudio(LS_BIN, self.data, self.port, _env(self.data, self.port, self.pg)).start(timeout)
+            self.ls = LabelStudio(
+                LS_BIN, self.data, self.port, _env(self.data, self.port, self.pg)
+            ).start(timeout)
         except BaseException:
             self.stop()
             raise
@@ -116,7 +128,9 @@ class LabelStudioServer:
 
     def start_label_studio(self, timeout: float = 300) -> None:
         """Start Label Studio again on the same port, data and database."""
-        self.ls = LabelStudio(LS_BIN, self.data, self.port, _env(self.data, self.port, self.pg)).start(timeout)
+        self.ls = LabelStudio(
+            LS_BIN, self.data, self.port, _env(self.data, self.port, self.pg)
+        ).start(timeout)
 
     def stop(self) -> None:
         if self.ls:
@@ -137,10 +151,18 @@ class LabelStudioServer:
 def add_annotator(server: LabelStudioServer, email: str, password: str = "annotate-me-123") -> str:
     """Sign a new user up through the organisation's invite link, as a person would; return their legacy token."""
     admin = {"Authorization": f"Token {server.token}"}
-    invite = requests.get(f"{server.url}/api/invite", headers=admin, timeout=30).json()["invite_url"]
+    invite = requests.get(f"{server.url}/api/invite", headers=admin, timeout=30).json()[
+        "invite_url"
+    ]
     s = requests.Session()
     page = server.url + invite
     s.get(page, timeout=30)
-    r = s.post(page, data={"email": email, "password": password, "csrfmiddlewaretoken": s.cookies["csrftoken"]}, headers={"Referer": page}, allow_redirects=False, timeout=30)
+    r = s.post(
+        page,
+        data={"email": email, "password": password, "csrfmiddlewaretoken": s.cookies["csrftoken"]},
+        headers={"Referer": page},
+        allow_redirects=False,
+        timeout=30,
+    )
     assert r.status_code == 302, f"sign-up of {email} failed: HTTP {r.status_code}"
     return s.get(f"{server.url}/api/current-user/token", timeout=30).json()["token"]

@@ -6,6 +6,7 @@ Exclusions (``exclude``, beyond the paper): excluded items are taken out of U's 
 are never candidates, never in a ranking, not in the core-set's means - and stay queries.
 With ``exclude=()`` every function is the paper's rule unchanged.
 """
+
 from fractions import Fraction
 from math import floor
 
@@ -28,7 +29,12 @@ def diversity(U, chosen, count, exclude=()):
     cols = [j for j in range(n) if j not in exclude]
     picked = []
     if not chosen:
-        means = {i: sum(Fraction(U[i][j]) for j in cols if j != i) / (len(cols) - 1) if len(cols) > 1 else 0 for i in cols}
+        means = {
+            i: sum(Fraction(U[i][j]) for j in cols if j != i) / (len(cols) - 1)
+            if len(cols) > 1
+            else 0
+            for i in cols
+        }
         seed = min(cols, key=lambda i: (means[i], i))
         picked.append(seed)
     while len(picked) < count:

@@ -2,6 +2,7 @@
 
 MOF data: examples/mof_zhang2024.jsonl (MIT (c) 2023 zw-SIMM).
 """
+
 import json
 import math
 import os
@@ -13,12 +14,12 @@ import pytest
 import tiktoken
 
 from alllabel import BM25Similarity
-from alllabel.annotators import LLMAnnotator, build_demos, example_from_spans, prelabel
-from alllabel.budget import BudgetError, PromptPlanner
-from alllabel.llm import LLMCache, LLMClient, LLMConfig
-from alllabel.prompting import LabelSchema, PromptBuilder
-from alllabel.segment import entity_units, excerpt, pieces, windows
-from alllabel.tokens import TokenCounter
+from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
+from alllabel.llm.tokens import TokenCounter
+from alllabel.prelabel.annotators import LLMAnnotator, build_demos, example_from_spans, prelabel
+from alllabel.prelabel.fit import BudgetError, PromptPlanner
+from alllabel.prelabel.prompt import LabelSchema, PromptBuilder
+from alllabel.text.segment import entity_units, excerpt, pieces, windows
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
 
@@ -40,7 +41,9 @@ def test_counts_follow_the_model_family():
     raw = len(CL100K.encode_ordinary(text))
     assert TokenCounter("gpt-4").count(text) == raw  # cl100k models: exact
     assert TokenCounter("gpt-4o").count(text) == math.ceil(raw * 1.05)  # o200k: cl100k + 5 %
-    assert TokenCounter("llama-3.1-8b").count(text) == math.ceil(raw * 1.25)  # unknown: fallback estimate
+    assert TokenCounter("llama-3.1-8b").count(text) == math.ceil(
+        raw * 1.25
+    )  # unknown: fallback estimate
     assert TokenCounter("llama-3.1-8b", margin=1.1).count(text) == math.ceil(raw * 1.1)
     msgs = [{"role": "system", "content": "a"}, {"role": "user", "content": text}]
     assert TokenCounter("gpt-4").messages(msgs) == 1 + raw + 2 * 3 + 3  # OpenAI's framing rule
@@ -54,13 +57,18 @@ def test_counting_never_touches_the_network(tmp_path):
         "import socket\n"
         "def refuse(*a, **k): raise OSError('network used')\n"
         "socket.socket.connect = refuse; socket.create_connection = refuse; socket.getaddrinfo = refuse\n"
-        "from alllabel.tokens import TokenCounter\n"
+        "from alllabel.llm.tokens import TokenCounter\n"
         "print(TokenCounter('gpt-4o').count('MOF-5 in DMF'), TokenCounter('mistral').count('x'))\n"
     )
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "tk"), "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(math.ceil(len(CL100K.encode_ordinary("MOF-5 in DMF")) * 1.05)), "2"]
+    assert r.stdout.split() == [
+        str(math.ceil(len(CL100K.encode_ordinary("MOF-5 in DMF")) * 1.05)),
+        "2",
+    ]
 
 
 # --- sentences and windows ---------------------------------------------------------------------------
@@ -92,12 +100,16 @@ def test_windows_fit_prefer_paragraphs_and_cut_words_only_without_whitespace():
     text = "\r\n\r\n".join(paras)
     ws = windows(text, 1000, c.raw, c.many)
     assert all(c.raw(text[a:b]) <= 1000 for a, b in ws)
-    assert "".join(text[a:b] for a, b in ws).replace("\r", "").replace("\n", "") == text.replace("\r", "").replace("\n", "")
+    assert "".join(text[a:b] for a, b in ws).replace("\r", "").replace("\n", "") == text.replace(
+        "\r", ""
+    ).replace("\n", "")
     starts = {text.find(p) for p in paras}
     assert sum(a in starts for a, _ in ws) >= len(ws) * 0.8  # most windows start at a paragraph
     blob = "x" * 20000
     cut = windows(blob, 500, c.raw, c.many)
-    assert "".join(blob[a:b] for a, b in cut) == blob and all(c.raw(blob[a:b]) <= 500 for a, b in cut)
+    assert "".join(blob[a:b] for a, b in cut) == blob and all(
+        c.raw(blob[a:b]) <= 500 for a, b in cut
+    )
     words = ("lorem ipsum " * 3000).strip()
     assert all(words[a - 1] == " " for a, _ in windows(words, 300, c.raw, c.many)[1:])
 
@@ -107,8 +119,14 @@ def test_excerpt_keeps_entity_sentences_and_exact_offsets():
     text, spans = r["text"], gold_of(r)
     units = entity_units(text, spans)
     short, moved = excerpt(text, spans, units[:2])
-    assert len(moved) == sum(1 for s in spans if any(a <= s["start"] and s["end"] <= b for a, b in units[:2]))
-    assert [short[s["start"] : s["end"]] for s in moved] == [text[s["start"] : s["end"]] for s in spans if any(a <= s["start"] and s["end"] <= b for a, b in units[:2])]
+    assert len(moved) == sum(
+        1 for s in spans if any(a <= s["start"] and s["end"] <= b for a, b in units[:2])
+    )
+    assert [short[s["start"] : s["end"]] for s in moved] == [
+        text[s["start"] : s["end"]]
+        for s in spans
+        if any(a <= s["start"] and s["end"] <= b for a, b in units[:2])
+    ]
 
 
 # --- prompts within the budget --------------------------------------------------------------------
@@ -126,7 +144,14 @@ def test_demonstrations_share_the_room_long_ones_become_excerpts_or_are_skipped(
     small = [example_from_spans(r["text"], gold_of(r)) for r in recs[:2]]
     huge_text = "\n\n".join(r["text"] for r in recs[10:60])
     offsets = [huge_text.find(r["text"]) for r in recs[10:60]]
-    huge = example_from_spans(huge_text, [{**s, "start": s["start"] + o, "end": s["end"] + o} for r, o in zip(recs[10:60], offsets) for s in gold_of(r)])
+    huge = example_from_spans(
+        huge_text,
+        [
+            {**s, "start": s["start"] + o, "end": s["end"] + o}
+            for r, o in zip(recs[10:60], offsets)
+            for s in gold_of(r)
+        ],
+    )
     plan = planner.plan(recs[100]["text"], [small[0], huge, small[1]])
     (w,) = plan.windows
     assert w.prompt_tokens <= 3000 and w.prompt_tokens == c.messages(w.messages)
@@ -153,7 +178,14 @@ def _long_task(records, start, count, big_paragraph=40):
         sep = " " if 0 < n <= big_paragraph else "\r\n\r\n" if n else ""
         pos += len(sep)
         parts.append(sep + prefix + text)
-        spans += [{"start": s["start"] + pos + len(prefix), "end": s["end"] + pos + len(prefix), "label": s["label"]} for s in gold_of(r)]
+        spans += [
+            {
+                "start": s["start"] + pos + len(prefix),
+                "end": s["end"] + pos + len(prefix),
+                "label": s["label"],
+            }
+            for s in gold_of(r)
+        ]
         pos += len(prefix) + len(text)
     return "".join(parts), spans
 
@@ -161,8 +193,13 @@ def _long_task(records, start, count, big_paragraph=40):
 def test_150k_character_task_is_windowed_within_budget_and_merged_at_exact_offsets(tmp_path):
     recs = mof_records()
     big, big_gold = _long_task(recs, 100, 260)
-    assert len(big) >= 150_000 and all(big[s["start"] : s["end"]] == recs_text for s, recs_text in zip(big_gold, [big[s["start"] : s["end"]] for s in big_gold]))
-    huge_demo, huge_gold = _long_task(recs, 400, 200)  # a long human-annotated task, as in the issue
+    assert len(big) >= 150_000 and all(
+        big[s["start"] : s["end"]] == recs_text
+        for s, recs_text in zip(big_gold, [big[s["start"] : s["end"]] for s in big_gold])
+    )
+    huge_demo, huge_gold = _long_task(
+        recs, 400, 200
+    )  # a long human-annotated task, as in the issue
     texts = [r["text"] for r in recs[:30]] + [huge_demo, big]
     gold = {i: gold_of(r) for i, r in enumerate(recs[:30])}
     gold[30] = huge_gold
@@ -173,12 +210,21 @@ def test_150k_character_task_is_windowed_within_budget_and_merged_at_exact_offse
         text = next(t for t in texts if window in t)
         at = text.find(window)
         spans = gold.get(texts.index(text)) or big_gold
-        inside = [{**s, "start": s["start"] - at, "end": s["end"] - at} for s in spans if at <= s["start"] and s["end"] <= at + len(window)]
-        return json.dumps({"entities": example_from_spans(window, inside).entities}, ensure_ascii=False)
+        inside = [
+            {**s, "start": s["start"] - at, "end": s["end"] - at}
+            for s in spans
+            if at <= s["start"] and s["end"] <= at + len(window)
+        ]
+        return json.dumps(
+            {"entities": example_from_spans(window, inside).entities}, ensure_ascii=False
+        )
 
     budget = 8000
     with FakeOpenAI(oracle) as fake:
-        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, max_prompt_tokens=budget), LLMCache(tmp_path / "c.sqlite3"))
+        client = LLMClient(
+            LLMConfig(api_key="k", base_url=fake.base_url, max_prompt_tokens=budget),
+            LLMCache(tmp_path / "c.sqlite3"),
+        )
         annotator = LLMAnnotator(client, schema)
         sim = BM25Similarity(texts)
         results = prelabel(texts, gold, annotator, sim, queries=[31, 5], k=3)
@@ -191,7 +237,11 @@ def test_150k_character_task_is_windowed_within_budget_and_merged_at_exact_offse
     assert a.windows == len(fake.requests) - 1 > 10
     placed = {(s.start, s.end, s.label) for s in a.spans}
     expected = {(s["start"], s["end"], s["label"]) for s in big_gold}
-    nested = {g for g in expected if any(o != g and o[2] == g[2] and o[0] <= g[0] and g[1] <= o[1] for o in expected)}
+    nested = {
+        g
+        for g in expected
+        if any(o != g and o[2] == g[2] and o[0] <= g[0] and g[1] <= o[1] for o in expected)
+    }
     assert placed <= expected and expected - nested <= placed  # exact offsets across every window
     assert all(big[s.start : s.end] == s.text for s in a.spans)
     # The huge annotated task was retrieved as a demonstration and never sent whole.
@@ -206,7 +256,18 @@ def test_a_long_demonstration_is_cut_even_when_the_budget_could_hold_it():
     planner = PromptPlanner(PromptBuilder(LabelSchema(labels())), c, 60_000)
     long_text = "\n\n".join(r["text"] for r in recs[10:30])
     offsets = [long_text.find(r["text"]) for r in recs[10:30]]
-    long_demo = example_from_spans(long_text, [{**s, "start": s["start"] + o, "end": s["end"] + o} for r, o in zip(recs[10:30], offsets) for s in gold_of(r)])
+    long_demo = example_from_spans(
+        long_text,
+        [
+            {**s, "start": s["start"] + o, "end": s["end"] + o}
+            for r, o in zip(recs[10:30], offsets)
+            for s in gold_of(r)
+        ],
+    )
     assert c.count(long_text) > 5000
     (w,) = planner.plan(recs[100]["text"], [long_demo]).windows
-    assert w.trimmed == [0] and c.message_cost(w.messages[1]["content"]) + c.message_cost(w.messages[2]["content"]) <= 2000
+    assert (
+        w.trimmed == [0]
+        and c.message_cost(w.messages[1]["content"]) + c.message_cost(w.messages[2]["content"])
+        <= 2000
+    )

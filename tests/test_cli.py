@@ -1,4 +1,5 @@
 """The command line, on real MOF data, with the fake LLM where an LLM is needed."""
+
 import json
 import subprocess
 import sys
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from alllabel.annotators import example_from_spans
 from alllabel.cli import main
-from alllabel.evaluation import sample_f1, span_prf
-from alllabel.jsonl import read_jsonl, write_jsonl
+from alllabel.evaluation.protocol import sample_f1, span_prf
+from alllabel.prelabel.annotators import example_from_spans
+from alllabel.text.jsonl import read_jsonl, write_jsonl
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
 
@@ -19,30 +20,60 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def data(tmp_path):
-    recs = [{"id": r["id"], "text": r["text"], "entities": [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]]} for r in mof_records()[:40]]
+    recs = [
+        {
+            "id": r["id"],
+            "text": r["text"],
+            "entities": [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]],
+        }
+        for r in mof_records()[:40]
+    ]
     path = tmp_path / "mof.jsonl"
     write_jsonl(path, recs)
     return path, recs
 
 
 def oracle(recs):
-    return gold_responder({r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs})
+    return gold_responder(
+        {r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs}
+    )
 
 
 def test_select_writes_queue_order(data, tmp_path):
     path, recs = data
     out = tmp_path / "sel.jsonl"
-    r = subprocess.run([sys.executable, "-m", "alllabel", "select", str(path), "--budget", "10", "-o", str(out), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alllabel",
+            "select",
+            str(path),
+            "--budget",
+            "10",
+            "-o",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     sel = read_jsonl(out)
-    assert [s["position"] for s in sel] == list(range(10)) and [s["stage"] for s in sel].count("similarity") == 6
+    assert [s["position"] for s in sel] == list(range(10)) and [s["stage"] for s in sel].count(
+        "similarity"
+    ) == 6
     assert all(recs[s["index"]]["id"] == s["id"] for s in sel)
 
 
 def test_select_errors_are_explained(data, capsys):
     path, _ = data
     assert main(["select", str(path), "--budget", "500", "--quiet"]) == 2
-    assert "budget must be between 1 and the number of selectable items (40 of 40)" in capsys.readouterr().err
+    assert (
+        "budget must be between 1 and the number of selectable items (40 of 40)"
+        in capsys.readouterr().err
+    )
     assert main(["select", "/nonexistent.jsonl"]) == 2
 
 
@@ -54,7 +85,22 @@ def test_prelabel_with_pool_through_the_llm(data, tmp_path, monkeypatch):
         monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "k")
         out = tmp_path / "pre.jsonl"
-        assert main(["prelabel", str(path), "--pool", str(sel), "-o", str(out), "--cache", str(tmp_path / "c.sqlite3"), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "prelabel",
+                    str(path),
+                    "--pool",
+                    str(sel),
+                    "-o",
+                    str(out),
+                    "--cache",
+                    str(tmp_path / "c.sqlite3"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         got = read_jsonl(out)
         # The quality check (one call per annotated record) comes before any bulk call.
         pool_texts = {r["text"] for r in recs if r["id"] in {s["id"] for s in read_jsonl(sel)}}
@@ -66,7 +112,20 @@ def test_prelabel_with_pool_through_the_llm(data, tmp_path, monkeypatch):
         assert placed and placed <= {(e["start"], e["end"], e["label"]) for e in first["entities"]}
         # A dry run estimates and calls nothing; the earlier run is already in the cache.
         n = len(fake.requests)
-        assert main(["prelabel", str(path), "--pool", str(sel), "--dry-run", "--cache", str(tmp_path / "c.sqlite3")]) == 0
+        assert (
+            main(
+                [
+                    "prelabel",
+                    str(path),
+                    "--pool",
+                    str(sel),
+                    "--dry-run",
+                    "--cache",
+                    str(tmp_path / "c.sqlite3"),
+                ]
+            )
+            == 0
+        )
         assert len(fake.requests) == n
 
 
@@ -82,14 +141,18 @@ def _llm_env(monkeypatch, fake):
     monkeypatch.setenv("OPENAI_API_KEY", "k")
 
 
-def test_quality_check_prints_per_label_scores_and_min_f1_holds_the_run(data, tmp_path, monkeypatch, capsys):
+def test_quality_check_prints_per_label_scores_and_min_f1_holds_the_run(
+    data, tmp_path, monkeypatch, capsys
+):
     path, recs = data
     annotated = [{**r} if i < 6 else {"id": r["id"], "text": r["text"]} for i, r in enumerate(recs)]
     write_jsonl(path, annotated)
     with FakeOpenAI(lambda req: '{"entities": []}') as fake:  # an LLM that finds nothing
         _llm_env(monkeypatch, fake)
         out = tmp_path / "pre.jsonl"
-        code = main(["prelabel", str(path), "-o", str(out), "--cache", "", "--min-f1", "0.5", "--quiet"])
+        code = main(
+            ["prelabel", str(path), "-o", str(out), "--cache", "", "--min-f1", "0.5", "--quiet"]
+        )
         err = capsys.readouterr().err
         assert code == 4 and not out.exists()
         assert len(fake.requests) == 6  # the quality check only: no bulk call was made
@@ -100,29 +163,89 @@ def test_quality_check_prints_per_label_scores_and_min_f1_holds_the_run(data, tm
 
 def test_max_cost_holds_then_a_higher_cap_resumes(data, tmp_path, monkeypatch, capsys):
     path, recs = data
-    write_jsonl(path, [r if i < 5 else {"id": r["id"], "text": r["text"]} for i, r in enumerate(recs)])
+    write_jsonl(
+        path, [r if i < 5 else {"id": r["id"], "text": r["text"]} for i, r in enumerate(recs)]
+    )
     cache, out = str(tmp_path / "c.sqlite3"), tmp_path / "pre.jsonl"
     with FakeOpenAI(oracle(recs)) as fake:
         _llm_env(monkeypatch, fake)
         assert main(["prelabel", str(path), "--dry-run", "--cache", cache]) == 0
         est = json.loads(capsys.readouterr().out)
-        assert est["tasks"] == 35 and est["windows"] >= 35 and est["quality_check"]["tasks"] == 5 and fake.requests == []
+        assert (
+            est["tasks"] == 35
+            and est["windows"] >= 35
+            and est["quality_check"]["tasks"] == 5
+            and fake.requests == []
+        )
         cap = (est["cost_usd"] + est["quality_check"]["cost_usd"]) / 2  # about half the run
-        assert main(["prelabel", str(path), "-o", str(out), "--cache", cache, "--max-cost", str(cap), "--quiet"]) == 3
+        assert (
+            main(
+                [
+                    "prelabel",
+                    str(path),
+                    "-o",
+                    str(out),
+                    "--cache",
+                    cache,
+                    "--max-cost",
+                    str(cap),
+                    "--quiet",
+                ]
+            )
+            == 3
+        )
         first = read_jsonl(out)
         held = [r for r in first if "held" in r]
-        assert held and all("cost cap" in r["held"] for r in held) and not any("error" in r for r in first)
+        assert (
+            held
+            and all("cost cap" in r["held"] for r in held)
+            and not any("error" in r for r in first)
+        )
         n = len(fake.requests)
-        assert main(["prelabel", str(path), "-o", str(out), "--cache", cache, "--max-cost", str(cap * 3), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "prelabel",
+                    str(path),
+                    "-o",
+                    str(out),
+                    "--cache",
+                    cache,
+                    "--max-cost",
+                    str(cap * 3),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         asked = [r["messages"][-1]["content"] for r in fake.requests]
     assert all("prediction" in r for r in read_jsonl(out))
-    assert len(asked) == len(set(asked)) and len(asked) - n == sum(1 for r in read_jsonl(out) if r["id"] in {h["id"] for h in held})
+    assert len(asked) == len(set(asked)) and len(asked) - n == sum(
+        1 for r in read_jsonl(out) if r["id"] in {h["id"] for h in held}
+    )
 
 
 def test_evaluate_writes_table_and_plot(data, tmp_path):
     path, _ = data
     out = tmp_path / "eval"
-    assert main(["evaluate", str(path), "--pool-sizes", "5,10", "--seeds", "2", "--out-dir", str(out), "--annotator", "projection", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(path),
+                "--pool-sizes",
+                "5,10",
+                "--seeds",
+                "2",
+                "--out-dir",
+                str(out),
+                "--annotator",
+                "projection",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * (1 + 2 + 2)
     assert "| allabel |" in (out / "table.md").read_text()
@@ -135,25 +258,52 @@ def test_evaluate_with_an_oracle_llm_scores_near_perfect(data, tmp_path, monkeyp
         monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
         monkeypatch.setenv("OPENAI_API_KEY", "k")
         out = tmp_path / "eval"
-        args = ["evaluate", str(path), "--pool-sizes", "5", "--methods", "allabel", "--out-dir", str(out), "--cache", "", "--quiet"]
+        args = [
+            "evaluate",
+            str(path),
+            "--pool-sizes",
+            "5",
+            "--methods",
+            "allabel",
+            "--out-dir",
+            str(out),
+            "--cache",
+            "",
+            "--quiet",
+        ]
         assert main(args + ["--base-url", fake.base_url, "--timeout", "20"]) == 0
     (row,) = [line.split(",") for line in (out / "results.csv").read_text().splitlines()[1:]]
-    assert float(row[3]) > 0.97 and float(row[4]) > 0.97  # only gold nested in same-label gold is missed
+    assert (
+        float(row[3]) > 0.97 and float(row[4]) > 0.97
+    )  # only gold nested in same-label gold is missed
 
 
 def test_sample_f1_rules():
     labels = ["a", "b", "c"]
     # a: TP; b: FP and FN (wrong string); c: true negative -> 1
-    assert sample_f1([("a", "x"), ("b", "y")], [("a", "x"), ("b", "z")], labels) == pytest.approx((1 + 0 + 1) / 3)
-    assert sample_f1([("a", "x"), ("a", "x")], [("a", "x")], ["a"]) == pytest.approx(2 / 3)  # multisets
+    assert sample_f1([("a", "x"), ("b", "y")], [("a", "x"), ("b", "z")], labels) == pytest.approx(
+        (1 + 0 + 1) / 3
+    )
+    assert sample_f1([("a", "x"), ("a", "x")], [("a", "x")], ["a"]) == pytest.approx(
+        2 / 3
+    )  # multisets
     assert sample_f1([], [], labels) == 1.0
-    assert span_prf([{(0, 1, "a")}], [{(0, 1, "a"), (2, 3, "a")}]) == (0.5, 1.0, pytest.approx(2 / 3))
+    assert span_prf([{(0, 1, "a")}], [{(0, 1, "a"), (2, 3, "a")}]) == (
+        0.5,
+        1.0,
+        pytest.approx(2 / 3),
+    )
 
 
 def test_demo_runs_offline(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    r = subprocess.run([sys.executable, "-m", "alllabel", "demo", "--out-dir", str(tmp_path), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "alllabel", "demo", "--out-dir", str(tmp_path), "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert "projection-offline" in r.stderr and "ALLabel  pool of 15" in r.stdout
     assert len(read_jsonl(tmp_path / "prelabels.jsonl")) == 135
@@ -165,14 +315,20 @@ def backend_server(tmp_path):
     from werkzeug.serving import make_server
 
     from _wsgi import create_app
-    from alllabel.ls_client import LabelStudioAPI
-    from alllabel.settings import Settings
+    from alllabel.backend.ls_client import LabelStudioAPI
+    from alllabel.backend.settings import Settings
     from model import ALLabelBackend
     from tests.label_studio import free_port
 
     def start(**settings):
-        backend = ALLabelBackend(Settings(state_dir=tmp_path / "state", model_version="mv-status", **settings), ls_factory=lambda: LabelStudioAPI("http://127.0.0.1:9", "t"))
-        backend.orchestrator.state.register(3, '<View><Labels name="l" toName="t"><Label value="A"/></Labels><Text name="t" value="$text"/></View>')
+        backend = ALLabelBackend(
+            Settings(state_dir=tmp_path / "state", model_version="mv-status", **settings),
+            ls_factory=lambda: LabelStudioAPI("http://127.0.0.1:9", "t"),
+        )
+        backend.orchestrator.state.register(
+            3,
+            '<View><Labels name="l" toName="t"><Label value="A"/></Labels><Text name="t" value="$text"/></View>',
+        )
         backend.orchestrator.state.add_to_queue(3, [(10, 0, "diversity")])
         port = free_port()
         server = make_server("127.0.0.1", port, create_app(backend), threaded=True)
@@ -220,7 +376,9 @@ def test_status_says_when_nothing_answers(capsys):
 
 def test_select_skips_duplicates_and_outliers_unless_paper_exact(tmp_path, capsys):
     recs = [{"id": r["id"], "text": r["text"]} for r in mof_records()[:60]]
-    recs += [{"id": f"copy-{r['id']}", "text": r["text"].replace(" ", "  ", 1) + "."} for r in recs[:20]]
+    recs += [
+        {"id": f"copy-{r['id']}", "text": r["text"].replace(" ", "  ", 1) + "."} for r in recs[:20]
+    ]
     recs.append({"id": "huge", "text": " ".join(r["text"] for r in mof_records()[:300])})
     path = tmp_path / "tasks.jsonl"
     write_jsonl(path, recs)
@@ -231,7 +389,9 @@ def test_select_skips_duplicates_and_outliers_unless_paper_exact(tmp_path, capsy
         return [r["id"] for r in read_jsonl(out)], capsys.readouterr().err
 
     ids, err = queue()
-    assert "23 near-duplicate(s), 1 length outlier(s)" in err  # the 20 copies and 3 of MOF's own (tasks 53-56)
+    assert (
+        "23 near-duplicate(s), 1 length outlier(s)" in err
+    )  # the 20 copies and 3 of MOF's own (tasks 53-56)
     assert "huge" not in ids and not any(i.startswith("copy-") for i in ids)
     paper, _ = queue("--paper-exact")
     assert "huge" in paper  # the core-set's first pick
@@ -242,7 +402,23 @@ def test_select_skips_duplicates_and_outliers_unless_paper_exact(tmp_path, capsy
 def test_evaluate_compares_screened_with_paper_exact(data, tmp_path, capsys):
     path, _ = data
     out = tmp_path / "ev"
-    assert main(["evaluate", str(path), "--annotator", "projection", "--pool-sizes", "5,10", "--methods", "allabel,allabel-screened",
-                 "--out-dir", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(path),
+                "--annotator",
+                "projection",
+                "--pool-sizes",
+                "5,10",
+                "--methods",
+                "allabel,allabel-screened",
+                "--out-dir",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     table = (out / "table.md").read_text()
     assert "| allabel |" in table and "| allabel-screened |" in table

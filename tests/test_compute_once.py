@@ -1,11 +1,12 @@
 """Work done once: pool-column retrieval, one similarity per corpus, embeddings cached on disk."""
+
 import numpy as np
 import pytest
 
 from alllabel import BM25Similarity, SBERTSimilarity, select
-from alllabel.retrieval import Demonstration, retrieve
-from alllabel.simcache import SimilarityCache
-from alllabel.similarity import iter_row_blocks, matrix
+from alllabel.selection.retrieval import Demonstration, retrieve
+from alllabel.selection.simcache import SimilarityCache
+from alllabel.selection.similarity import iter_row_blocks, matrix
 from tests.data import mof_texts
 
 
@@ -18,7 +19,13 @@ def full_row_retrieve(sim, queries, pool, k=3):
         vals[pool_idx[None, :] == idx[:, None]] = -np.inf
         order = np.argsort(-vals, axis=1, kind="stable")[:, :k]
         for r in range(len(idx)):
-            out.append([Demonstration(int(pool_idx[c]), float(vals[r, c])) for c in order[r] if np.isfinite(vals[r, c])])
+            out.append(
+                [
+                    Demonstration(int(pool_idx[c]), float(vals[r, c]))
+                    for c in order[r]
+                    if np.isfinite(vals[r, c])
+                ]
+            )
     return out
 
 
@@ -42,10 +49,14 @@ def test_pool_columns_give_identical_demonstrations_on_mof(mof):
     sim = BM25Similarity(mof)
     queries = np.arange(len(mof))
     for pool in (rng.choice(len(mof), 60, replace=False), np.arange(0, 658, 3), [5]):
-        assert retrieve(sim, queries, pool, k=3) == full_row_retrieve(BM25Similarity(mof), queries, pool, k=3)
+        assert retrieve(sim, queries, pool, k=3) == full_row_retrieve(
+            BM25Similarity(mof), queries, pool, k=3
+        )
     U = matrix(sim)  # and the values are U's, bit for bit
     found = retrieve(sim, [10, 400], list(range(0, 600, 7)), k=5)
-    assert [[d.similarity for d in row] for row in found] == [[float(U[q, d.index]) for d in row] for q, row in zip([10, 400], found)]
+    assert [[d.similarity for d in row] for row in found] == [
+        [float(U[q, d.index]) for d in row] for q, row in zip([10, 400], found)
+    ]
 
 
 def test_after_a_scan_retrieval_computes_no_full_row(mof):
@@ -72,12 +83,14 @@ def test_similarity_cache_shares_one_object_and_row_maxima(mof, tmp_path):
     assert cache.get(texts[:150]) is not sim  # another corpus, another similarity
     counting = CountingBM25(texts)
     counting._rowmax[:] = fresh._rowmax
-    assert retrieve(counting, range(200), [1, 5, 9], k=2) == retrieve(BM25Similarity(texts), range(200), [1, 5, 9], k=2)
+    assert retrieve(counting, range(200), [1, 5, 9], k=2) == retrieve(
+        BM25Similarity(texts), range(200), [1, 5, 9], k=2
+    )
     assert counting.full_rows == 0
 
 
 def test_sbert_embeds_each_text_once_across_plan_and_preannotation(mof, tmp_path):
-    from alllabel import similarity
+    from alllabel.selection import similarity
 
     texts = mof[:40]
     calls = []

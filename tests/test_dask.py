@@ -1,10 +1,11 @@
 """The selection scan on a Dask cluster (loopback LocalCluster): identical picks."""
+
 import numpy as np
 import pytest
 
 from alllabel import BM25Similarity, select
-from alllabel.blocks import DaskRunner
-from alllabel.screening import screen
+from alllabel.selection.blocks import DaskRunner
+from alllabel.selection.screening import screen
 from tests.data import mof_texts
 
 distributed = pytest.importorskip("distributed")
@@ -13,7 +14,12 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def cluster():
     c = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=40
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=40,
     )
     try:
         yield c

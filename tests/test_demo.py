@@ -4,6 +4,7 @@ Runs `bash scripts/start.sh` as a user would (on free ports and a fresh data fol
 migrates its SQLite database from scratch), waits for the demo project's queue to be served through
 /api/projects/ID/next, then sends SIGINT and checks that every process it started is gone.
 """
+
 import json
 import os
 import re
@@ -46,9 +47,24 @@ def alive(pid: int) -> bool:
 
 def test_start_sh_brings_up_a_connected_demo_and_ctrl_c_stops_it(tmp_path):
     ls_port, backend_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "OPENAI_", "ALLABEL_"))}
-    env.update(ALLABEL_DEMO_DIR=str(tmp_path / "demo"), ALLABEL_DEMO_LS_PORT=str(ls_port), ALLABEL_BIND=f"127.0.0.1:{backend_port}")
-    proc = subprocess.Popen(["bash", "scripts/start.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LABEL_STUDIO_", "OPENAI_", "ALLABEL_"))
+    }
+    env.update(
+        ALLABEL_DEMO_DIR=str(tmp_path / "demo"),
+        ALLABEL_DEMO_LS_PORT=str(ls_port),
+        ALLABEL_BIND=f"127.0.0.1:{backend_port}",
+    )
+    proc = subprocess.Popen(
+        ["bash", "scripts/start.sh"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines, ready = [], threading.Event()
 
     def read():
@@ -71,24 +87,36 @@ def test_start_sh_brings_up_a_connected_demo_and_ctrl_c_stops_it(tmp_path):
 
         creds = json.loads((tmp_path / "demo" / "login.json").read_text())
         url = f"http://127.0.0.1:{ls_port}"
-        assert f"Label Studio   {url}" in out and f"{creds['username']} / {creds['password']}" in out
+        assert (
+            f"Label Studio   {url}" in out and f"{creds['username']} / {creds['password']}" in out
+        )
         assert 'press "Label All Tasks"' in out
         pid = int(re.search(rf"{url}/projects/(\d+)/", out).group(1))
         h = {"Authorization": f"Token {creds['token']}"}
 
         project = requests.get(f"{url}/api/projects/{pid}", headers=h, timeout=30).json()
-        assert project["task_number"] == 150 and project["sampling"] == "Uncertainty sampling" and project["model_version"] == "alllabel"
+        assert (
+            project["task_number"] == 150
+            and project["sampling"] == "Uncertainty sampling"
+            and project["model_version"] == "alllabel"
+        )
         (ml,) = requests.get(f"{url}/api/ml", params={"project": pid}, headers=h, timeout=30).json()
         assert ml["url"] == f"http://127.0.0.1:{backend_port}" and ml["title"] == "alllabel"
         # The queue is served: /next gives the task at queue position 0 (score 0 of our model version),
         # without showing annotators the empty queue prediction.
         task = requests.get(f"{url}/api/projects/{pid}/next", headers=h, timeout=60).json()
         assert task["predictions"] == []
-        ours = requests.get(f"{url}/api/predictions/", params={"task": task["id"]}, headers=h, timeout=30).json()
+        ours = requests.get(
+            f"{url}/api/predictions/", params={"task": task["id"]}, headers=h, timeout=30
+        ).json()
         assert [(p["model_version"], p["score"]) for p in ours] == [("alllabel", 0.0)]
-        status = requests.get(f"http://127.0.0.1:{backend_port}/status", params={"project": pid}, timeout=30).json()
+        status = requests.get(
+            f"http://127.0.0.1:{backend_port}/status", params={"project": pid}, timeout=30
+        ).json()
         st = status["projects"][0]
-        assert st["budget"] == 8 and st["queue"]["pushed"] == st["queue"]["selected"] == 8 + 5  # 5 % of 150, and the reserve
+        assert (
+            st["budget"] == 8 and st["queue"]["pushed"] == st["queue"]["selected"] == 8 + 5
+        )  # 5 % of 150, and the reserve
 
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(90) == 0

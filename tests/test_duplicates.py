@@ -1,4 +1,5 @@
 """Near-duplicates, length outliers and annotation projection (issue 10)."""
+
 import difflib
 import random
 
@@ -6,12 +7,17 @@ import numpy as np
 import pytest
 
 from alllabel import BM25Similarity, select
-from alllabel.annotators import LLMAnnotator, example_from_spans, prelabel
-from alllabel.duplicates import find_duplicates, jaccard, normalise, shingles
-from alllabel.llm import LLMClient, LLMConfig
-from alllabel.projection import PROJECTION_ANNOTATOR, align, project_duplicates, project_spans
-from alllabel.prompting import LabelSchema
-from alllabel.screening import LengthRule, length_outliers, screen
+from alllabel.llm.client import LLMClient, LLMConfig
+from alllabel.prelabel.annotators import LLMAnnotator, example_from_spans, prelabel
+from alllabel.prelabel.carry_over import (
+    PROJECTION_ANNOTATOR,
+    align,
+    project_duplicates,
+    project_spans,
+)
+from alllabel.prelabel.prompt import LabelSchema
+from alllabel.selection.duplicates import find_duplicates, jaccard, normalise, shingles
+from alllabel.selection.screening import LengthRule, length_outliers, screen
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
 
@@ -51,7 +57,11 @@ def _shift_gold(src, spans, dst):
     sm = difflib.SequenceMatcher(None, src, dst, autojunk=False)
     out = []
     for s in spans:
-        m = [(i1, j1, i2) for tag, i1, i2, j1, j2 in sm.get_opcodes() if tag == "equal" and i1 <= s["start"] and s["end"] <= i2]
+        m = [
+            (i1, j1, i2)
+            for tag, i1, i2, j1, j2 in sm.get_opcodes()
+            if tag == "equal" and i1 <= s["start"] and s["end"] <= i2
+        ]
         i1, j1, _ = m[0]
         out.append({"start": j1 + s["start"] - i1, "end": j1 + s["end"] - i1, "label": s["label"]})
     return out
@@ -70,7 +80,9 @@ def test_seeded_one_character_copies_are_all_found(seeded):
     pairs = {tuple(p) for p in d.pairs.tolist()}
     for copy, src in copies.items():
         assert (src, copy) in pairs
-        assert d.representative[copy] != copy  # represented by its source (or the source's own representative)
+        assert (
+            d.representative[copy] != copy
+        )  # represented by its source (or the source's own representative)
     # Every reported pair really is at or above the threshold, and MOF's own template siblings
     # below it are not reported.
     for (i, j), v in zip(d.pairs.tolist(), d.jaccard.tolist()):
@@ -92,7 +104,10 @@ def test_no_near_duplicate_pair_in_the_queue(seeded):
     for a in sel.indices:
         for b in sel.indices:
             if a < b:
-                assert difflib.SequenceMatcher(None, texts[a], texts[b], autojunk=False).quick_ratio() < 0.99
+                assert (
+                    difflib.SequenceMatcher(None, texts[a], texts[b], autojunk=False).quick_ratio()
+                    < 0.99
+                )
 
 
 def test_annotated_task_represents_its_cluster(seeded):
@@ -100,7 +115,10 @@ def test_annotated_task_represents_its_cluster(seeded):
     copy, src = next(iter(copies.items()))
     s = screen(texts, chosen=[copy])  # the copy was annotated first
     assert not s.excluded[copy] and s.excluded[src]
-    assert s.duplicates.representative[src] == copy and f"near-duplicate of task #{copy}" in s.reasons[src]
+    assert (
+        s.duplicates.representative[src] == copy
+        and f"near-duplicate of task #{copy}" in s.reasons[src]
+    )
     sel = select(BM25Similarity(texts), 20, pre_chosen=[copy], exclude=s.excluded)
     assert src not in sel.indices
 
@@ -119,15 +137,27 @@ def test_duplicate_of_annotated_task_is_projected_without_llm(seeded):
         assert jac >= d.threshold and jaccard(shingles(texts[q]), shingles(texts[j])) == jac
     for copy in copies:
         a = projected[copy].annotation
-        assert a.annotator == PROJECTION_ANNOTATOR and a.confidence_source == "duplicate" and a.dropped_not_found == 0
-        assert [(x.start, x.end, x.label) for x in a.spans] == sorted((s["start"], s["end"], s["label"]) for s in spans[copy])
+        assert (
+            a.annotator == PROJECTION_ANNOTATOR
+            and a.confidence_source == "duplicate"
+            and a.dropped_not_found == 0
+        )
+        assert [(x.start, x.end, x.label) for x in a.spans] == sorted(
+            (s["start"], s["end"], s["label"]) for s in spans[copy]
+        )
         assert all(texts[copy][x.start : x.end] == x.text for x in a.spans)
     # The rest goes to the LLM; the copies never do.
     rest = [q for q in queries if q not in projected][:12]
     by_text = {t: example_from_spans(t, spans[i]).entities for i, t in enumerate(texts)}
     with FakeOpenAI(gold_responder(by_text)) as fake:
         client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url))
-        results = prelabel(texts, gold, LLMAnnotator(client, LabelSchema(labels)), BM25Similarity(texts), queries=rest)
+        results = prelabel(
+            texts,
+            gold,
+            LLMAnnotator(client, LabelSchema(labels)),
+            BM25Similarity(texts),
+            queries=rest,
+        )
         asked = [req["messages"][-1]["content"] for req in fake.requests]
     assert len(results) == len(asked) == len(rest)
     assert not any(texts[c] in m for c in copies for m in asked)
@@ -136,11 +166,23 @@ def test_duplicate_of_annotated_task_is_projected_without_llm(seeded):
 def test_projection_exact_on_unicode_and_crlf():
     src = "Cu(NO₃)₂·3H₂O (0.2 mmol) in ＤＭＦ/EtOH\r\nheated at 120 °C 😀 for 24 h."
     dst = "Note: Cu(NO₃)₂·3H₂O (0.2 mmol) in ＤＭＦ/EtOH\nheated at 150 °C 😀 for 24 h."
-    ents = [("Cu(NO₃)₂·3H₂O", "metal"), ("ＤＭＦ", "solvent"), ("EtOH", "solvent"), ("120 °C", "temp"), ("24 h", "time")]
+    ents = [
+        ("Cu(NO₃)₂·3H₂O", "metal"),
+        ("ＤＭＦ", "solvent"),
+        ("EtOH", "solvent"),
+        ("120 °C", "temp"),
+        ("24 h", "time"),
+    ]
     spans = [{"start": src.index(t), "end": src.index(t) + len(t), "label": lab} for t, lab in ents]
     p = project_spans(src, spans, dst)
     got = [(dst[s.start : s.end], s.label) for s in p.spans]
-    assert got == [("Cu(NO₃)₂·3H₂O", "metal"), ("ＤＭＦ", "solvent"), ("EtOH", "solvent"), ("150 °C", "temp"), ("24 h", "time")]
+    assert got == [
+        ("Cu(NO₃)₂·3H₂O", "metal"),
+        ("ＤＭＦ", "solvent"),
+        ("EtOH", "solvent"),
+        ("150 °C", "temp"),
+        ("24 h", "time"),
+    ]
     assert p.edited == 1 and not p.dropped
     assert all(s.text == dst[s.start : s.end] for s in p.spans)
 
@@ -148,15 +190,26 @@ def test_projection_exact_on_unicode_and_crlf():
 def test_projection_rule_edited_refound_dropped():
     src = "Y(NO3)3·6H2O in ethanol, then DMF and water; Y-ftw-MOF-2 formed."
     dst = "Tb(NO3)3·5H2O in methanol, then water and DMF; Tb-ftw-MOF-2 formed. ethanol wash."
-    ents = [("Y(NO3)3·6H2O", "metal"), ("ethanol", "solvent"), ("DMF", "solvent"), ("Y-ftw-MOF-2", "product")]
+    ents = [
+        ("Y(NO3)3·6H2O", "metal"),
+        ("ethanol", "solvent"),
+        ("DMF", "solvent"),
+        ("Y-ftw-MOF-2", "product"),
+    ]
     spans = [{"start": src.index(t), "end": src.index(t) + len(t), "label": lab} for t, lab in ents]
     p = project_spans(src, spans, dst)
     got = {(dst[s.start : s.end], s.start, s.label) for s in p.spans}
     # Edited inside: the metal salt and the product keep their role. "DMF" was aligned with "water"
     # (replaced whole: not carried over) and is re-found next to it. "ethanol" became part of
     # "methanol"; the only whole-word "ethanol" left is far away (another mention): dropped.
-    assert got == {("Tb(NO3)3·5H2O", 0, "metal"), ("DMF", dst.index("DMF"), "solvent"), ("Tb-ftw-MOF-2", dst.index("Tb-ftw"), "product")}
-    assert (p.edited, p.refound) == (2, 1) and [d["start"] for d in p.dropped] == [src.index("ethanol")]
+    assert got == {
+        ("Tb(NO3)3·5H2O", 0, "metal"),
+        ("DMF", dst.index("DMF"), "solvent"),
+        ("Tb-ftw-MOF-2", dst.index("Tb-ftw"), "product"),
+    }
+    assert (p.edited, p.refound) == (2, 1) and [d["start"] for d in p.dropped] == [
+        src.index("ethanol")
+    ]
 
 
 def test_alignment_is_character_exact_on_long_texts():
@@ -206,8 +259,23 @@ def test_projection_maps_untouched_spans_exactly(data):
     spans = []
     for _ in range(data.draw(st.integers(1, 5))):
         s = data.draw(st.integers(0, len(text) - 2))
-        spans.append({"start": s, "end": data.draw(st.integers(s + 1, min(len(text), s + 8))), "label": data.draw(st.sampled_from("AB"))})
-    edits = sorted(data.draw(st.lists(st.tuples(st.integers(0, len(text)), st.integers(0, 3), st.text(_ALPHABET, max_size=3)), max_size=3)))
+        spans.append(
+            {
+                "start": s,
+                "end": data.draw(st.integers(s + 1, min(len(text), s + 8))),
+                "label": data.draw(st.sampled_from("AB")),
+            }
+        )
+    edits = sorted(
+        data.draw(
+            st.lists(
+                st.tuples(
+                    st.integers(0, len(text)), st.integers(0, 3), st.text(_ALPHABET, max_size=3)
+                ),
+                max_size=3,
+            )
+        )
+    )
     target, shift, pos, touched = [], [], 0, []
     for at, cut, ins in edits:
         if at < pos:
@@ -227,16 +295,22 @@ def test_projection_maps_untouched_spans_exactly(data):
         # words); no other span of its label overlapping (those compete for the same place).
         if any(a <= sp["end"] and sp["start"] <= b for a, b in touched):
             continue
-        if any(o is not sp and o["label"] == sp["label"] and o["start"] < sp["end"] and sp["start"] < o["end"] for o in spans):
+        if any(
+            o is not sp
+            and o["label"] == sp["label"]
+            and o["start"] < sp["end"]
+            and sp["start"] < o["end"]
+            for o in spans
+        ):
             continue
         d = sum(delta for at, delta in shift if at < sp["start"])
         expect = (sp["start"] + d, sp["end"] + d, sp["label"])
         assert dst[expect[0] : expect[1]] == text[sp["start"] : sp["end"]]
-        assert expect in placed or not _whole(text, sp) , (text, dst, sp, p)
+        assert expect in placed or not _whole(text, sp), (text, dst, sp, p)
     assert len(p.spans) + len(p.dropped) == len(spans)
 
 
 def _whole(text, sp):
-    from alllabel.spans import is_whole_word
+    from alllabel.text.spans import is_whole_word
 
     return is_whole_word(text, sp["start"], sp["end"])

@@ -5,6 +5,7 @@ queue's first. Once the budget is annotated (through the API), the pre-annotated
 the intended words, in texts where emoji, a mathematical letter and CRLF come before every entity
 (Label Studio reads start/end as Unicode code points, as Python's str does).
 """
+
 import os
 import shutil
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from alllabel.annotators import example_from_spans
+from alllabel.prelabel.annotators import example_from_spans
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
 from tests.label_studio import PASSWORD, USERNAME
@@ -21,15 +22,27 @@ from tests.test_e2e_label_studio import BUDGET, LS, Backend, result_of
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 # Flags measured to keep Chromium quiet and offline here (measured on this machine kind: they keep it off the network).
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PREFIX = "Batch 🧪👩‍🔬 run 𝛼-2\r\n"  # astral emoji, a ZWJ sequence, a mathematical letter, CRLF
+
 
 def awkward(rec: dict) -> dict:
     """The record with PREFIX before its text: every entity now sits after emoji and CRLF."""
     shift = len(PREFIX)
     ents = [{**e, "start": e["start"] + shift, "end": e["end"] + shift} for e in rec["entities"]]
     text = PREFIX + rec["text"]
-    assert all(text[e["start"]:e["end"]] == rec["text"][e["start"] - shift:e["end"] - shift] for e in ents)
+    assert all(
+        text[e["start"] : e["end"]] == rec["text"][e["start"] - shift : e["end"] - shift]
+        for e in ents
+    )
     return {**rec, "text": text, "entities": ents}
 
 
@@ -37,10 +50,18 @@ def awkward(rec: dict) -> dict:
 def browser(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: scripts/install.sh test installs Debian's chromium"
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: scripts/install.sh test installs Debian's chromium"
+    )
     profile = Path(tempfile.mkdtemp(prefix="alllabel-chromium-"))  # a fresh --user-data-dir
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=str(CHROMIUM), headless=True, args=FLAGS, viewport={"width": 1400, "height": 900})
+        ctx = p.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1400, "height": 900},
+        )
         try:
             yield ctx
         finally:
@@ -51,8 +72,15 @@ def browser(tmp_path):
 def test_label_all_tasks_and_prelabels_in_the_browser(label_studio, browser, tmp_path):
     ls = label_studio
     records = [awkward(r) for r in mof_records()[460:480]]
-    by_text = {r["text"]: example_from_spans(r["text"], [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]]).entities for r in records}
-    shots = Path(os.environ.get("ALLABEL_SCREENSHOTS") or tmp_path)  # set it to keep the screenshots
+    by_text = {
+        r["text"]: example_from_spans(
+            r["text"], [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]]
+        ).entities
+        for r in records
+    }
+    shots = Path(
+        os.environ.get("ALLABEL_SCREENSHOTS") or tmp_path
+    )  # set it to keep the screenshots
     shots.mkdir(parents=True, exist_ok=True)
     with FakeOpenAI(gold_responder(by_text)) as fake:
         b = Backend(tmp_path, ls, fake)
@@ -76,26 +104,39 @@ def test_label_all_tasks_and_prelabels_in_the_browser(label_studio, browser, tmp
             page.locator(".lsf-htx-richtext").wait_for(timeout=60000)
             page.screenshot(path=str(shots / "label-all-tasks.png"))
             assert int(shown.inner_text().split()[0]) == queue[0]
-            assert rec_of[queue[0]]["text"].split("\r\n")[1][:60] in page.locator(".lsf-htx-richtext").inner_text()
+            assert (
+                rec_of[queue[0]]["text"].split("\r\n")[1][:60]
+                in page.locator(".lsf-htx-richtext").inner_text()
+            )
 
             # The budget, annotated through the API; the backend then pre-annotates the rest.
             for tid in queue[:BUDGET]:
-                r = requests.post(f"{ls.url}/api/tasks/{tid}/annotations/", headers={"Authorization": f"Token {ls.token}"}, json={"result": result_of(rec_of[tid])})
+                r = requests.post(
+                    f"{ls.url}/api/tasks/{tid}/annotations/",
+                    headers={"Authorization": f"Token {ls.token}"},
+                    json={"result": result_of(rec_of[tid])},
+                )
                 assert r.status_code == 201
             b.wait_for(pid, lambda st: st["phase"] == "done", what="pre-annotation")
             b.idle(pid)
             preds = {p.task: p for p in api.predictions(pid) if p.task not in queue}
-            tid, pred = max(preds.items(), key=lambda kv: len(kv[1].result))  # the task with the most regions
+            tid, pred = max(
+                preds.items(), key=lambda kv: len(kv[1].result)
+            )  # the task with the most regions
             text = rec_of[tid]["text"]
-            wanted = sorted(text[r["value"]["start"]:r["value"]["end"]] for r in pred.result)
-            assert len(wanted) >= 3 and text.index("\r\n") < min(r["value"]["start"] for r in pred.result)
+            wanted = sorted(text[r["value"]["start"] : r["value"]["end"]] for r in pred.result)
+            assert len(wanted) >= 3 and text.index("\r\n") < min(
+                r["value"]["start"] for r in pred.result
+            )
 
             tab = api.get("/api/dm/views/", project=pid)[0]["id"]
             page.goto(f"{ls.url}/projects/{pid}/data?tab={tab}&task={tid}")
             page.locator(".lsf-htx-richtext .htx-highlight").first.wait_for(timeout=60000)
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / "prelabels.png"))
-            drawn = page.eval_on_selector_all(".lsf-htx-richtext .htx-highlight", "els => els.map(e => e.textContent)")
+            drawn = page.eval_on_selector_all(
+                ".lsf-htx-richtext .htx-highlight", "els => els.map(e => e.textContent)"
+            )
             # Exactly the intended words; UTF-16 offsets would be 4 code units off (3 astral emoji, 𝛼).
             assert sorted(drawn) == wanted, (tid, drawn)
         finally:

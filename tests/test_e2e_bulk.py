@@ -4,13 +4,14 @@ What a team trusts with its money (issue 9) and what real corpora need (issue 10
 check before any bulk call, holds, the cost cap, re-runs in place, the Batch API across a restart,
 near-duplicates, length outliers and long texts.
 """
+
 import json
 import time
 
 import pytest
 
-from alllabel.duplicates import find_duplicates
-from alllabel.tokens import TokenCounter
+from alllabel.llm.tokens import TokenCounter
+from alllabel.selection.duplicates import find_duplicates
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
 from tests.test_e2e_label_studio import BUDGET, LS, Backend, gold_spans, oracle, per_task
@@ -29,7 +30,11 @@ def annotate_budget(api, b, pid, rec_of):
 
 
 def inputs(fake):
-    return [req["messages"][-1]["content"].split("Input:\n", 1)[1] for req in fake.requests if "messages" in req]
+    return [
+        req["messages"][-1]["content"].split("Input:\n", 1)[1]
+        for req in fake.requests
+        if "messages" in req
+    ]
 
 
 def test_the_quality_check_comes_before_any_bulk_call(ls, tmp_path):
@@ -43,7 +48,11 @@ def test_the_quality_check_comes_before_any_bulk_call(ls, tmp_path):
             human = annotate_budget(api, b, pid, rec_of)
             st = b.wait_for(pid, lambda st: st["phase"] == "done", what="the run")
             quality = st["run"]["quality"]
-            assert quality["tasks"] == BUDGET and quality["f1"] > 0.9 and set(quality["per_label"]) >= {"solvent", "linker"}
+            assert (
+                quality["tasks"] == BUDGET
+                and quality["f1"] > 0.9
+                and set(quality["per_label"]) >= {"solvent", "linker"}
+            )
             assert st["run"]["estimate"]["tasks"] > 0 and st["run"]["estimate"]["cost_usd"] > 0
             # The leave-one-out calls (one per human-annotated task) were made before the bulk ones.
             sent = inputs(fake)
@@ -62,10 +71,16 @@ def test_a_quality_below_the_minimum_holds_the_run(ls, tmp_path):
             pid, rec_of = api.new_project("quality hold", records)
             assert api.connect(pid, b.url).status_code == 201
             annotate_budget(api, b, pid, rec_of)
-            st = b.wait_for(pid, lambda st: "below the minimum" in (st["message"] or ""), what="the hold")
+            st = b.wait_for(
+                pid, lambda st: "below the minimum" in (st["message"] or ""), what="the hold"
+            )
             time.sleep(3)
             assert len(fake.requests) == BUDGET  # the check only: no bulk call
-            assert st["run"]["quality"]["f1"] < 0.9 and "ALLABEL_MIN_F1" in st["run"]["hold"] and st["phase"] == "prelabeling"
+            assert (
+                st["run"]["quality"]["f1"] < 0.9
+                and "ALLABEL_MIN_F1" in st["run"]["hold"]
+                and st["phase"] == "prelabeling"
+            )
             assert not any(p.result for p in api.predictions(pid))
         finally:
             b.stop()
@@ -80,7 +95,11 @@ def test_manual_start_waits_for_start_training(ls, tmp_path):
             pid, rec_of = api.new_project("manual start", records)
             assert api.connect(pid, b.url).status_code == 201
             human = annotate_budget(api, b, pid, rec_of)
-            st = b.wait_for(pid, lambda st: "waiting for Start Training" in (st["message"] or ""), what="the hold")
+            st = b.wait_for(
+                pid,
+                lambda st: "waiting for Start Training" in (st["message"] or ""),
+                what="the hold",
+            )
             assert st["run"]["estimate"]["tasks"] > 0 and "US$" in st["message"]
             time.sleep(3)
             assert len(fake.requests) == BUDGET  # the quality check only
@@ -106,16 +125,23 @@ def test_the_cost_cap_stops_the_run_and_raising_it_resumes(ls, tmp_path):
             b.idle(pid)
             st = b.status(pid)
             bought = len(fake.requests)
-            assert 0 < st["prelabels"]["done"] < len(records) - BUDGET and st["run"]["spent_usd"] <= 0.05
+            assert (
+                0 < st["prelabels"]["done"] < len(records) - BUDGET
+                and st["run"]["spent_usd"] <= 0.05
+            )
             assert "ALLABEL_MAX_COST_USD" in st["run"]["hold"]
         finally:
             b.stop()
-        b2 = Backend(tmp_path, ls, fake, max_cost_usd=10.0, quality_check=False, port=b.port)  # the cap raised, the backend restarted
+        b2 = Backend(
+            tmp_path, ls, fake, max_cost_usd=10.0, quality_check=False, port=b.port
+        )  # the cap raised, the backend restarted
         try:
             b2.wait_for(pid, lambda st: st["phase"] == "done", what="the rest of the run")
             b2.idle(pid)
             done = b2.status(pid)["prelabels"]["done"]
-            assert len(fake.requests) - bought == done - st["prelabels"]["done"]  # only the held tasks were bought
+            assert (
+                len(fake.requests) - bought == done - st["prelabels"]["done"]
+            )  # only the held tasks were bought
             preds = per_task(api.predictions(pid))
             assert all(len(preds[t]) == 1 and preds[t][0].result for t in rec_of if t not in human)
         finally:
@@ -142,21 +168,44 @@ def test_a_model_change_is_redone_in_place_on_start_training(ls, tmp_path):
             before = {p.task: p for p in api.predictions(pid)}
         finally:
             b.stop()
-        b2 = Backend(tmp_path, ls, fake, quality_check=False, llm={"model": "gpt-4o-mini"}, port=b.port)
+        b2 = Backend(
+            tmp_path, ls, fake, quality_check=False, llm={"model": "gpt-4o-mini"}, port=b.port
+        )
         try:
             b2.idle(pid)
-            assert not any(r["model"] == "gpt-4o-mini" for r in fake.requests)  # nothing is redone (paid) unasked
+            assert not any(
+                r["model"] == "gpt-4o-mini" for r in fake.requests
+            )  # nothing is redone (paid) unasked
             api.start_training(pid)
-            b2.wait_for(pid, lambda st: st.get("run", {}).get("stale", {}).get("tasks"), what="the stale report")
-            b2.wait_for(pid, lambda st: all((p.version or {}).get("model") == "gpt-4o-mini" for t, p in b2.orch.state.predictions(pid).items()
-                                            if p.result is not None and p.annotator != "near-duplicate-projection"), what="the re-run")
+            b2.wait_for(
+                pid,
+                lambda st: st.get("run", {}).get("stale", {}).get("tasks"),
+                what="the stale report",
+            )
+            b2.wait_for(
+                pid,
+                lambda st: all(
+                    (p.version or {}).get("model") == "gpt-4o-mini"
+                    for t, p in b2.orch.state.predictions(pid).items()
+                    if p.result is not None and p.annotator != "near-duplicate-projection"
+                ),
+                what="the re-run",
+            )
             b2.idle(pid)
             after = per_task(api.predictions(pid))
             assert set(after) == set(before) and all(len(v) == 1 for v in after.values())
-            redone = [t for t in rec_of if t not in human and b2.orch.state.predictions(pid)[t].annotator == "llm-gpt-4o-mini"]
+            redone = [
+                t
+                for t in rec_of
+                if t not in human
+                and b2.orch.state.predictions(pid)[t].annotator == "llm-gpt-4o-mini"
+            ]
             assert redone
             for t in redone:  # updated in place: the same prediction, new content
-                assert after[t][0].id == before[t].id and len(after[t][0].result) <= 1 < len(before[t].result) + 1
+                assert (
+                    after[t][0].id == before[t].id
+                    and len(after[t][0].result) <= 1 < len(before[t].result) + 1
+                )
             for t in human:  # human work untouched
                 assert after[t][0].id == before[t].id and after[t][0].result == before[t].result
         finally:
@@ -176,11 +225,22 @@ def test_a_batch_api_run_survives_a_backend_restart(ls, tmp_path):
             assert len(fake.batches) == 1
         finally:
             b.stop()  # the backend goes down while the batch runs
-        b2 = Backend(tmp_path, ls, fake, quality_check=False, llm={"batch": True, "batch_poll": 0.5}, port=b.port)
+        b2 = Backend(
+            tmp_path,
+            ls,
+            fake,
+            quality_check=False,
+            llm={"batch": True, "batch_poll": 0.5},
+            port=b.port,
+        )
         try:
-            b2.wait_for(pid, lambda st: st["phase"] == "done", timeout=90, what="the batch collected")
+            b2.wait_for(
+                pid, lambda st: st["phase"] == "done", timeout=90, what="the batch collected"
+            )
             b2.idle(pid)
-            assert fake.uploads == 1 and len(fake.batches) == 1  # picked up by its id, not sent again
+            assert (
+                fake.uploads == 1 and len(fake.batches) == 1
+            )  # picked up by its id, not sent again
             preds = per_task(api.predictions(pid))
             assert all(len(preds[t]) == 1 and preds[t][0].result for t in rec_of if t not in human)
         finally:
@@ -196,19 +256,34 @@ def test_duplicates_outliers_and_a_long_text(ls, tmp_path):
     (no prompt above the budget) merged at exact offsets."""
     api = LS(ls)
     base = [dict(r) for r in mof_records()[240:276]]
-    copies = [{**r, "text": r["text"] + " "} for r in base[:6]]  # one character more: same entities, same offsets
+    copies = [
+        {**r, "text": r["text"] + " "} for r in base[:6]
+    ]  # one character more: same entities, same offsets
     parts = mof_records()[300:560]
     long_text, long_entities = "", []
     for r in parts:
         shift = len(long_text) + len(PREFIX)
-        long_entities += [{"start": e["start"] + shift, "end": e["end"] + shift, "label": e["label"]} for e in r["entities"]]
+        long_entities += [
+            {"start": e["start"] + shift, "end": e["end"] + shift, "label": e["label"]}
+            for e in r["entities"]
+        ]
         long_text += PREFIX + r["text"] + "\r\n\r\n"
     assert len(long_text) > 150_000
-    known = {(e["label"], r["text"][e["start"]:e["end"]]) for r in base + parts for e in r["entities"]}
+    known = {
+        (e["label"], r["text"][e["start"] : e["end"]]) for r in base + parts for e in r["entities"]
+    }
 
     def respond(req):  # finds every known entity string in whatever it is given (a window, too)
         text = req["messages"][-1]["content"].split("Input:\n", 1)[1]
-        return json.dumps({"entities": [{"label": lab, "text": s} for lab, s in sorted(known) for _ in range(text.count(s))]})
+        return json.dumps(
+            {
+                "entities": [
+                    {"label": lab, "text": s}
+                    for lab, s in sorted(known)
+                    for _ in range(text.count(s))
+                ]
+            }
+        )
 
     with FakeOpenAI(respond) as fake:
         b = Backend(tmp_path, ls, fake, quality_check=False, llm={"max_prompt_tokens": 4000})
@@ -220,12 +295,16 @@ def test_duplicates_outliers_and_a_long_text(ls, tmp_path):
             long_id = next(t for t, r in rec_of.items() if r["text"] == long_text)
             assert long_id not in queue  # the length outlier is not offered to humans
             qtexts = [rec_of[t]["text"] for t in queue]
-            assert find_duplicates(qtexts, threshold=0.8).within(range(len(qtexts))) == []  # no near-duplicate pair
+            assert (
+                find_duplicates(qtexts, threshold=0.8).within(range(len(qtexts))) == []
+            )  # no near-duplicate pair
             assert b.status(pid)["run"]["screening"]["near_duplicates"] >= len(copies)
 
             originals = [t for t, r in rec_of.items() if r in base[:6]][:3]
             human = []
-            for t in originals + [t for t in queue if t not in originals]:  # three originals first, then the queue
+            for t in originals + [
+                t for t in queue if t not in originals
+            ]:  # three originals first, then the queue
                 if len(human) == BUDGET:
                     break
                 api.annotate(t, rec_of[t])
@@ -236,12 +315,20 @@ def test_duplicates_outliers_and_a_long_text(ls, tmp_path):
             preds = per_task(api.predictions(pid))
             sent = inputs(fake)
             annotated_texts = {rec_of[t]["text"] for t in human}
-            projected = [t for t, r in rec_of.items() if r in copies and r["text"][:-1] in annotated_texts]
+            projected = [
+                t for t, r in rec_of.items() if r in copies and r["text"][:-1] in annotated_texts
+            ]
             assert projected
             for t in projected:  # the human annotation, on the copy's own text, without an LLM call
                 src = next(r for r in base if r["text"] == rec_of[t]["text"][:-1])
-                assert state[t].annotator == "near-duplicate-projection" and rec_of[t]["text"] not in sent
-                got = {(x["value"]["start"], x["value"]["end"], x["value"]["labels"][0]) for x in preds[t][0].result}
+                assert (
+                    state[t].annotator == "near-duplicate-projection"
+                    and rec_of[t]["text"] not in sent
+                )
+                got = {
+                    (x["value"]["start"], x["value"]["end"], x["value"]["labels"][0])
+                    for x in preds[t][0].result
+                }
                 nested = {(s["start"], s["end"], s["label"]) for s in gold_spans(src)}
                 assert got and got <= nested
             # The long task: windows within the prompt budget, merged at exact offsets.
@@ -250,7 +337,9 @@ def test_duplicates_outliers_and_a_long_text(ls, tmp_path):
             windows = [s for s in sent if s in long_text and s != long_text]
             assert len(windows) > 10 and long_text not in sent
             (p,) = preds[long_id]
-            regions = [(x["value"]["start"], x["value"]["end"], x["value"]["text"]) for x in p.result]
+            regions = [
+                (x["value"]["start"], x["value"]["end"], x["value"]["text"]) for x in p.result
+            ]
             assert len(regions) > 100 and all(long_text[s:e] == text for s, e, text in regions)
             assert {(s, e) for s, e, _ in regions} & {(e["start"], e["end"]) for e in long_entities}
         finally:
@@ -272,7 +361,11 @@ def test_a_rejected_llm_key_shows_on_the_model_in_label_studio(ls, tmp_path):
             st = b.wait_for(pid, lambda st: st.get("run", {}).get("blocked"), what="the block")
             assert "check OPENAI_API_KEY" in st["run"]["blocked"]
             (ml,) = api.get("/api/ml/", project=pid)  # the Model settings page: LS calls /setup
-            assert ml["readable_state"] == "Error" and "pre-annotation is blocked" in ml["error_message"] and "OPENAI_API_KEY" in ml["error_message"]
+            assert (
+                ml["readable_state"] == "Error"
+                and "pre-annotation is blocked" in ml["error_message"]
+                and "OPENAI_API_KEY" in ml["error_message"]
+            )
             fake.script = []  # the key is fixed; Start Training retries at once
             api.start_training(pid)
             b.wait_for(pid, lambda st: st["phase"] == "done", what="the run after the fix")
@@ -301,15 +394,41 @@ def test_a_killed_backend_leaves_no_second_process_behind(ls, tmp_path):
         fake.latency = 1.0  # the run (about 30 s) outlasts the 20 s the old worker gets to leave
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "k",
-               "ALLABEL_STATE_DIR": str(tmp_path / "state"), "ALLABEL_BUDGET": str(BUDGET), "ALLABEL_MODEL_VERSION": "alllabel-e2e",
-               "ALLABEL_QUALITY_CHECK": "0", "ALLABEL_SYNC_INTERVAL": "2", "ALLABEL_LLM_CONCURRENCY": "2"}
+        env = {
+            **os.environ,
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": ls.token,
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": "k",
+            "ALLABEL_STATE_DIR": str(tmp_path / "state"),
+            "ALLABEL_BUDGET": str(BUDGET),
+            "ALLABEL_MODEL_VERSION": "alllabel-e2e",
+            "ALLABEL_QUALITY_CHECK": "0",
+            "ALLABEL_SYNC_INTERVAL": "2",
+            "ALLABEL_LLM_CONCURRENCY": "2",
+        }
         env.pop("BASIC_AUTH_USER", None)
         log = (tmp_path / "backend.log").open("a")
 
         def start():
-            p = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8", "_wsgi:app"],
-                                 cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+            p = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "1",
+                    "--threads",
+                    "8",
+                    "_wsgi:app",
+                ],
+                cwd=root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
@@ -328,12 +447,22 @@ def test_a_killed_backend_leaves_no_second_process_behind(ls, tmp_path):
             pid, rec_of = api.new_project("kill -9", records)
             assert api.connect(pid, url).status_code == 201
             queue = [p.task for p in api.predictions(pid)]
-            for t in sorted(queue, key=lambda t: [p.score for p in api.predictions(pid) if p.task == t][0])[:BUDGET]:
+            for t in sorted(
+                queue, key=lambda t: [p.score for p in api.predictions(pid) if p.task == t][0]
+            )[:BUDGET]:
                 api.annotate(t, rec_of[t])
             deadline = time.monotonic() + 60
-            while status().get("run", {}).get("progress", {}).get("done", 0) < 4 and time.monotonic() < deadline:
+            while (
+                status().get("run", {}).get("progress", {}).get("done", 0) < 4
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)
-            (worker,) = [int(x) for x in subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout.split()]
+            (worker,) = [
+                int(x)
+                for x in subprocess.run(
+                    ["pgrep", "-P", str(master.pid)], capture_output=True, text=True
+                ).stdout.split()
+            ]
             master.send_signal(signal.SIGKILL)
             master.wait()
             killed = time.monotonic()

@@ -3,6 +3,7 @@
 On SQLite the same loop hands one task to both annotators (LS's ``select_for_update(skip_locked=True)``
 does nothing there), which is why the README recommends PostgreSQL for teams.
 """
+
 import threading
 import time
 
@@ -18,16 +19,23 @@ ROUNDS = 50  # per annotator
 
 def test_two_annotators_never_share_a_task(label_studio, tmp_path):
     ls = label_studio
-    assert ls.db == "postgresql" and ls.pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'ls'").strip() == "1"
+    assert (
+        ls.db == "postgresql"
+        and ls.pg.psql("SELECT count(*) FROM pg_database WHERE datname = 'ls'").strip() == "1"
+    )
     records = mof_records()[500:620]
     tokens = {name: add_annotator(ls, f"{name}@example.com") for name in ("ann-a", "ann-b")}
     assert len(set(tokens.values())) == 2
     with FakeOpenAI() as fake:
-        b = Backend(tmp_path, ls, fake, budget=2 * ROUNDS)  # the whole loop is served from the ALLabel queue
+        b = Backend(
+            tmp_path, ls, fake, budget=2 * ROUNDS
+        )  # the whole loop is served from the ALLabel queue
         api = LS(ls)
         try:
             pid, rec_of = api.new_project("two annotators", records)
-            assert api.connect(pid, b.url).status_code == 201  # production set-up: our backend connected
+            assert (
+                api.connect(pid, b.url).status_code == 201
+            )  # production set-up: our backend connected
             b.idle(pid)
             queue = {q.task_id for q in b.orch.state.queue(pid)}
             assert len(queue) >= 2 * ROUNDS
@@ -41,9 +49,16 @@ def test_two_annotators_never_share_a_task(label_studio, tmp_path):
                 try:
                     start.wait()
                     for _ in range(ROUNDS):  # as fast as LS answers: /next, then submit at once
-                        task = requests.get(f"{ls.url}/api/projects/{pid}/next", headers=h, timeout=60).json()
+                        task = requests.get(
+                            f"{ls.url}/api/projects/{pid}/next", headers=h, timeout=60
+                        ).json()
                         served[name].append((task["id"], time.monotonic()))
-                        r = requests.post(f"{ls.url}/api/tasks/{task['id']}/annotations/", headers=h, json={"result": result_of(rec_of[task["id"]])}, timeout=60)
+                        r = requests.post(
+                            f"{ls.url}/api/tasks/{task['id']}/annotations/",
+                            headers=h,
+                            json={"result": result_of(rec_of[task["id"]])},
+                            timeout=60,
+                        )
                         assert r.status_code == 201, r.text
                 except Exception as e:  # noqa: BLE001 - reported by the main thread
                     errors.append(f"{name}: {e!r}")
@@ -59,7 +74,10 @@ def test_two_annotators_never_share_a_task(label_studio, tmp_path):
             assert not set(a) & set(b_ids), f"shared tasks: {sorted(set(a) & set(b_ids))}"
             assert len(set(a)) == len(set(b_ids)) == ROUNDS  # and nobody got a task twice
             # Label Studio agrees: each of those tasks has exactly one annotation.
-            counts = {t["id"]: t["total_annotations"] for t in api.get("/api/tasks/", project=pid, page_size=1000)["tasks"]}
+            counts = {
+                t["id"]: t["total_annotations"]
+                for t in api.get("/api/tasks/", project=pid, page_size=1000)["tasks"]
+            }
             assert all(counts[t] == 1 for t in a + b_ids)
             assert set(a + b_ids) <= queue  # every task served came from the ALLabel queue
         finally:

@@ -1,5 +1,6 @@
 """The installable package, what can be checked of the Docker files without a Docker engine, and the
 two README commands."""
+
 import email
 import json
 import os
@@ -27,9 +28,41 @@ def requirement_lines(name: str) -> list[str]:
 def wheel(tmp_path_factory) -> Path:
     """`pip wheel .` of a copy of the checkout, offline (the test venv has setuptools)."""
     src = tmp_path_factory.mktemp("src") / "alllabel"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", ".cache", "data", "out", "__pycache__", "*.egg-info", "build", ".pytest_cache", ".hypothesis"))
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv*",
+            ".cache",
+            "data",
+            "out",
+            "__pycache__",
+            "*.egg-info",
+            "build",
+            ".pytest_cache",
+            ".hypothesis",
+        ),
+    )
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (whl,) = dist.glob("alllabel-*.whl")
     return whl
 
@@ -38,13 +71,33 @@ def wheel(tmp_path_factory) -> Path:
 def installed(wheel, tmp_path_factory) -> Path:
     """The wheel installed into a folder of its own (dependencies come from the test venv)."""
     target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return target
 
 
 def run_installed(installed: Path, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run from a directory that is not the checkout, with only the installed copy importable."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "OPENAI_API_KEY", "OPENAI_BASE_URL")
+    }
     env["PYTHONPATH"] = str(installed)
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -52,14 +105,27 @@ def run_installed(installed: Path, argv: list[str], cwd: Path) -> subprocess.Com
 def test_wheel_has_the_package_its_data_and_the_requirements_files_dependencies(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "alllabel/cli.py" in names and "alllabel/examples/mof_sample.jsonl" in names
+    for package in ("text", "selection", "llm", "prelabel", "evaluation", "backend"):
+        assert f"alllabel/{package}/__init__.py" in names
+    assert not [n for n in names if "local_studio" in n]  # test and demo infrastructure stays out
     assert "alllabel/examples/NOTICE.md" in names  # the MIT notice travels with the data
-    assert not [n for n in names if n.startswith(("tests/", "bench/", "examples/", "model.py", "_wsgi.py"))]
-    meta = email.message_from_bytes(zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))))
+    assert not [
+        n for n in names if n.startswith(("tests/", "bench/", "examples/", "model.py", "_wsgi.py"))
+    ]
+    meta = email.message_from_bytes(
+        zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    )
     requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
     assert sorted(str(r) for r in requires if not r.marker) == requirement_lines("requirements.txt")
     sbert = [r for r in requires if r.marker and r.marker.evaluate({"extra": "sbert"})]
-    assert sorted(str(Requirement(f"{r.name}{r.specifier}")) for r in sbert) == requirement_lines("requirements-sbert.txt")
-    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert sorted(str(Requirement(f"{r.name}{r.specifier}")) for r in sbert) == requirement_lines(
+        "requirements-sbert.txt"
+    )
+    entry = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in names if n.endswith("entry_points.txt")))
+        .decode()
+    )
     assert "alllabel = alllabel.cli:main" in entry
 
 
@@ -67,15 +133,30 @@ def test_installed_console_script_works_from_any_directory(installed, tmp_path):
     r = run_installed(installed, [str(installed / "bin" / "alllabel"), "--help"], tmp_path)
     assert r.returncode == 0 and "usage: alllabel" in r.stdout and "status" in r.stdout, r.stderr
     # The demo's default data is the packaged copy.
-    r = run_installed(installed, [str(installed / "bin" / "alllabel"), "demo", "--out-dir", str(tmp_path / "demo"), "--quiet"], tmp_path)
+    r = run_installed(
+        installed,
+        [
+            str(installed / "bin" / "alllabel"),
+            "demo",
+            "--out-dir",
+            str(tmp_path / "demo"),
+            "--quiet",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "150 tasks" in r.stderr and "ALLabel  pool of 15" in r.stdout
 
 
 def test_readme_python_example_runs_on_the_installed_package(installed, tmp_path):
     readme = (ROOT / "README.md").read_text()
-    example = re.search(r"The library works without Label Studio:\n\n```python\n(.*?)```", readme, re.S).group(1)
-    texts = [json.loads(line)["text"] for line in (ROOT / "examples" / "mof_sample.jsonl").read_text().splitlines()][:120]
+    example = re.search(
+        r"The library works without Label Studio:\n\n```python\n(.*?)```", readme, re.S
+    ).group(1)
+    texts = [
+        json.loads(line)["text"]
+        for line in (ROOT / "examples" / "mof_sample.jsonl").read_text().splitlines()
+    ][:120]
     code = f"import alllabel\nassert alllabel.__file__.startswith({str(installed)!r}), alllabel.__file__\ntexts = {texts!r}\n{example}\nprint(len(sel.indices), sorted(set(sel.stages)))\n"
     r = run_installed(installed, [sys.executable, "-c", code], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -98,21 +179,40 @@ def test_compose_runs_label_studio_on_postgresql():
     db, ls = compose["services"]["db"], compose["services"]["label-studio"]
     env = ls["environment"]
     assert db["image"].startswith("postgres:") and "ports" not in db  # only on the compose network
-    assert env["DJANGO_DB"] == "default" and env["POSTGRE_HOST"] == "db" and env["POSTGRE_PORT"] == "5432"
-    assert env["POSTGRE_NAME"] == db["environment"]["POSTGRES_DB"] and env["POSTGRE_USER"] == db["environment"]["POSTGRES_USER"]
-    assert env["POSTGRE_PASSWORD"] == "${POSTGRES_PASSWORD}" and db["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD")
+    assert (
+        env["DJANGO_DB"] == "default"
+        and env["POSTGRE_HOST"] == "db"
+        and env["POSTGRE_PORT"] == "5432"
+    )
+    assert (
+        env["POSTGRE_NAME"] == db["environment"]["POSTGRES_DB"]
+        and env["POSTGRE_USER"] == db["environment"]["POSTGRES_USER"]
+    )
+    assert env["POSTGRE_PASSWORD"] == "${POSTGRES_PASSWORD}" and db["environment"][
+        "POSTGRES_PASSWORD"
+    ].startswith("${POSTGRES_PASSWORD")
     assert ls["depends_on"]["db"]["condition"] == "service_healthy"
-    assert any(v.endswith(":/var/lib/postgresql/data") for v in db["volumes"]) and "postgres-data" in compose["volumes"]
+    assert (
+        any(v.endswith(":/var/lib/postgresql/data") for v in db["volumes"])
+        and "postgres-data" in compose["volumes"]
+    )
 
 
 def test_dockerfile_runs_what_the_tests_run():
     docker = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", docker, re.M)
-    assert "pip install --no-cache-dir -r requirements.txt" in docker and "pip install --no-cache-dir --no-deps ." in docker
+    assert (
+        "pip install --no-cache-dir -r requirements.txt" in docker
+        and "pip install --no-cache-dir --no-deps ." in docker
+    )
     assert re.search(r"^USER alllabel$", docker, re.M)  # not root
     cmd = re.search(r'^CMD \["sh", "-c", "exec (.*)"\]$', docker, re.M).group(1)
     argv = shlex.split(cmd)
-    assert argv[0] == "gunicorn" and argv[-1] == "_wsgi:app" and argv[argv.index("--workers") + 1] == "1"
+    assert (
+        argv[0] == "gunicorn"
+        and argv[-1] == "_wsgi:app"
+        and argv[argv.index("--workers") + 1] == "1"
+    )
     for path in re.findall(r"^COPY (\S+)", docker, re.M):  # everything it copies exists
         assert (ROOT / path.rstrip("/")).exists(), path
     start = (ROOT / "scripts" / "start.sh").read_text()

@@ -1,4 +1,5 @@
 """select() against the literal reference implementation, plus the error contract."""
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +21,9 @@ def problems(draw, max_n=14):
     return U, m, k
 
 
-settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile("ci")
 
 
@@ -32,7 +35,11 @@ def test_matches_reference_dsu(p):
     assert len(sel.indices) == m and len(set(sel.indices)) == m
 
 
-@given(problems(), st.sampled_from(["SDU", "SUD"]), st.sampled_from([(1, 3, 1), (1, 1, 1), (2, 1, 2), (0, 1, 1)]))
+@given(
+    problems(),
+    st.sampled_from(["SDU", "SUD"]),
+    st.sampled_from([(1, 3, 1), (1, 1, 1), (2, 1, 2), (0, 1, 1)]),
+)
 def test_matches_reference_other_orders_and_ratios(p, order, ratios):
     U, m, k = p
     sel = select(U, budget=m, k=k, ratios=ratios, order=order)
@@ -89,7 +96,9 @@ def test_baselines():
     assert r1.indices == select(U, 10, method="random", seed=1).indices
     assert r1.indices != r2.indices and set(r1.stages) == {"random"}
     c = select(U, 10, method="coreset", seed=5)
-    assert len(set(c.indices)) == 10 and c.indices == select(U, 10, method="coreset", seed=5).indices
+    assert (
+        len(set(c.indices)) == 10 and c.indices == select(U, 10, method="coreset", seed=5).indices
+    )
     # After its random seed, the cold-start core-set is farthest-first.
     assert c.indices[1:] == ref.diversity(U.tolist(), [c.indices[0]], 9)
     pre = [0, 1, 2]
@@ -152,16 +161,22 @@ def test_matches_reference_with_exclusions(p, data, order):
         return
     m = min(m, free)
     sel = select(U, budget=m, k=k, order=order, pre_chosen=pre, exclude=exclude)
-    assert (sel.indices, sel.stages) == ref.select(U.tolist(), m, k, order=order, pre=pre, exclude=exclude)
+    assert (sel.indices, sel.stages) == ref.select(
+        U.tolist(), m, k, order=order, pre=pre, exclude=exclude
+    )
     assert not set(sel.indices) & (set(exclude) | set(pre))
     mask = np.zeros(n, dtype=bool)
     mask[exclude] = True
-    assert select(U, budget=m, k=k, order=order, pre_chosen=pre, exclude=mask).indices == sel.indices
+    assert (
+        select(U, budget=m, k=k, order=order, pre_chosen=pre, exclude=mask).indices == sel.indices
+    )
 
 
 def test_empty_exclusion_is_the_paper():
     U = np.round(np.random.default_rng(7).random((40, 40)), 1)
-    assert select(U, 12, exclude=[]).indices == select(U, 12).indices == ref.select(U.tolist(), 12)[0]
+    assert (
+        select(U, 12, exclude=[]).indices == select(U, 12).indices == ref.select(U.tolist(), 12)[0]
+    )
 
 
 @pytest.mark.parametrize("m, decimals", [(6, 1), (15, 2)])
@@ -177,7 +192,7 @@ def test_truncated_rank_lists_with_exclusions_match_reference(m, decimals):
 
 
 def test_threads_and_blocks_give_the_same_picks():
-    from alllabel.blocks import LocalRunner
+    from alllabel.selection.blocks import LocalRunner
 
     U = np.round(np.random.default_rng(11).random((300, 300)), 2)
     base = select(U, 30, runner=LocalRunner(1))

@@ -1,11 +1,12 @@
 """Similarity backends against their references (rank-bm25, sentence-transformers)."""
+
 import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
 from alllabel import BM25Similarity, SBERTSimilarity, select
-from alllabel.similarity import matrix
-from alllabel.tokenize import tokenize
+from alllabel.selection.similarity import matrix
+from alllabel.text.tokenize import tokenize
 from tests.data import mof_texts
 
 
@@ -21,7 +22,9 @@ def test_bm25_raw_scores_match_rank_bm25():
     ours = BM25Similarity(texts)
     ref = BM25Okapi([tokenize(t) for t in texts])
     for i in (0, 7, 55, 119):
-        np.testing.assert_allclose(ours.raw_scores(i), ref.get_scores(tokenize(texts[i])), rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(
+            ours.raw_scores(i), ref.get_scores(tokenize(texts[i])), rtol=1e-7, atol=1e-9
+        )
 
 
 def test_bm25_normalised_rows_and_columns():
@@ -55,7 +58,15 @@ def test_bm25_streaming_equals_dense_selection():
     assert select(BM25Similarity(texts, dense_terms=3), 40, block_rows=50).indices == dense.indices
 
 
-@pytest.mark.parametrize("bad, message", [([], "no texts"), (["ok text", "  "], "text #1 is empty"), (["a", None], "not a string"), (["§§", "x"], "no word")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([], "no texts"),
+        (["ok text", "  "], "text #1 is empty"),
+        (["a", None], "not a string"),
+        (["§§", "x"], "no word"),
+    ],
+)
 def test_bm25_bad_texts(bad, message):
     with pytest.raises(ValueError, match=message):
         BM25Similarity(bad)
@@ -74,10 +85,12 @@ def sbert_texts():
 def test_sbert_matches_sentence_transformers(sbert_texts):
     from sentence_transformers import SentenceTransformer
 
-    from alllabel.similarity import default_sbert_model
+    from alllabel.selection.similarity import default_sbert_model
 
     sim = SBERTSimilarity(sbert_texts)
-    e = SentenceTransformer(default_sbert_model(), device="cpu").encode(sbert_texts, normalize_embeddings=True)
+    e = SentenceTransformer(default_sbert_model(), device="cpu").encode(
+        sbert_texts, normalize_embeddings=True
+    )
     np.testing.assert_allclose(matrix(sim), e @ e.T, atol=1e-5)
     assert np.array_equal(sim.column(9), matrix(sim)[:, 9])
     assert select(sim, 12, block_rows=7).indices == select(matrix(sim), 12).indices

@@ -1,15 +1,23 @@
 """Span alignment: offsets are Python str indices; unicode, CRLF, repeats, tolerance."""
-from alllabel.spans import align_entities, occurrence_of
+
+from alllabel.text.spans import align_entities, occurrence_of
 
 
 def place(text, ents, labels=("L", "M")):
-    a = align_entities(text, [dict(label=l, text=t, **({"occurrence": o} if o else {})) for l, t, o in ents], labels)
+    a = align_entities(
+        text,
+        [dict(label=l, text=t, **({"occurrence": o} if o else {})) for l, t, o in ents],
+        labels,
+    )
     return [(s.start, s.end, s.label, text[s.start : s.end]) for s in a.spans], a
 
 
 def test_unicode_formulas_subscripts_emoji_cjk():
     text = "😀 Cu(ClO4)2·6H2O in H₂O, 金属有机框架 MOF-5 😀 H₂O"
-    spans, a = place(text, [("L", "Cu(ClO4)2·6H2O", 0), ("M", "H₂O", 0), ("M", "H₂O", 0), ("L", "金属有机框架", 0)])
+    spans, a = place(
+        text,
+        [("L", "Cu(ClO4)2·6H2O", 0), ("M", "H₂O", 0), ("M", "H₂O", 0), ("L", "金属有机框架", 0)],
+    )
     assert all(text[s:e] == t for s, e, _, t in spans)
     assert [t for *_, t in spans] == ["Cu(ClO4)2·6H2O", "H₂O", "金属有机框架", "H₂O"]
     assert spans[0][0] == 2  # the emoji is one code point, as in Python and Label Studio's offsets
@@ -33,7 +41,9 @@ def test_occurrence_hint_and_whole_words_first():
     text = "6H2O and H2O and H2O"
     spans, _ = place(text, [("L", "H2O", 0)])
     assert spans[0][0] == 9  # the whole word, not the tail of 6H2O
-    spans, _ = place(text, [("L", "H2O", 3)])  # occurrences count inside words too, as occurrence_of does
+    spans, _ = place(
+        text, [("L", "H2O", 3)]
+    )  # occurrences count inside words too, as occurrence_of does
     assert spans[0][0] == 17
     assert occurrence_of(text, 17, 20) == 3 and occurrence_of("a b", 0, 1) is None
 
@@ -44,7 +54,9 @@ def test_bad_labels_and_missing_strings_are_counted():
 
 
 def test_overlapping_spans_of_different_labels_are_kept():
-    spans, _ = place("zinc nitrate hexahydrate", [("L", "zinc nitrate hexahydrate", 0), ("M", "zinc nitrate", 0)])
+    spans, _ = place(
+        "zinc nitrate hexahydrate", [("L", "zinc nitrate hexahydrate", 0), ("M", "zinc nitrate", 0)]
+    )
     assert len(spans) == 2
 
 

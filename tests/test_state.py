@@ -1,20 +1,34 @@
 """The backend's SQLite state: migrations, annotations as facts, and the push bookkeeping."""
+
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from alllabel.ls_format import digest, queue_score
-from alllabel.state import SCHEMA_VERSION, State
+from alllabel.backend.ls_format import digest, queue_score
+from alllabel.backend.state import SCHEMA_VERSION, State
 
 V1_SCHEMA = (Path(__file__).parent / "fixtures" / "state_v1_schema.sql").read_text()
 NER = '<View><Labels name="label" toName="text"><Label value="A"/></Labels><Text name="text" value="$text"/></View>'
-RESULT = [{"from_name": "label", "to_name": "text", "type": "labels", "value": {"start": 0, "end": 3, "text": "abc", "labels": ["A"]}}]
+RESULT = [
+    {
+        "from_name": "label",
+        "to_name": "text",
+        "type": "labels",
+        "value": {"start": 0, "end": 3, "text": "abc", "labels": ["A"]},
+    }
+]
 
 
 def annotation(aid, task, result=RESULT, cancelled=False, updated="2026-01-01T00:00:00Z"):
-    return {"id": aid, "task": task, "result": result, "was_cancelled": cancelled, "updated_at": updated}
+    return {
+        "id": aid,
+        "task": task,
+        "result": result,
+        "was_cancelled": cancelled,
+        "updated_at": updated,
+    }
 
 
 def test_upgrade_from_the_first_release_keeps_a_running_project(tmp_path):
@@ -22,13 +36,23 @@ def test_upgrade_from_the_first_release_keeps_a_running_project(tmp_path):
     db = sqlite3.connect(tmp_path / "state.sqlite3")
     db.executescript(V1_SCHEMA)
     db.execute("INSERT INTO projects VALUES (7, ?, 'prelabeling', 3, 10, 'busy', 0)", (NER,))
-    db.executemany("INSERT INTO queue VALUES (7, ?, ?, ?, ?, ?, ?)", [
-        (101, 0, "diversity", 0.0, 1, 501), (102, 1, "similarity", 1e-6, 1, 502), (103, 2, "uncertainty", 2e-6, 0, None)])
+    db.executemany(
+        "INSERT INTO queue VALUES (7, ?, ?, ?, ?, ?, ?)",
+        [
+            (101, 0, "diversity", 0.0, 1, 501),
+            (102, 1, "similarity", 1e-6, 1, 502),
+            (103, 2, "uncertainty", 2e-6, 0, None),
+        ],
+    )
     db.executemany("INSERT INTO annotations VALUES (7, ?, ?)", [(900, 101), (901, 102)])
-    db.executemany("INSERT INTO prelabels VALUES (7, ?, ?, ?, 'llm-x', ?, ?, ?, 0)", [
-        (103, json.dumps(RESULT), 0.5, None, 1, 502 + 1),  # a queue task pre-annotated in place
-        (104, json.dumps(RESULT), 0.25, None, 0, None),  # computed, not pushed yet
-        (105, None, None, "HTTP 500", 0, None)])  # failed
+    db.executemany(
+        "INSERT INTO prelabels VALUES (7, ?, ?, ?, 'llm-x', ?, ?, ?, 0)",
+        [
+            (103, json.dumps(RESULT), 0.5, None, 1, 502 + 1),  # a queue task pre-annotated in place
+            (104, json.dumps(RESULT), 0.25, None, 0, None),  # computed, not pushed yet
+            (105, None, None, "HTTP 500", 0, None),
+        ],
+    )  # failed
     db.execute("INSERT INTO skipped VALUES (7, 106, 'empty text')")
     db.commit()
     db.close()
@@ -36,16 +60,34 @@ def test_upgrade_from_the_first_release_keeps_a_running_project(tmp_path):
     s = State(tmp_path)
     assert s._q("PRAGMA user_version")[0][0] == SCHEMA_VERSION
     p = s.project(7)
-    assert (p["phase"], p["budget"], p["total_tasks"], p["message"]) == ("prelabeling", 3, 10, "busy")
-    assert p["applied_settings"] == {"sampling": "Uncertainty sampling"}  # v1 had set them at its first plan
-    assert [(q.task_id, q.position, q.stage) for q in s.queue(7)] == [(101, 0, "diversity"), (102, 1, "similarity"), (103, 2, "uncertainty")]
+    assert (p["phase"], p["budget"], p["total_tasks"], p["message"]) == (
+        "prelabeling",
+        3,
+        10,
+        "busy",
+    )
+    assert p["applied_settings"] == {
+        "sampling": "Uncertainty sampling"
+    }  # v1 had set them at its first plan
+    assert [(q.task_id, q.position, q.stage) for q in s.queue(7)] == [
+        (101, 0, "diversity"),
+        (102, 1, "similarity"),
+        (103, 2, "uncertainty"),
+    ]
     preds = s.predictions(7)
     assert preds[101].pushed == digest([], 0.0) and preds[101].ls_id == 501
-    assert preds[103].result == RESULT and preds[103].pushed == digest(RESULT, 0.5) and preds[103].ls_id == 503
+    assert (
+        preds[103].result == RESULT
+        and preds[103].pushed == digest(RESULT, 0.5)
+        and preds[103].ls_id == 503
+    )
     assert preds[105].error == "HTTP 500" and preds[105].failures == 1 and preds[105].result is None
     assert s.annotation_ids(7) == {900: (101, "verified", 0), 901: (102, "verified", 0)}
     assert s.annotated_tasks(7) == {101, 102}
-    assert set(s.unread_annotations(7)) == {900, 901}  # their content is read again at the first sync
+    assert set(s.unread_annotations(7)) == {
+        900,
+        901,
+    }  # their content is read again at the first sync
     assert s.skipped(7) == {106: "empty text"}
     # Only what v1 had not pushed is pending: 104's pre-annotation (101/102 are annotated, 103 was pushed).
     assert set(s.pending_pushes(7)) == {104}
@@ -106,7 +148,10 @@ def test_pending_pushes_follow_what_label_studio_should_hold(tmp_path):
     s.register(1, NER)
     s.add_to_queue(1, [(100, 0, "diversity"), (101, 1, "similarity")])
     todo = s.pending_pushes(1)
-    assert todo == {100: ([], 0.0, digest([], 0.0)), 101: ([], queue_score(1), digest([], queue_score(1)))}
+    assert todo == {
+        100: ([], 0.0, digest([], 0.0)),
+        101: ([], queue_score(1), digest([], queue_score(1))),
+    }
     assert s.claim_push(1, {t: (None, d) for t, (_, _, d) in todo.items()}) == [100, 101]
     s.finish_push(1, {t: d for t, (_, _, d) in todo.items()}, {100: 5, 101: 6})
     assert s.pending_pushes(1) == {}
@@ -133,10 +178,12 @@ def test_a_push_and_a_pull_never_both_send_a_task(tmp_path):
 
 
 def test_one_backend_process_per_state_directory(tmp_path):
-    from alllabel.state import DirectoryLock
+    from alllabel.backend.state import DirectoryLock
 
     first = DirectoryLock(tmp_path, wait=0)
-    with pytest.raises(RuntimeError, match=r"another alllabel process \(pid \d+\) is using the state"):
+    with pytest.raises(
+        RuntimeError, match=r"another alllabel process \(pid \d+\) is using the state"
+    ):
         DirectoryLock(tmp_path, wait=0.3)
     first.release()
     DirectoryLock(tmp_path, wait=0).release()  # free again once the first one is gone

@@ -1,0 +1,1 @@
+"""The Label Studio ML backend: config, formats, API client, state, the controllers and their service."""

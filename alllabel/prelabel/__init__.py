@@ -1,0 +1,1 @@
+"""Pre-annotation: prompts within a token limit, annotators, near-duplicate carry-over, the cost cap."""

@@ -1,0 +1,43 @@
+"""Reading and writing JSONL task files (one JSON object a line)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file; blank lines are skipped, a broken line is reported by number."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
+                )
+            records.append(record)
+    return records
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def texts_of(records: list[dict], field: str = "text") -> list[str]:
+    """The text field of every record, with a clear error naming the first record without one."""
+    out = []
+    for i, r in enumerate(records):
+        value = r.get(field)
+        if not isinstance(value, str):
+            raise ValueError(f"record #{i} (id {r.get('id', '?')!r}) has no string field {field!r}")
+        out.append(value)
+    return out
