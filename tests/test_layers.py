@@ -52,15 +52,14 @@ def imports(path: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            found.add(base)
-            found |= {
-                f"{base}.{a.name}"
-                for a in node.names
-                if (PACKAGE.parent / f"{base}.{a.name}".replace(".", "/"))
-                .with_suffix(".py")
-                .exists()
-            }
+            modules = {f"{base}.{a.name}" for a in node.names if is_module(f"{base}.{a.name}")}
+            found |= modules or {base}
     return {m for m in found if m == "alllabel" or m.startswith("alllabel.")}
+
+
+def is_module(dotted: str) -> bool:
+    path = ROOT / dotted.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
 
 
 def modules() -> dict[str, set[str]]:

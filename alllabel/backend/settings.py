@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from alllabel import env
+from alllabel.selection.stages import STAGE_ORDERS
 
 
 def parse_budget(value: str | int | float) -> int | float:
@@ -49,44 +53,6 @@ def parse_ratios(value: str) -> tuple[float, float, float]:
     return r  # type: ignore[return-value]
 
 
-def _flag(env, name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    if raw.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
-
-
-def _fraction(env, name: str, default: float | None) -> float | None:
-    """A number in [0, 1], written 0.6 or 60%."""
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw[:-1]) / 100 if raw.strip().endswith("%") else float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a fraction in [0, 1] (0.6 or 60%), got {raw!r}")
-    return value
-
-
-def _positive(env, name: str, default: float, zero_ok: bool = False) -> float:
-    raw = env.get(name)
-    try:
-        value = float(raw) if raw not in (None, "") else float(default)
-    except ValueError:
-        value = -1.0
-    if value < 0 or (value == 0 and not zero_ok):
-        raise ValueError(
-            f"{name} must be a {'non-negative' if zero_ok else 'positive'} number of seconds or tasks, got {raw!r}"
-        )
-    return value
-
-
 @dataclass
 class Settings:
     model_version: str = "alllabel"
@@ -104,31 +70,27 @@ class Settings:
     prompt_task: str | None = None
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
-    sync_interval: float = 30.0  # seconds between idle checks of each project (one cheap request)
-    queue_reserve: int = (
-        5  # next ALLabel picks kept queued beyond the budget (no random task at hand-overs)
-    )
-    push_delay: float = (
-        2.0  # a computed pre-annotation reaches Label Studio within this many seconds
-    )
+    # Seconds between idle checks of each project (one cheap request).
+    sync_interval: float = 30.0
+    # Next ALLabel picks kept queued beyond the budget (no random task at hand-overs).
+    queue_reserve: int = 5
+    # A computed pre-annotation reaches Label Studio within this many seconds.
+    push_delay: float = 2.0
     max_backoff: float = 30.0  # longest wait before retrying after Label Studio failed
     llm_max_backoff: float = 600.0  # longest wait before retrying pre-annotations that failed
-    connect_wait: float = (
-        2.5  # the first /setup of a project waits this long for its queue (LS allows 3 s)
-    )
-    lock_wait: float = (
-        60.0  # a new backend waits this long for a previous one on the same state to exit
-    )
-    # Which tasks humans are offered (alllabel/screening.py); paper_exact turns both rules off.
+    # The first /setup of a project waits this long for its queue (Label Studio allows 3 s).
+    connect_wait: float = 2.5
+    # A new backend waits this long for a previous one on the same state to exit.
+    lock_wait: float = 60.0
+    # Which tasks humans are offered (selection/screening.py); paper_exact turns both rules off.
     exclude_duplicates: bool = True
     duplicate_threshold: float = 0.8
     exclude_outliers: bool = True
     outlier_factor: float = 4.0
-    project_duplicates: bool = (
-        True  # a near-duplicate of an annotated task gets its annotation, no LLM
-    )
+    # A near-duplicate of an annotated task gets its annotation carried over, no LLM.
+    project_duplicates: bool = True
     dask_scheduler: str | None = None
-    # The bulk run (alllabel/bulk.py).
+    # The bulk run (backend/bulk.py).
     prelabel_start: str = "auto"  # auto | manual (waits for Start Training)
     quality_check: bool = True
     min_f1: float | None = None
@@ -136,58 +98,60 @@ class Settings:
     min_span_score: float | None = None
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        env = os.environ
-        descriptions = {}
-        if env.get("ALLABEL_LABEL_DESCRIPTIONS"):
-            path = Path(env["ALLABEL_LABEL_DESCRIPTIONS"])
-            try:
-                descriptions = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(
-                    f"ALLABEL_LABEL_DESCRIPTIONS must name a JSON file {{label: description}}: {e}"
-                ) from None
-        start = env.get("ALLABEL_PRELABEL_START", "auto")
-        if start not in ("auto", "manual"):
-            raise ValueError(f"ALLABEL_PRELABEL_START must be auto or manual, got {start!r}")
-        paper_exact = _flag(env, "ALLABEL_PAPER_EXACT", False)
-        annotator = env.get("ALLABEL_ANNOTATOR", "auto")
-        if annotator not in ("auto", "llm", "projection"):
-            raise ValueError(
-                f"ALLABEL_ANNOTATOR must be auto, llm or projection, got {annotator!r}"
-            )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Every setting from its variable (see the README's table); a value that does not parse
+        is an error naming the variable (``alllabel.env``)."""
+        e = os.environ if environ is None else environ
+        paper_exact = env.flag("ALLABEL_PAPER_EXACT", False, e)
         return cls(
-            model_version=env.get("ALLABEL_MODEL_VERSION", "alllabel"),
-            state_dir=Path(env.get("ALLABEL_STATE_DIR", "data/state")),
-            budget=parse_budget(env.get("ALLABEL_BUDGET", "5%")),
-            k=int(env.get("ALLABEL_K", 3)),
-            ratios=parse_ratios(env.get("ALLABEL_RATIOS", "1:3:1")),
-            order=env.get("ALLABEL_ORDER", "DSU"),
-            similarity=env.get("ALLABEL_SIMILARITY", "bm25"),
-            sbert_model=env.get("ALLABEL_SBERT_MODEL") or None,
-            annotator=annotator,
-            push_batch=int(env.get("ALLABEL_PUSH_BATCH", 100)),
-            label_descriptions=descriptions,
-            prompt_role=env.get("ALLABEL_PROMPT_ROLE") or None,
-            prompt_task=env.get("ALLABEL_PROMPT_TASK") or None,
-            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
-            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
-            sync_interval=_positive(env, "ALLABEL_SYNC_INTERVAL", 30),
-            queue_reserve=int(_positive(env, "ALLABEL_QUEUE_RESERVE", 5, zero_ok=True)),
-            push_delay=_positive(env, "ALLABEL_PUSH_DELAY", 2),
-            max_backoff=_positive(env, "ALLABEL_MAX_BACKOFF", 30),
-            llm_max_backoff=_positive(env, "ALLABEL_LLM_MAX_BACKOFF", 600),
-            exclude_duplicates=not paper_exact and _flag(env, "ALLABEL_EXCLUDE_DUPLICATES", True),
-            duplicate_threshold=_fraction(env, "ALLABEL_DUPLICATE_THRESHOLD", 0.8),
-            exclude_outliers=not paper_exact and _flag(env, "ALLABEL_EXCLUDE_OUTLIERS", True),
-            outlier_factor=_positive(env, "ALLABEL_OUTLIER_FACTOR", 4),
-            project_duplicates=_flag(env, "ALLABEL_PROJECT_DUPLICATES", True),
-            dask_scheduler=env.get("ALLABEL_DASK_SCHEDULER") or None,
-            prelabel_start=start,
-            quality_check=_flag(env, "ALLABEL_QUALITY_CHECK", True),
-            min_f1=_fraction(env, "ALLABEL_MIN_F1", None),
-            max_cost_usd=_positive(env, "ALLABEL_MAX_COST_USD", None, zero_ok=True)
-            if env.get("ALLABEL_MAX_COST_USD")
-            else None,
-            min_span_score=_fraction(env, "ALLABEL_MIN_SPAN_SCORE", None),
+            model_version=env.text("ALLABEL_MODEL_VERSION", "alllabel", e),
+            state_dir=Path(env.text("ALLABEL_STATE_DIR", "data/state", e)),
+            budget=parse_budget(env.text("ALLABEL_BUDGET", "5%", e)),
+            k=env.number("ALLABEL_K", 3, e, minimum=1, integer=True),
+            ratios=parse_ratios(env.text("ALLABEL_RATIOS", "1:3:1", e)),
+            order=env.choice("ALLABEL_ORDER", [o.lower() for o in STAGE_ORDERS], "dsu", e).upper(),
+            similarity=env.choice("ALLABEL_SIMILARITY", ("bm25", "sbert"), "bm25", e),
+            sbert_model=env.text("ALLABEL_SBERT_MODEL", None, e),
+            annotator=env.choice("ALLABEL_ANNOTATOR", ("auto", "llm", "projection"), "auto", e),
+            push_batch=env.number("ALLABEL_PUSH_BATCH", 100, e, minimum=1, integer=True),
+            label_descriptions=_descriptions(env.text("ALLABEL_LABEL_DESCRIPTIONS", None, e)),
+            prompt_role=env.text("ALLABEL_PROMPT_ROLE", None, e),
+            prompt_task=env.text("ALLABEL_PROMPT_TASK", None, e),
+            basic_auth_user=env.text("BASIC_AUTH_USER", None, e),
+            basic_auth_pass=env.text("BASIC_AUTH_PASS", None, e),
+            sync_interval=env.number("ALLABEL_SYNC_INTERVAL", 30.0, e, above=0, unit=" (seconds)"),
+            queue_reserve=env.number("ALLABEL_QUEUE_RESERVE", 5, e, minimum=0, integer=True),
+            push_delay=env.number("ALLABEL_PUSH_DELAY", 2.0, e, above=0, unit=" (seconds)"),
+            max_backoff=env.number("ALLABEL_MAX_BACKOFF", 30.0, e, above=0, unit=" (seconds)"),
+            llm_max_backoff=env.number(
+                "ALLABEL_LLM_MAX_BACKOFF", 600.0, e, above=0, unit=" (seconds)"
+            ),
+            exclude_duplicates=not paper_exact and env.flag("ALLABEL_EXCLUDE_DUPLICATES", True, e),
+            duplicate_threshold=env.fraction("ALLABEL_DUPLICATE_THRESHOLD", 0.8, e),
+            exclude_outliers=not paper_exact and env.flag("ALLABEL_EXCLUDE_OUTLIERS", True, e),
+            outlier_factor=env.number("ALLABEL_OUTLIER_FACTOR", 4.0, e, above=0),
+            project_duplicates=env.flag("ALLABEL_PROJECT_DUPLICATES", True, e),
+            dask_scheduler=env.text("ALLABEL_DASK_SCHEDULER", None, e),
+            prelabel_start=env.choice("ALLABEL_PRELABEL_START", ("auto", "manual"), "auto", e),
+            quality_check=env.flag("ALLABEL_QUALITY_CHECK", True, e),
+            min_f1=env.fraction("ALLABEL_MIN_F1", None, e),
+            max_cost_usd=env.number("ALLABEL_MAX_COST_USD", None, e, minimum=0, unit=" (US$)"),
+            min_span_score=env.fraction("ALLABEL_MIN_SPAN_SCORE", None, e),
         )
+
+
+def _descriptions(path: str | None) -> dict[str, str]:
+    """ALLABEL_LABEL_DESCRIPTIONS: a JSON file {label: definition}."""
+    if path is None:
+        return {}
+    try:
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise env.SettingError(
+            f"ALLABEL_LABEL_DESCRIPTIONS must name a JSON file {{label: description}}: {e}"
+        ) from None
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        raise env.SettingError(
+            f"ALLABEL_LABEL_DESCRIPTIONS: {path} must hold one JSON object {{label: description}}"
+        )
+    return found
