@@ -145,8 +145,32 @@ def find_duplicates(
         sh = shingles(t)
         sizes[i] = len(sh)
         sigs[i] = _signature(sh)
+    ci, cj = _candidates(sigs, sizes, threshold)
+    # Exact Jaccard of the remaining candidates (5-gram sets recomputed for those texts only).
+    sets = {i: shingles(texts[i]) for i in sorted(set(ci) | set(cj))}
+    pairs, jac = [], []
+    for i, j in zip(ci, cj):
+        v = jaccard(sets[i], sets[j])
+        if v >= threshold:
+            pairs.append((i, j))
+            jac.append(v)
+    neighbours: dict[int, list[tuple[float, int]]] = {}
+    for (i, j), v in zip(pairs, jac):
+        neighbours.setdefault(i, []).append((v, j))
+        neighbours.setdefault(j, []).append((v, i))
+    for lst in neighbours.values():
+        lst.sort(key=lambda t: (-t[0], t[1]))
+    pairs_a = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    jac_a = np.array(jac, dtype=np.float64)
+    representative = _leaders(n, neighbours, priority)
+    return Duplicates(n, threshold, pairs_a, jac_a, representative, neighbours)
 
-    # Candidate pairs: equal on all bins of at least one band.
+
+def _candidates(sigs: np.ndarray, sizes: np.ndarray, threshold: float) -> tuple[list, list]:
+    """Pairs equal on all bins of at least one band, kept by the cheap filters: sizes
+    (J <= min/max), and the share of the 128 bins on which the signatures agree (an estimate of
+    J; SIG_MARGIN below the threshold loses a pair at J = 0.8 with probability ~1e-8)."""
+    n = len(sizes)
     rows = BINS // BANDS
     codes = []
     with np.errstate(over="ignore"):
@@ -165,9 +189,6 @@ def find_duplicates(
                 codes.append(members[a] * n + members[c])
     cand = np.unique(np.concatenate(codes)) if codes else np.empty(0, dtype=np.int64)
     ci, cj = cand // n, cand % n
-    # Cheap filters before the exact Jaccard: sizes (J <= min/max), and the share of the 128
-    # bins on which the signatures agree (an estimate of J; SIG_MARGIN below the threshold
-    # loses a pair at J = 0.8 with probability ~1e-8).
     keep = np.minimum(sizes[ci], sizes[cj]) >= threshold * np.maximum(sizes[ci], sizes[cj])
     ci, cj = ci[keep], cj[keep]
     agree = np.concatenate(
@@ -178,26 +199,12 @@ def find_duplicates(
         or [np.empty(0)]
     )
     keep = agree >= threshold - SIG_MARGIN
-    ci, cj = ci[keep].tolist(), cj[keep].tolist()
+    return ci[keep].tolist(), cj[keep].tolist()
 
-    # Exact Jaccard of the remaining candidates (5-gram sets recomputed for those texts only).
-    sets = {i: shingles(texts[i]) for i in sorted(set(ci) | set(cj))}
-    pairs, jac = [], []
-    for i, j in zip(ci, cj):
-        v = jaccard(sets[i], sets[j])
-        if v >= threshold:
-            pairs.append((i, j))
-            jac.append(v)
-    pairs_a = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-    jac_a = np.array(jac, dtype=np.float64)
 
-    neighbours: dict[int, list[tuple[float, int]]] = {}
-    for (i, j), v in zip(pairs, jac):
-        neighbours.setdefault(i, []).append((v, j))
-        neighbours.setdefault(j, []).append((v, i))
-    for lst in neighbours.values():
-        lst.sort(key=lambda t: (-t[0], t[1]))
-
+def _leaders(n: int, neighbours: dict, priority: Iterable[int]) -> np.ndarray:
+    """Each task's cluster leader, leader-first: ``priority`` tasks first, then by index; a task
+    whose most similar earlier leader exists joins it, else it leads."""
     first = list(dict.fromkeys(int(p) for p in priority))
     seen = set(first)
     visit = first + [i for i in range(n) if i not in seen]
@@ -210,4 +217,4 @@ def find_duplicates(
             representative[u] = min(leaders, key=lambda t: (-t[0], rank[t[1]]))[1]
         else:
             is_rep[u] = True
-    return Duplicates(n, threshold, pairs_a, jac_a, representative, neighbours)
+    return representative

@@ -164,6 +164,27 @@ class _IntegerDotSimilarity:
         return self._normalise(self._raw_scores(rows, cols), self.row_max(rows)[:, None])
 
 
+def _term_counts(texts: Sequence[str], tokenizer: Callable[[str], list[str]]) -> tuple:
+    """(N x V term frequencies, CSR with sorted columns; the vocabulary term -> column)."""
+    vocab: dict[str, int] = {}
+    indptr, indices = [0], []
+    for i, text in enumerate(texts):
+        toks = tokenizer(text)
+        if not toks:
+            raise ValueError(
+                f"text #{i} has no word or number tokens ({text[:60]!r}); BM25 cannot compare it"
+            )
+        indices.extend(vocab.setdefault(t, len(vocab)) for t in toks)
+        indptr.append(len(indices))
+    counts = sp.csr_matrix(
+        (np.ones(len(indices)), np.asarray(indices), np.asarray(indptr)),
+        shape=(len(texts), len(vocab)),
+    )
+    counts.sum_duplicates()
+    counts.sort_indices()
+    return counts, vocab
+
+
 class BM25Similarity(_IntegerDotSimilarity):
     """Okapi BM25 (rank-bm25's ``BM25Okapi`` scoring), rows normalised to [0, 1].
 
@@ -189,21 +210,7 @@ class BM25Similarity(_IntegerDotSimilarity):
     ):
         texts = _check_texts(texts)
         self.n = n = len(texts)
-        vocab: dict[str, int] = {}
-        indptr, indices = [0], []
-        for i, text in enumerate(texts):
-            toks = tokenizer(text)
-            if not toks:
-                raise ValueError(
-                    f"text #{i} has no word or number tokens ({text[:60]!r}); BM25 cannot compare it"
-                )
-            indices.extend(vocab.setdefault(t, len(vocab)) for t in toks)
-            indptr.append(len(indices))
-        counts = sp.csr_matrix(
-            (np.ones(len(indices)), np.asarray(indices), np.asarray(indptr)), shape=(n, len(vocab))
-        )
-        counts.sum_duplicates()  # term frequencies, sorted column indices
-        counts.sort_indices()
+        counts, vocab = _term_counts(texts, tokenizer)
         df = np.bincount(counts.indices, minlength=len(vocab)).astype(np.float64)
         idf = np.log(n - df + 0.5) - np.log(df + 0.5)
         idf[idf < 0] = epsilon * idf.mean()

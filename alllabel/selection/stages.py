@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -36,7 +34,8 @@ from fractions import Fraction
 import numpy as np
 
 from alllabel.selection.blocks import BlockRunner, LocalRunner
-from alllabel.selection.similarity import DenseSimilarity, Similarity, default_block_rows
+from alllabel.selection.engine import BUFFERS, Engine
+from alllabel.selection.similarity import DenseSimilarity, Similarity
 
 log = logging.getLogger(__name__)
 
@@ -121,290 +120,6 @@ def _validate(n: int, budget, k, pre_chosen, exclude) -> tuple[list[int], np.nda
     return pre, rankable
 
 
-_BUFFERS = threading.local()
-
-
-def _buffer(name: str, shape: tuple[int, int], dtype) -> np.ndarray:
-    """A per-thread scratch array, reused across blocks (fresh N-wide temporaries per block cost
-    page faults: about a fifth of the scan's CPU time was system time)."""
-    buf = getattr(_BUFFERS, name, None)
-    if buf is None or buf.shape[1] != shape[1] or buf.shape[0] < shape[0] or buf.dtype != dtype:
-        buf = np.empty(shape, dtype=dtype)
-        setattr(_BUFFERS, name, buf)
-    return buf[: shape[0]]
-
-
-def _top_lists(block: np.ndarray, width: int, full: bool, sentinel: int) -> np.ndarray:
-    """Per row, the first ``width`` items in ranking order (U descending, index ascending).
-
-    Items that must not appear (the row itself, excluded columns) are -inf in ``block``.
-    ``full``: some rows may have fewer than ``width`` rankable items; their lists end in
-    ``sentinel``. Otherwise every row has at least ``width`` finite values.
-    """
-    b, n = block.shape
-    if full:
-        order = np.argsort(-block, axis=1, kind="stable")[:, :width]
-        order[np.isneginf(np.take_along_axis(block, order, axis=1))] = sentinel
-        return order.astype(np.int32)
-    part = _buffer("part", (b, n), np.float64)
-    np.copyto(part, block)
-    part.partition(n - width, axis=1)
-    kth = part[:, n - width : n - width + 1].copy()  # the width-th largest value of each row
-    take = np.greater_equal(block, kth, out=_buffer("take", (b, n), np.bool_))
-    count = np.count_nonzero(take, axis=1)
-    for r in np.flatnonzero(
-        count != width
-    ):  # ties at the boundary (rare): keep the smallest indices
-        eq = np.flatnonzero(block[r] == kth[r, 0])
-        take[r, eq[width - (count[r] - len(eq)) :]] = False
-    cols = np.nonzero(take)[1].reshape(b, width)  # ascending indices per row
-    vals = np.take_along_axis(block, cols, axis=1)
-    np.negative(vals, out=vals)
-    order = np.argsort(vals, axis=1, kind="stable")  # stable: equal values keep index order
-    return np.take_along_axis(cols, order, axis=1).astype(np.int32)
-
-
-def _mask_block(block: np.ndarray, idx: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """The row itself and the excluded items can never be ranked: -inf."""
-    block[np.arange(len(idx)), idx] = -np.inf
-    if len(excluded):
-        block[:, excluded] = -np.inf
-    return block
-
-
-def _row_max_of(sim, idx: np.ndarray):
-    rowmax = getattr(sim, "_rowmax", None)
-    return None if rowmax is None else rowmax[idx].copy()
-
-
-# Block functions: module level, so a Dask worker can run them on its copy of the similarity.
-def _scan_block(sim, idx, width, full, sentinel, excluded, grid):
-    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
-    # Row sums on an int64 fixed-point grid: exact, so independent of summation order and of
-    # the block size (mathematically tied means stay tied). Excluded items do not count.
-    block[np.arange(len(idx)), idx] = 0.0
-    scaled = _buffer("part", block.shape, np.float64)
-    np.multiply(block, grid, out=scaled)
-    np.rint(scaled, out=scaled)
-    rowsum = scaled.sum(axis=1, dtype=np.int64)
-    if len(excluded):
-        rowsum -= np.rint(block[:, excluded] * grid).sum(axis=1, dtype=np.int64)
-    lists = _top_lists(_mask_block(block, idx, excluded), width, full, sentinel) if width else None
-    return lists, rowsum, _row_max_of(sim, idx)
-
-
-def _ranked_block(sim, idx, width, full, sentinel, excluded):
-    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
-    return _top_lists(_mask_block(block, idx, excluded), width, full, sentinel), _row_max_of(
-        sim, idx
-    )
-
-
-def _depth_block(sim, idx, in_d1, excluded):
-    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
-    return _exact_depths(_mask_block(block, idx, excluded), idx, in_d1), _row_max_of(sim, idx)
-
-
-def _weights(ranks: np.ndarray, k: int) -> np.ndarray:
-    return np.where(ranks <= k, 1.0, 1.0 / np.maximum(ranks - k + 1.0, 1.0))
-
-
-class _Engine:
-    """The stages over a similarity whose columns may exclude some items (``rankable``).
-
-    Top lists hold column indices; ``n`` (the sentinel) pads a list whose row has fewer
-    rankable items than the list's width. Masks indexed by list entries have n + 1 cells.
-    """
-
-    def __init__(
-        self,
-        sim: Similarity,
-        k: int,
-        block_rows: int | None,
-        progress,
-        rankable: np.ndarray,
-        runner: BlockRunner,
-    ):
-        self.sim, self.n, self.k = sim, sim.n, k
-        self.block_rows = block_rows
-        self.progress = progress or (lambda stage, done, total: None)
-        self.rankable = rankable
-        self.n_rankable = int(rankable.sum())
-        self.excluded = np.flatnonzero(~rankable)
-        self.runner = runner
-        self.lists: np.ndarray | None = None
-        self.rowsum: np.ndarray | None = None
-
-    def _ext(self, mask: np.ndarray) -> np.ndarray:
-        return np.append(mask, False)  # the sentinel is never a candidate or a D1 item
-
-    def _map(self, fn, rows: np.ndarray, *args):
-        step = self.block_rows or default_block_rows(self.n)
-        blocks = [rows[s : s + step] for s in range(0, len(rows), step)]
-        for idx, (*result, rowmax) in self.runner.map(fn, self.sim, blocks, *args):
-            if rowmax is not None:  # computed on a Dask worker: keep it here too
-                self.sim._rowmax[idx] = rowmax
-            yield idx, result
-
-    def _width(self, length: int) -> tuple[int, bool]:
-        width = max(0, min(length, self.n_rankable))
-        return width, width >= self.n_rankable - 1
-
-    # --- one pass over all rows -------------------------------------------------------------
-    def scan(self, length: int) -> None:
-        n = self.n
-        width, full = self._width(max(1, length) if n > 1 else 0)
-        self.lists = np.empty((n, width), dtype=np.int32)
-        self.rowsum = np.empty(n, dtype=np.int64)
-        bound = max(float(getattr(self.sim, "bound", 1.0)), 1e-300) * n
-        grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
-        done = 0
-        for idx, (lists, rowsum) in self._map(
-            _scan_block, np.arange(n), width, full, n, self.excluded, grid
-        ):
-            self.rowsum[idx] = rowsum
-            if lists is not None:
-                self.lists[idx] = lists
-            done += len(idx)
-            self.progress("scan", done, n)
-
-    def ranked(self, rows: np.ndarray, length: int) -> np.ndarray:
-        """Top lists for ``rows`` (from the scan when long enough, else recomputed)."""
-        width, full = self._width(length)
-        if self.lists is not None and self.lists.shape[1] >= width:
-            return self.lists[rows, :width]
-        out = np.empty((len(rows), width), dtype=np.int32)
-        pos = 0
-        for idx, (lists,) in self._map(
-            _ranked_block, np.asarray(rows), width, full, self.n, self.excluded
-        ):
-            out[pos : pos + len(idx)] = lists
-            pos += len(idx)
-        return out
-
-    # --- stages -----------------------------------------------------------------------------
-    def diversity(self, chosen: list[int], count: int, seed_item: int | None = None) -> list[int]:
-        """Farthest-first from ``chosen``; with nothing chosen, start from ``seed_item`` or the warm seed."""
-        if count <= 0:
-            return []
-        picked: list[int] = []
-        taken = ~self.rankable.copy()
-        taken[chosen] = True
-        maxsim = np.full(self.n, -np.inf)
-        for j in chosen:
-            np.maximum(maxsim, self.sim.column(j), out=maxsim)
-        if not chosen:
-            if seed_item is None:  # lowest mean similarity; first on ties
-                seed_item = int(np.argmin(np.where(taken, np.iinfo(np.int64).max, self.rowsum)))
-            picked.append(seed_item)
-            taken[seed_item] = True
-            np.maximum(maxsim, self.sim.column(seed_item), out=maxsim)
-        while len(picked) < count:
-            u = int(np.argmin(np.where(taken, np.inf, maxsim)))
-            picked.append(u)
-            taken[u] = True
-            np.maximum(maxsim, self.sim.column(u), out=maxsim)
-            self.progress("diversity", len(picked), count)
-        return picked
-
-    def sumrank_pick(
-        self, queries: np.ndarray, candidate: np.ndarray, x: int, count: int
-    ) -> list[int]:
-        """Sumrank over ``queries`` (rule (2) of the paper); the ``count`` best candidates."""
-        if count <= 0:
-            return []
-        k, depth = self.k, max(self.k, x)
-        # Enough list entries to see `depth` candidates: the others in a list are chosen items.
-        need = depth + int((self.rankable & ~candidate).sum())
-        cand = self._ext(candidate)
-        items_all, ranks_all = [], []
-        step = max(1, (self.block_rows or 4096))
-        for start in range(0, len(queries), step):
-            q = queries[start : start + step]
-            lists = self.ranked(q, need)
-            is_cand = cand[lists]
-            ranks = np.cumsum(is_cand, axis=1, dtype=np.int32)
-            keep = is_cand & (ranks <= depth)
-            items_all.append(lists[keep])
-            ranks_all.append(ranks[keep])
-        items = np.concatenate(items_all) if items_all else np.empty(0, np.int32)
-        ranks = np.concatenate(ranks_all) if ranks_all else np.empty(0, np.int32)
-        sums = np.bincount(items, weights=_weights(ranks, k), minlength=self.n)
-        return _best(sums, candidate, count, lambda members: _exact_sums(members, items, ranks, k))
-
-    def uncertainty(self, d1: list[int], count: int) -> list[int]:
-        if count <= 0:
-            return []
-        n = self.n
-        in_d1 = np.zeros(n, dtype=bool)
-        in_d1[d1] = True
-        depth = np.full(n, n, dtype=np.int64)  # "no D1 item other than a" ranks after everything
-        unknown = np.zeros(n, dtype=bool)
-        width = self.lists.shape[1]
-        if width:
-            hit = self._ext(in_d1)[self.lists]
-            found = hit.any(axis=1)
-            depth[found] = hit.argmax(axis=1)[found] + 1
-            has_other = in_d1.sum() - in_d1 > 0  # a D1 item other than a exists
-            complete = width >= self.n_rankable - self.rankable  # the list holds the whole ranking
-            unknown = ~found & has_other & ~complete
-        rows = np.flatnonzero(unknown)
-        if len(rows) + int((depth == n).sum()) > count:  # only then does their exact depth matter
-            for idx, (d,) in self._map(_depth_block, rows, in_d1, self.excluded):
-                depth[idx] = d
-        else:
-            depth[rows] = n  # all of them are weak points anyway
-        weak = np.lexsort((np.arange(n), -depth))[:count]
-        return self.sumrank_pick(np.sort(weak), ~in_d1 & self.rankable, count, count)
-
-
-def _exact_depths(block: np.ndarray, rows: np.ndarray, in_d1: np.ndarray) -> np.ndarray:
-    """Position of the first D1 item in each row's ranking; ``block`` has -inf where not rankable."""
-    d1_vals = np.where(in_d1[None, :], block, -np.inf)
-    best = d1_vals.max(axis=1)
-    first = np.argmax(d1_vals == best[:, None], axis=1)  # smallest index among the best D1 items
-    before = (block > best[:, None]).sum(axis=1)
-    before += (
-        (block == best[:, None]) & (np.arange(block.shape[1])[None, :] < first[:, None])
-    ).sum(axis=1)
-    return before + 1
-
-
-def _exact_sums(
-    members: np.ndarray, items: np.ndarray, ranks: np.ndarray, k: int
-) -> dict[int, Fraction]:
-    sel = np.isin(items, members)
-    per: dict[int, Counter] = {int(m): Counter() for m in members}
-    for item, rank in zip(items[sel].tolist(), ranks[sel].tolist()):
-        per[item][rank] += 1
-    return {
-        m: sum((Fraction(c, 1 if r <= k else r - k + 1) for r, c in cnt.items()), Fraction(0))
-        for m, cnt in per.items()
-    }
-
-
-def _best(sums: np.ndarray, candidate: np.ndarray, count: int, exact: Callable) -> list[int]:
-    """The ``count`` candidates with the highest sums, ties to the smaller index, exactly."""
-    cand = np.flatnonzero(candidate)
-    s = sums[cand]
-    order = np.lexsort((cand, -s))
-    cand, s = cand[order], s[order]
-    tol = 1e-9 * np.maximum(1.0, np.abs(s))
-    # Groups of (nearly) equal float sums; only groups reaching into the first `count` matter.
-    breaks = np.flatnonzero(s[:-1] - s[1:] > tol[1:]) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [len(s)]))
-    out = cand.tolist()
-    for a, b in zip(starts, ends):
-        if a >= count:
-            break
-        if b - a > 1:
-            members = cand[a:b]
-            exact_sums = exact(members)
-            out[a:b] = sorted(members.tolist(), key=lambda m: (-exact_sums[m], m))
-    return out[:count]
-
-
 def _as_similarity(similarity) -> Similarity:
     if isinstance(similarity, Similarity) and not isinstance(similarity, np.ndarray):
         return similarity
@@ -450,15 +165,15 @@ def select(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     rng = np.random.default_rng(seed)
-    engine = _Engine(sim, k, block_rows, progress, rankable, runner or LocalRunner())
+    engine = Engine(sim, k, block_rows, progress, rankable, runner or LocalRunner())
     try:
         return _run(engine, method, key, pre, budget, k, ratios, rng)
     finally:
-        _BUFFERS.__dict__.clear()  # scratch blocks of this thread; the pool's die with it
+        BUFFERS.__dict__.clear()  # scratch blocks of this thread; the pool's die with it
 
 
 def _run(
-    engine: _Engine, method: str, key: str, pre: list[int], budget: int, k: int, ratios, rng
+    engine: Engine, method: str, key: str, pre: list[int], budget: int, k: int, ratios, rng
 ) -> Selection:
     n = engine.n
     free = np.flatnonzero(engine.rankable)
