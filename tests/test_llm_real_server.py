@@ -1,0 +1,66 @@
+"""The CLI against a real OpenAI-compatible server: llama.cpp with SmolLM2-135M (tests/llama_server.py).
+
+A plumbing check, not a quality one (a 135M model is not GPT-4o): the real server refuses
+``json_schema`` with HTTP 500, so the client falls back to ``json_object`` once and says so;
+every span it keeps is at exact offsets in its task; a failure is a task's error, never a crash.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.data import mof_records
+from tests.llama_server import PYTHON, LlamaServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    not PYTHON.exists() and not os.environ.get("CI"),
+    reason=".venv-llm is missing: scripts/install.sh test installs the llama.cpp server",
+)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    with LlamaServer(tmp_path_factory.mktemp("llama")) as server:
+        yield server
+
+
+def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
+    recs = [r for r in mof_records() if len(r["text"]) < 500][:7]
+    records = [
+        {
+            "id": r["id"],
+            "text": r["text"],
+            **({"entities": [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]]} if i < 4 else {}),
+        }
+        for i, r in enumerate(recs)
+    ]  # fmt: skip
+    data, out = tmp_path / "tasks.jsonl", tmp_path / "pre.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    env = {
+        **os.environ, "OPENAI_BASE_URL": llama.base_url, "OPENAI_API_KEY": "local",
+        "ALLABEL_LLM_MODEL": "smollm2-135m-instruct", "ALLABEL_LLM_CONCURRENCY": "1",
+        "ALLABEL_LLM_TIMEOUT": "300", "ALLABEL_LLM_MAX_TOKENS": "512",
+        "ALLABEL_MAX_PROMPT_TOKENS": "4000", "PYTHONPATH": str(ROOT),
+    }  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "alllabel", "-v", "prelabel", str(data), "-o", str(out), "--k", "2",
+         "--skip-quality", "--cache", str(tmp_path / "cache.sqlite3"), "--quiet"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: some task failed (reported per task)
+    assert "refused response_format json_schema (HTTP 500)" in r.stderr  # llama.cpp's refusal
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["id"] for row in rows] == [rec["id"] for rec in records[4:]]
+    done = [row for row in rows if "prediction" in row]
+    assert done, f"no task pre-annotated: {[row.get('error') for row in rows]}"
+    for row in done:
+        for e in row["prediction"]["entities"]:
+            assert row["text"][e["start"] : e["end"]] == e["text"]  # exact offsets
+    for row in rows:
+        assert "prediction" in row or row["error"]  # every task: a result or its reason
