@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from alllabel.backend.ls_format import digest, queue_score
-from alllabel.backend.state import SCHEMA_VERSION, State
+from alllabel.backend.state import State
+from alllabel.backend.state.schema import SCHEMA_VERSION
 
 V1_SCHEMA = (Path(__file__).parent / "fixtures" / "state_v1_schema.sql").read_text()
 NER = '<View><Labels name="label" toName="text"><Label value="A"/></Labels><Text name="text" value="$text"/></View>'
