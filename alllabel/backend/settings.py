@@ -104,6 +104,7 @@ class Settings:
     prompt_task: str | None = None
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
+    backend_url: str | None = None  # the URL Label Studio reaches us at (matches a renamed model)
     sync_interval: float = 30.0  # seconds between idle checks of each project (one cheap request)
     queue_reserve: int = (
         5  # next ALLabel picks kept queued beyond the budget (no random task at hand-overs)
@@ -172,6 +173,7 @@ class Settings:
             prompt_task=env.get("ALLABEL_PROMPT_TASK") or None,
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            backend_url=env.get("ALLABEL_BACKEND_URL") or None,
             sync_interval=_positive(env, "ALLABEL_SYNC_INTERVAL", 30),
             queue_reserve=int(_positive(env, "ALLABEL_QUEUE_RESERVE", 5, zero_ok=True)),
             push_delay=_positive(env, "ALLABEL_PUSH_DELAY", 2),
