@@ -5,9 +5,8 @@ the actions (``apply``: the only place that calls Label Studio or writes the sta
 and reads again, until nothing is left or ``MAX_ROUNDS`` rounds have run. Webhooks, start-up and
 failures only set requests in the controller's ``Memory``; ``decide`` turns them into actions.
 
-Failures (Label Studio down, 5xx, a rejected key) back off up to ``max_backoff`` seconds and the
-step is simply tried again; failed pre-annotations are retried with their own backoff. Nothing
-waits for a human, and one project's long run never delays another project.
+A failed step (Label Studio down, 5xx, a rejected key) is retried with backoff; nothing waits for
+a human, and one project's long run (its own thread) never delays another project.
 """
 
 from __future__ import annotations
@@ -316,20 +315,15 @@ class ProjectController:
     def _do_SetPhase(self, a: A.SetPhase) -> None:
         p = self.state.project(self.pid)
         self.state.update_project(self.pid, phase=a.phase, message=a.message)
-        if a.phase == "planned":
-            n = len(self.state.queue(self.pid))
-            log.info(
-                "project %d: queue of %d task(s) in Label Studio (budget %s)",
-                self.pid,
-                n,
-                p["budget"],
-            )
-        elif a.phase == "prelabeling" and p["phase"] == "planned":
-            log.info(
-                "project %d: budget of %s reached; pre-annotating the rest", self.pid, p["budget"]
-            )
-        elif a.phase == "done":
-            log.info("project %d: pre-annotation complete", self.pid)
+        queued = len(self.state.queue(self.pid))
+        log.info(
+            "project %d: %s -> %s (budget %s, %d queued)",
+            self.pid,
+            p["phase"],
+            a.phase,
+            p["budget"],
+            queued,
+        )
 
     def _do_ShowPredictions(self, a: A.ShowPredictions) -> None:
         lsops.show_predictions(self.state, self.services.ls(), self.pid)
@@ -348,8 +342,7 @@ class ProjectController:
         )
 
     def _do_LiftHold(self, a: A.LiftHold) -> None:
-        with self._lock:
-            self.memory.hold = None
+        self.memory.hold = None  # only the loop lifts; the run thread sets it when no run goes
 
     def _do_StartRun(self, a: A.StartRun) -> None:
         with self._lock:

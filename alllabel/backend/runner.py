@@ -73,15 +73,7 @@ def pre_annotate(
     annotator = annotator_for(cfg)
     sim = similarity(corpus.texts)
     if rerun:
-        annotated = state.annotated_tasks(pid)
-        todo = [t for t in corpus.ids if t not in annotated]
-        old = bulk.stale(corpus, annotator, sim, state.predictions(pid), todo, settings.k)
-        report["stale"] = {"tasks": len(old), "examples": dict(list(old.items())[:3])}
-        if old:
-            log.info(
-                "project %d: %d pre-annotation(s) are out of date; redoing them", pid, len(old)
-            )
-        order = order + [t for t in old if t not in set(order)]
+        order = _with_stale(state, pid, settings, corpus, annotator, sim, order, report)
     report["progress"] = {
         "total": len(order),
         "done": 0,
@@ -122,3 +114,17 @@ def pre_annotate(
         end.quality_key = out.quality["gold_key"]
     end.hold, end.blocker, end.failed, end.approval = out.hold, out.blocker, out.failed, gate.used
     return end
+
+
+def _with_stale(
+    state: State, pid: int, settings, corpus, annotator, sim, order, report
+) -> list[int]:
+    """Start Training: the run also redoes pre-annotations made with another model, prompt or
+    set of demonstrations (in place)."""
+    annotated = state.annotated_tasks(pid)
+    todo = [t for t in corpus.ids if t not in annotated]
+    old = bulk.stale(corpus, annotator, sim, state.predictions(pid), todo, settings.k)
+    report["stale"] = {"tasks": len(old), "examples": dict(list(old.items())[:3])}
+    if old:
+        log.info("project %d: %d pre-annotation(s) are out of date; redoing them", pid, len(old))
+    return order + [t for t in old if t not in set(order)]

@@ -26,23 +26,11 @@ def read_snapshot(
     annotated = frozenset(annotated_all & set(usable))
     pending, oldest = st.pending_summary(pid)
     claims = st.claims(pid)
-    extra: dict = {}
-    if p["phase"] in ("prelabeling", "done"):
-        preds = st.predictions(pid)
-        todo = [
-            t
-            for t in usable
-            if t not in annotated and getattr(preds.get(t), "result", None) is None
-        ]
-        extra = {
-            "todo": tuple(todo),
-            "failed": frozenset(t for t in todo if preds.get(t) and preds[t].failures),
-            "first_error": next(
-                (preds[t].error for t in todo if t in preds and preds[t].error), None
-            ),
-            "prelabeled": sum(x.result is not None for x in preds.values()),
-            "queue_positions": {t: x.position for t, x in preds.items() if x.position is not None},
-        }
+    extra = (
+        _run_fields(st.predictions(pid), usable, annotated)
+        if p["phase"] in ("prelabeling", "done")
+        else {}
+    )
     if memory.hold is not None and memory.hold.kind == "min_f1":
         extra["gold_key"] = gold_key(st, pid)
     pushed = st.pushed_count(pid)
@@ -78,3 +66,17 @@ def read_snapshot(
         done=done,
         **extra,
     )
+
+
+def _run_fields(preds: dict, usable: list[int], annotated: frozenset[int]) -> dict:
+    """What the run's decisions need: tasks left to pre-annotate, failures, queue positions."""
+    todo = [
+        t for t in usable if t not in annotated and getattr(preds.get(t), "result", None) is None
+    ]
+    return {
+        "todo": tuple(todo),
+        "failed": frozenset(t for t in todo if preds.get(t) and preds[t].failures),
+        "first_error": next((preds[t].error for t in todo if t in preds and preds[t].error), None),
+        "prelabeled": sum(x.result is not None for x in preds.values()),
+        "queue_positions": {t: x.position for t, x in preds.items() if x.position is not None},
+    }
