@@ -90,8 +90,38 @@ SHOWN = A.Shown(6, 0.5, NOW - 10)
 
 CASES = [
     # --- claims ---------------------------------------------------------------------------------
-    ("a claim is confirmed first", snap(claims=3), S, ["ConfirmClaims"]),
-    ("claims wait for their retry time", snap(mem(claim_retry_at=NOW + 1), claims=3), S, []),
+    ("a claim is confirmed first", snap(claims=3, fresh_claims=3), S, ["ConfirmClaims"]),
+    ("failed reads are retried when due", snap(claims=3), S, ["ConfirmClaims"]),
+    (
+        "a claim arriving mid-step is confirmed in the same step",
+        snap(claims=1, fresh_claims=1, done=("ConfirmClaims", "ExtendQueue")),
+        S,
+        ["ConfirmClaims"],
+    ),
+    (
+        "a confirmation mid-step extends the queue again, then pushes again",
+        snap(mem(plan_now=True), done=("ConfirmClaims", "ExtendQueue", "Push", "ConfirmClaims")),
+        S,
+        ["ExtendQueue"],
+    ),
+    (
+        "a second extension in a step is pushed at once",
+        prelabeling(
+            run_alive=True,
+            pending=1,
+            oldest_pending=WALL,
+            done=("ExtendQueue", "Push", "ExtendQueue"),
+        ),
+        S,
+        ["Push"],
+    ),
+    ("failed reads wait for their retry time", snap(mem(claim_retry_at=NOW + 1), claims=3), S, []),
+    (
+        "new claims do not wait for old ones' retry",
+        snap(mem(claim_retry_at=NOW + 1), claims=3, fresh_claims=1),
+        S,
+        ["ConfirmClaims"],
+    ),
     ("claims once per step", snap(claims=3, done=("ConfirmClaims",)), S, []),
     # --- probe ----------------------------------------------------------------------------------
     ("probe when due", snap(mem(next_probe=NOW - 1)), S, ["Probe"]),
@@ -423,7 +453,7 @@ def test_decide(name, snapshot, settings, expected):
 
 def test_forged_claims_change_no_queue_entry():
     """Claims alone never extend the queue: only confirmed annotations (plan_now) do."""
-    s = snap(claims=40, annotated=frozenset())
+    s = snap(claims=40, fresh_claims=40, annotated=frozenset())
     assert kinds(decide(s, S, NOW)) == ["ConfirmClaims"]
     after = snap(claims=40, done=("ConfirmClaims",))  # nothing was confirmed: no plan_now
     assert kinds(decide(after, S, NOW)) == []

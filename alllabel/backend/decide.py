@@ -157,9 +157,11 @@ def decide(s: Snapshot, settings, now: float) -> list:
 
 
 def _claims(s: Snapshot, settings, now: float) -> list:
-    if "ConfirmClaims" in s.done:
-        return []
+    """Claims first, also between a step's other actions: the reserve is refilled from what is
+    confirmed, and the annotator who submitted is already on the next reserve task."""
     retries = s.claims > s.fresh_claims and now >= s.memory.claim_retry_at
+    if "ConfirmClaims" in s.done:
+        retries = False  # failed reads wait for their retry time, once a step
     return [ConfirmClaims(retries=retries)] if s.fresh_claims or retries else []
 
 
@@ -231,7 +233,8 @@ def _audit(s: Snapshot, settings, now: float) -> list:
 
 def _queue(s: Snapshot, settings, now: float) -> list:
     m = s.memory
-    if "ExtendQueue" in s.done or "SetMessage" in s.done or not (m.plan_now or "Probe" in s.done):
+    probed = "Probe" in s.done and "ExtendQueue" not in s.done
+    if "SetMessage" in s.done or not (m.plan_now or probed):
         return []
     if not s.usable:
         text = "no usable tasks yet (import tasks with text)"
@@ -258,11 +261,17 @@ def _reached(s: Snapshot, budget: int | None) -> bool:
 
 def _push_queue(s: Snapshot, settings, now: float) -> list:
     """Queue entries reach Label Studio before the project is switched to them, and at once."""
-    return _push(s, settings, now, force=True) if "ExtendQueue" in s.done else []
+    return _push(s, settings, now, force=True) if _after(s.done, "ExtendQueue", "Push") else []
+
+
+def _after(done: tuple[str, ...], a: str, b: str) -> bool:
+    """``a`` was applied this step, and after the last ``b``."""
+    last = {name: i for i, name in enumerate(done)}
+    return a in last and last[a] > last.get(b, -1)
 
 
 def _push(s: Snapshot, settings, now: float, *, force: bool) -> list:
-    if not s.pending or "Push" in s.done:
+    if not s.pending or ("Push" in s.done and not force):
         return []
     young = s.wall - (s.oldest_pending or 0) < settings.push_delay
     if not force and s.run_alive and s.pending < settings.push_batch and young:

@@ -115,6 +115,7 @@ class Orchestrator:
 
     # --- protocol entry points (fast) ------------------------------------------------------------
     def setup(self, project_key, label_config: str) -> str:
+        started = time.monotonic()
         pid = project_id_of(project_key)
         cfg = parse_label_config(label_config)  # UnsupportedConfig -> the caller answers 400
         self.check_label_studio(pid)
@@ -127,9 +128,9 @@ class Orchestrator:
                 )
             log.info("project %d: /setup, but the project does not list this backend: ignored", pid)
             return self.settings.model_version
-        return self._register(pid, label_config, cfg)
+        return self._register(pid, label_config, cfg, started)
 
-    def _register(self, pid: int, label_config: str, cfg: NERConfig) -> str:
+    def _register(self, pid: int, label_config: str, cfg: NERConfig, started: float) -> str:
         known = self.state.project(pid)
         if known is None or known["label_config"] != label_config:
             self.state.register(pid, label_config)
@@ -145,7 +146,7 @@ class Orchestrator:
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)
         if known is None:  # annotators get the ALLabel order from the first task
-            c.planned.wait(self.settings.connect_wait)
+            c.planned.wait(max(0.0, started + self.settings.connect_wait - time.monotonic()))
         return self.settings.model_version
 
     def connected(self, pid: int) -> bool | None:
@@ -327,7 +328,7 @@ class Orchestrator:
         for one run to finish and its predictions to reach Label Studio."""
         config = self.ls().project(pid)["label_config"]
         self.check_label_studio(pid)
-        self._register(pid, config, parse_label_config(config))  # the admin's own command
+        self._register(pid, config, parse_label_config(config), time.monotonic())  # the admin's own
         c = self.controller(pid)
         before = c.runs_finished
         c.prelabel_now()
