@@ -160,3 +160,33 @@ def test_a_forged_claim_adds_no_queue_entry_and_a_confirmed_one_replans(setup):
     # Budget 3, one annotated: two budget tasks and the reserve of two are still queued.
     assert (applied[1].for_budget, applied[1].for_reserve) == (0, 0)
     assert state.available(7) == 4
+
+
+class ListingLS(FakeLS):
+    """The fake, plus what /setup asks: the key, the project, the project's ML backends."""
+
+    listed = False
+
+    def whoami(self, timeout=None):
+        return {"id": 1}
+
+    def ml_backends_quick(self, pid, timeout):
+        self._call("ml_backends_quick", pid)
+        return [{"title": MV, "url": "http://127.0.0.1:1"}] if self.listed else []
+
+
+def test_setup_acts_only_on_a_project_that_lists_this_backend(tmp_path):
+    from alllabel.backend.orchestrator import Orchestrator
+
+    fake = ListingLS(7)
+    settings = Settings(model_version=MV, state_dir=tmp_path / "state", connect_wait=0.2)
+    orch = Orchestrator(settings, ls_factory=lambda: fake)
+    try:
+        assert orch.setup("7.1700000000", CONFIG) == MV  # answered, nothing else
+        assert orch.state.project(7) is None and orch.controllers == {}
+        assert "update_project" not in fake.names() and fake.views_ == [] and fake.preds == []
+        fake.listed = True
+        assert orch.setup("7.1700000000", CONFIG) == MV
+        assert orch.state.project(7) is not None and 7 in orch.controllers
+    finally:
+        orch.close()

@@ -233,7 +233,9 @@ class Orchestrator:
             anns = anns if isinstance(anns, list) else [anns or {}]
             claims = []
             for a in anns[:MAX_CLAIMS_PER_EVENT]:  # a forged event costs a bounded number of reads
-                task = a.get("task") if isinstance(a, dict) else None
+                if not isinstance(a, dict):
+                    continue
+                task = a.get("task")
                 task_id = task.get("id") if isinstance(task, dict) else task
                 if isinstance(a.get("id"), int) and isinstance(task_id, int):
                     claims.append((a["id"], task_id))
