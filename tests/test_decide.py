@@ -62,6 +62,7 @@ def snap(memory=None, **kw) -> A.Snapshot:
         usable=tuple(range(1, 11)),
         predicted=frozenset(range(1, 7)),
         available=6,
+        spares=2,
         annotator_name="llm-x",
     )
     return A.Snapshot(**{**base, **kw})
@@ -340,6 +341,9 @@ CASES = [
         ["SetPhase", "ShowPredictions", "ReviewTab"],
     ),
     ("below the budget nothing runs", snap(annotated=frozenset({1, 2, 3})), S, []),
+    ("spares are selected ahead once the queue is out", snap(spares=1), S, ["TopUpSpares"]),
+    ("no spares while the queue is being planned", snap(phase="new", spares=0), S, []),
+    ("no spares beyond the tasks left", snap(spares=0, predicted=frozenset(range(1, 11))), S, []),
     # --- the run --------------------------------------------------------------------------------
     ("the budget reached: the run starts", prelabeling(), S, ["StartRun"]),
     ("a run going: nothing more", prelabeling(run_alive=True), S, []),

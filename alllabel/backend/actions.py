@@ -82,6 +82,7 @@ class Snapshot:
     annotated: frozenset[int] = frozenset()  # usable tasks a human annotated
     predicted: frozenset[int] = frozenset()
     available: int = 0
+    spares: int = 0  # next reserve picks selected ahead (refills need no selection)
     pending: int = 0
     oldest_pending: float | None = None
     unsure: int = 0
@@ -164,6 +165,11 @@ class ExtendQueue:
     budget: int
     for_budget: int
     for_reserve: int
+
+
+@dataclass(frozen=True)
+class TopUpSpares:
+    want: int
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,7 @@ class ProjectController:
             run_alive=self._running(),
             batch_poll=self.services.batch_poll,
             annotator_name=self.services.annotator_name(),
+            spares=self.picker.ready(),
             done=done,
         )
 
@@ -287,6 +288,9 @@ class ProjectController:
         self.picker.extend(a.for_budget, a.for_reserve)
         self.state.update_project(self.pid, budget=a.budget)
 
+    def _do_TopUpSpares(self, a: A.TopUpSpares) -> None:
+        self.picker.top_up(a.want)
+
     def _do_Push(self, a: A.Push) -> None:
         st, mv = self.state, self.settings.model_version
         todo = st.pending_pushes(self.pid)
@@ -334,12 +338,7 @@ class ProjectController:
     def _do_Approve(self, a: A.Approve) -> None:
         with self._lock:
             self.memory.approval = a.approval
-        log.info(
-            "project %d: Start Training approved the run (%s task(s), ~US$%s)",
-            self.pid,
-            a.approval.tasks,
-            a.approval.cost_usd,
-        )
+        log.info("project %d: Start Training approved the run: %s", self.pid, a.approval)
 
     def _do_LiftHold(self, a: A.LiftHold) -> None:
         self.memory.hold = None  # only the loop lifts; the run thread sets it when no run goes

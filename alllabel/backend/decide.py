@@ -44,6 +44,7 @@ from alllabel.backend.actions import (
     Snapshot,
     StartRun,
     Sync,
+    TopUpSpares,
     Warn,
 )
 
@@ -149,6 +150,7 @@ def counts_differ(s: Snapshot) -> bool:
 def decide(s: Snapshot, settings, now: float) -> list:
     """The actions the project needs now: those of the first stage with work, in stage order."""
     stages = (_claims, _probe, _backends, _sync, _audit, _queue, _push_queue, _settings, _phase)
+    stages += (_spares,)
     for stage in stages if s.memory.detached is None else (_probe, _backends):
         actions = stage(s, settings, now)
         if actions:
@@ -296,6 +298,16 @@ def _phase(s: Snapshot, settings, now: float) -> list:
     if s.phase == "planned" and s.budget and _reached(s, s.budget):
         return [SetPhase("prelabeling"), ShowPredictions(), ReviewTab()]
     return []
+
+
+def _spares(s: Snapshot, settings, now: float) -> list:
+    """The next reserve picks, selected once the queue went out: a confirmed annotation then
+    refills the reserve without waiting for a selection."""
+    if "TopUpSpares" in s.done or not s.usable or s.phase == "new":
+        return []
+    untaken = sum(1 for t in s.usable if t not in s.annotated and t not in s.predicted)
+    want = min(settings.queue_reserve, untaken)
+    return [TopUpSpares(settings.queue_reserve)] if s.spares < want else []
 
 
 def _run(s: Snapshot, settings, now: float) -> list:

@@ -27,16 +27,33 @@ class Picker:
         s = self.settings
         return self.similarities.get(texts, s.similarity, model=s.sbert_model)
 
-    def extend(self, for_budget: int, for_reserve: int) -> int:
-        """Queue ``for_budget`` picks (exactly ALLabel's selection for M: annotated tasks
-        pre-chosen), then ``for_reserve`` spares; keep enough spares for the next refills."""
+    def _taken(self) -> tuple[list[int], set[int]]:
         usable = self.state.usable_task_ids(self.pid)
         annotated = self.state.annotated_tasks(self.pid) & set(usable)
-        taken = annotated | self.state.predicted_task_ids(self.pid)
+        return usable, annotated | self.state.predicted_task_ids(self.pid)
+
+    def extend(self, for_budget: int, for_reserve: int) -> int:
+        """Queue ``for_budget`` picks (exactly ALLabel's selection for M: annotated tasks
+        pre-chosen), then ``for_reserve`` spares, selected now only if too few are ready."""
+        usable, taken = self._taken()
         added = self._add(self._select(usable, taken, for_budget))
         taken |= {t for t, _ in added}
-        self._top_up_spare(usable, taken, for_reserve + self.settings.queue_reserve)
+        if self.ready(usable, taken) < for_reserve:
+            self._top_up_spare(usable, taken, for_reserve + self.settings.queue_reserve)
         return len(added) + len(self._add(self._take_spare(taken, for_reserve)))
+
+    def ready(self, usable: list[int] | None = None, taken: set[int] | None = None) -> int:
+        """Spares ready to refill the reserve at once (selected among today's usable tasks)."""
+        if usable is None or taken is None:
+            usable, taken = self._taken()
+        if self._spare_key != tuple(usable):
+            return 0
+        return sum(1 for t, _ in self._spare if t not in taken)
+
+    def top_up(self, want: int) -> None:
+        """Select the next spares ahead of need (after the queue went out, not before)."""
+        usable, taken = self._taken()
+        self._top_up_spare(usable, taken, want)
 
     def _select(self, usable: list[int], taken: set[int], count: int) -> list[tuple[int, str]]:
         """The next ``count`` ALLabel picks with ``taken`` as pre-chosen: (task id, stage).

@@ -17,6 +17,7 @@ def read_snapshot(
     run_alive: bool,
     batch_poll: float,
     annotator_name: str,
+    spares: int = 0,
     done: tuple[str, ...] = (),
 ) -> A.Snapshot:
     """The project as the state holds it, with the controller's memory (what LS last reported)."""
@@ -57,6 +58,7 @@ def read_snapshot(
         annotated=annotated,
         predicted=frozenset(st.predicted_task_ids(pid)),
         available=st.available(pid),
+        spares=spares,
         pending=pending,
         oldest_pending=oldest,
         unsure=st.unsure_pushes(pid),
