@@ -281,6 +281,23 @@ CASES = [
         ["Audit"],
     ),
     # --- queue ----------------------------------------------------------------------------------
+    (
+        "no audit from counts older than our pushes",
+        snap(
+            mem(info={**INFO, "total_predictions_number": 9}),
+            done=("Probe", "ExtendQueue", "Push"),
+            pushed=6,
+            expected_predictions=6,
+        ),
+        S,
+        [],
+    ),
+    (
+        "a confirmed annotation refills before the probe that is due",
+        prelabeling(mem(plan_now=True, next_probe=NOW - 1), done=("ConfirmClaims",)),
+        S,
+        ["ExtendQueue"],
+    ),
     ("no usable task: say so", snap(usable=(), done=("Probe",)), S, ["SetMessage"]),
     (
         "a new project: the budget and the reserve are picked",

@@ -142,15 +142,18 @@ def drift_message(key: str, current, ours) -> str:
 
 
 def counts_differ(s: Snapshot) -> bool:
+    """Label Studio's counts differ from ours (annotation counts only once no claim is pending:
+    a claim is Label Studio's count running ahead of our confirmation, not a missed change)."""
     info = s.memory.info or {}
-    return any(info.get(k) is not None and info[k] != v for k, v in s.counts.items())
+    keys = s.counts if not s.claims else {"task_number": s.counts.get("task_number")}
+    return any(info.get(k) is not None and info[k] != s.counts.get(k) for k in keys)
 
 
 # --- the stages, in order ----------------------------------------------------------------------------
 def decide(s: Snapshot, settings, now: float) -> list:
     """The actions the project needs now: those of the first stage with work, in stage order."""
-    stages = (_claims, _probe, _backends, _sync, _audit, _queue, _push_queue, _settings, _phase)
-    stages += (_spares,)
+    stages = (_claims, _refill, _push_queue, _probe, _backends, _sync, _audit, _queue, _push_queue)
+    stages += (_settings, _phase, _spares)
     for stage in stages if s.memory.detached is None else (_probe, _backends):
         actions = stage(s, settings, now)
         if actions:
@@ -165,6 +168,14 @@ def _claims(s: Snapshot, settings, now: float) -> list:
     if "ConfirmClaims" in s.done:
         retries = False  # failed reads wait for their retry time, once a step
     return [ConfirmClaims(retries=retries)] if s.fresh_claims or retries else []
+
+
+def _refill(s: Snapshot, settings, now: float) -> list:
+    """A confirmed annotation (or a finished run) extends the queue before anything else: the
+    reserve is what the annotators get next."""
+    if not s.memory.plan_now or s.phase == "new" or not s.usable:
+        return []
+    return _queue(s, settings, now)
 
 
 def _probe(s: Snapshot, settings, now: float) -> list:
@@ -229,7 +240,8 @@ def _audit(s: Snapshot, settings, now: float) -> list:
         return []
     info = s.memory.info or {}
     held = info.get("total_predictions_number")
-    off = "Probe" in s.done and held is not None and s.pushed and held != s.expected_predictions
+    fresh = _after(s.done, "Probe", "Push")  # what LS reported is not older than our pushes
+    off = fresh and held is not None and s.pushed and held != s.expected_predictions
     return [Audit()] if s.memory.audit_needed or s.unsure or off else []
 
 
