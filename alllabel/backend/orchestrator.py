@@ -1,7 +1,9 @@
 """The backend's entry points: what Label Studio's calls do, and the controllers they drive.
 
-* ``/setup`` checks that the backend can use Label Studio's API (cached), registers the project
-  and starts its controller (``controller.ProjectController``); a project's first ``/setup``
+* ``/setup`` checks that the backend can use Label Studio's API (cached) and that the project
+  lists this backend (title ALLABEL_MODEL_VERSION, or ALLABEL_BACKEND_URL; otherwise nothing
+  changes), registers the project and starts its controller (``controller.ProjectController``,
+  given its services, never this object); a project's first ``/setup``
   waits up to ``connect_wait`` seconds for its queue, so annotators get the ALLabel order from
   the first task.
 * ``/webhook`` records what events *claim* and wakes the controller, which confirms the claims
