@@ -176,7 +176,7 @@ class ListingLS(FakeLS):
 
 
 def test_setup_acts_only_on_a_project_that_lists_this_backend(tmp_path):
-    from alllabel.backend.orchestrator import Orchestrator
+    from alllabel.backend.orchestrator import Orchestrator, SetupError
 
     fake = ListingLS(7)
     settings = Settings(model_version=MV, state_dir=tmp_path / "state", connect_wait=0.2)
@@ -188,5 +188,16 @@ def test_setup_acts_only_on_a_project_that_lists_this_backend(tmp_path):
         fake.listed = True
         assert orch.setup("7.1700000000", CONFIG) == MV
         assert orch.state.project(7) is not None and 7 in orch.controllers
+        # Listing makes Label Studio call /setup back: while ours is in flight, that call is
+        # answered at once, without a second listing and without an error (LS would show it).
+        orch._listed.clear()
+        orch._listing.add(7)
+        calls = fake.names().count("ml_backends_quick")
+        assert orch.setup("7.1700000000", CONFIG) == MV
+        assert fake.names().count("ml_backends_quick") == calls
+        orch._listing.clear()
+        fake.listed = False  # the model removed: a known project is refused, with the reason
+        with pytest.raises(SetupError, match="lists no ML backend"):
+            orch.setup("7.1700000000", CONFIG)
     finally:
         orch.close()

@@ -81,7 +81,7 @@ def test_a_project_whose_model_is_removed_is_no_longer_worked_on(ls, tmp_path):
             assert api.connect(pid, b.url).status_code == 201
             b.idle(pid)
             for ml in api.get("/api/ml/", project=pid):
-                assert api.send("DELETE", f"/api/ml/{ml['id']}/").status_code == 204
+                assert api.send("DELETE", f"/api/ml/{ml['id']}").status_code == 204
             st = b.wait_for(pid, lambda st: st["detached"], timeout=40, what="detached")
             assert "lists this backend no more" in st["message"]
         finally:

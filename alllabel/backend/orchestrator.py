@@ -39,6 +39,7 @@ __all__ = ["Orchestrator", "SetupError", "config_warnings", "exposure_warning", 
 
 CHECK_OK_TTL = 60.0  # a successful check of Label Studio's URL and key is trusted this long
 CHECK_FAIL_TTL = 3.0  # a failed one is retried after this long
+SETUP_LIMIT = 2.9  # seconds a /setup may take (Label Studio waits 3 s)
 
 
 class SetupError(RuntimeError):
@@ -121,18 +122,24 @@ class Orchestrator:
         pid = project_id_of(project_key)
         cfg = parse_label_config(label_config)  # UnsupportedConfig -> the caller answers 400
         self.check_label_studio(pid)
-        if not self.connected(pid):
+        listed = self.connected(pid)
+        if listed is None:  # Label Studio's own /setup while we list its ML backends: answer
+            return self.settings.model_version
+        if not listed:
             # Label Studio validates a new model with a /setup before it lists it: answer that
             # one, and any /setup for a project that did not connect this backend, changing nothing.
             if self.state.project(pid) is not None:
                 raise SetupError(
-                    f"project {pid} lists no ML backend titled {self.settings.model_version!r}"
+                    f"project {pid} lists no ML backend titled {self.settings.model_version!r} "
+                    "or at ALLABEL_BACKEND_URL: not worked on"
                 )
             log.info("project %d: /setup, but the project does not list this backend: ignored", pid)
             return self.settings.model_version
-        return self._register(pid, label_config, cfg, started)
+        # The queue may take connect_wait after the listing, within the 3 s Label Studio allows.
+        deadline = min(started + SETUP_LIMIT, time.monotonic() + self.settings.connect_wait)
+        return self._register(pid, label_config, cfg, deadline)
 
-    def _register(self, pid: int, label_config: str, cfg: NERConfig, started: float) -> str:
+    def _register(self, pid: int, label_config: str, cfg: NERConfig, deadline: float) -> str:
         known = self.state.project(pid)
         if known is None or known["label_config"] != label_config:
             self.state.register(pid, label_config)
@@ -148,7 +155,7 @@ class Orchestrator:
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)
         if known is None:  # annotators get the ALLabel order from the first task
-            c.planned.wait(max(0.0, started + self.settings.connect_wait - time.monotonic()))
+            c.planned.wait(max(0.0, deadline - time.monotonic()))
         return self.settings.model_version
 
     def connected(self, pid: int) -> bool | None:
@@ -332,7 +339,8 @@ class Orchestrator:
         for one run to finish and its predictions to reach Label Studio."""
         config = self.ls().project(pid)["label_config"]
         self.check_label_studio(pid)
-        self._register(pid, config, parse_label_config(config), time.monotonic())  # the admin's own
+        deadline = time.monotonic() + self.settings.connect_wait
+        self._register(pid, config, parse_label_config(config), deadline)  # the admin's own command
         c = self.controller(pid)
         before = c.runs_finished
         c.prelabel_now()
