@@ -152,6 +152,20 @@ def test_webhooks_are_claims_and_unknown_ones_ignored(tmp_path):
     assert client.post("/webhook", json={"project": {"id": 5}}).status_code == 400
 
 
+def test_one_event_carries_at_most_1000_claims(tmp_path):
+    backend, client = make(tmp_path)
+    state = backend.orchestrator.state
+    state.register(5, NER)
+    many = {
+        "action": "ANNOTATIONS_CREATED",
+        "annotation": [{"id": n, "task": 40} for n in range(1, 1201)] + ["junk"],
+        "project": {"id": 5},
+    }
+    reply = client.post("/webhook", json=many).json
+    assert reply["status"] == "ok" and reply["ignored_claims"] == 201
+    assert len(state.claims(5)) == 1000 and state.annotated_tasks(5) == set()
+
+
 def test_labels_plus_other_controls_is_accepted_with_a_warning(tmp_path):
     from alllabel.backend.orchestrator import config_warnings
 

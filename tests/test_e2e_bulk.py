@@ -112,6 +112,37 @@ def test_manual_start_waits_for_start_training(ls, tmp_path):
             b.stop()
 
 
+def test_start_training_during_the_budget_approves_nothing(ls, tmp_path):
+    """Approval belongs to the run it approves: a Start Training before the estimate is shown
+    does not pre-approve the run; one after it starts the run."""
+    api = LS(ls)
+    records = mof_records()[160:190]
+    with FakeOpenAI(oracle(records)) as fake:
+        b = Backend(tmp_path, ls, fake, prelabel_start="manual")
+        try:
+            pid, rec_of = api.new_project("approval", records)
+            assert api.connect(pid, b.url).status_code == 201
+            queue = b.orch.state.queue(pid)[:BUDGET]
+            for q in queue[:-1]:
+                api.annotate(q.task_id, rec_of[q.task_id])
+            api.start_training(pid)  # during the budget: restores settings, approves nothing
+            b.wait_for(pid, lambda st: st["annotated_tasks"] == BUDGET - 1, what="annotations")
+            api.annotate(queue[-1].task_id, rec_of[queue[-1].task_id])
+            st = b.wait_for(
+                pid,
+                lambda st: "waiting for Start Training" in (st["message"] or ""),
+                what="the hold",
+            )
+            time.sleep(3)
+            assert len(fake.requests) == BUDGET  # the quality check only: no bulk call
+            assert st["run"]["hold_kind"] == "manual" and "approved" not in st["run"]
+            api.start_training(pid)  # after the estimate was shown: this one approves it
+            b.wait_for(pid, lambda st: st["phase"] == "done", what="the run after Start Training")
+            assert len(fake.requests) > BUDGET
+        finally:
+            b.stop()
+
+
 def test_the_cost_cap_stops_the_run_and_raising_it_resumes(ls, tmp_path):
     api = LS(ls)
     records = mof_records()[160:190]

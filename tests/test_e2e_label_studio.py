@@ -97,7 +97,10 @@ class LS:
 
 class Backend:
     def __init__(self, tmp_path, ls, fake, key=None, llm=None, port=None, **settings):
+        self.port = port or free_port()  # a restarted backend keeps its URL
+        self.url = f"http://127.0.0.1:{self.port}"
         defaults = dict(
+            backend_url=self.url,  # a model connected under another title is still ours
             state_dir=tmp_path / "state",
             model_version=MV,
             budget=BUDGET,
@@ -121,8 +124,6 @@ class Backend:
             ls_factory=lambda: LabelStudioAPI(ls.url, key or ls.token),
             llm_config=llm,
         )
-        self.port = port or free_port()  # a restarted backend keeps its URL
-        self.url = f"http://127.0.0.1:{self.port}"
         self.server = make_server("127.0.0.1", self.port, create_app(self.backend), threaded=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

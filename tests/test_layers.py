@@ -16,8 +16,6 @@ The imports are read from the source (every ``import``, also inside functions), 
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "alllabel"
 # Each layer: its independent units; a unit is one or more module prefixes.
@@ -94,9 +92,6 @@ def test_imports_only_go_down_the_layers():
     assert not wrong, "imports against the layer rule:\n" + "\n".join(sorted(wrong))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="controller <-> orchestrator until the controller gets explicit services"
-)
 def test_no_import_cycle():
     mods = modules()
     graph = {m: {d for d in deps if d in mods} for m, deps in mods.items()}

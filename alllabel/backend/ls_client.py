@@ -352,6 +352,12 @@ class LabelStudioAPI:
     def close(self) -> None:
         self._http.close()
 
+    def ml_backends_quick(self, project_id: int, timeout: float) -> list[dict]:
+        """``ml_backends`` within ``timeout`` (for /setup, which Label Studio waits 3 s for)."""
+        path, what = "/api/ml/", f"list the ML backends of project {project_id}"
+        params = {"project": project_id}
+        return self._json("GET", path, params=params, what=what, timeout=timeout) or []
+
 
 def _detail(r: httpx.Response) -> str:
     try:

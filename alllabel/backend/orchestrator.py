@@ -1,7 +1,9 @@
 """The backend's entry points: what Label Studio's calls do, and the controllers they drive.
 
-* ``/setup`` checks that the backend can use Label Studio's API (cached), registers the project
-  and starts its controller (``controller.ProjectController``); a project's first ``/setup``
+* ``/setup`` checks that the backend can use Label Studio's API (cached) and that the project
+  lists this backend (title ALLABEL_MODEL_VERSION, or ALLABEL_BACKEND_URL; otherwise nothing
+  changes), registers the project and starts its controller (``controller.ProjectController``,
+  given its services, never this object); a project's first ``/setup``
   waits up to ``connect_wait`` seconds for its queue, so annotators get the ALLabel order from
   the first task.
 * ``/webhook`` records what events *claim* and wakes the controller, which confirms the claims
@@ -20,19 +22,24 @@ import time
 from collections.abc import Callable
 
 from alllabel.backend import ls_format
-from alllabel.backend.controller import ProjectController
+from alllabel.backend.controller import ProjectController, Services
+from alllabel.backend.decide import MAX_CLAIMS_PER_EVENT, backend_listed
 from alllabel.backend.label_config import NERConfig, parse_label_config
 from alllabel.backend.ls_client import LabelStudioAPI, LabelStudioError
 from alllabel.backend.settings import Settings
 from alllabel.backend.state import DirectoryLock, State
+from alllabel.backend.status import config_warnings, exposure_warning, project_status
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
 from alllabel.prelabel.annotators import LLMAnnotator, ProjectionAnnotator
 from alllabel.prelabel.prompt import LabelSchema, PromptBuilder
 
 log = logging.getLogger("alllabel")
+# Re-exported: gunicorn.conf.py and tests import them from here.
+__all__ = ["Orchestrator", "SetupError", "config_warnings", "exposure_warning", "project_status"]
 
 CHECK_OK_TTL = 60.0  # a successful check of Label Studio's URL and key is trusted this long
 CHECK_FAIL_TTL = 3.0  # a failed one is retried after this long
+SETUP_LIMIT = 2.9  # seconds a /setup may take (Label Studio waits 3 s)
 
 
 class SetupError(RuntimeError):
@@ -64,6 +71,8 @@ class Orchestrator:
         self._ls_from = None
         self._lock = threading.RLock()
         self._checks: dict[int, tuple[float, str | None]] = {}
+        self._listed: dict[int, float] = {}  # project -> until when its listing of us is trusted
+        self._listing: set[int] = set()  # listings in flight (Label Studio calls /setup meanwhile)
         self.controllers: dict[int, ProjectController] = {}
         for pid in self.state.projects():  # a restart picks every project up where it was
             self.controller(pid)
@@ -84,8 +93,21 @@ class Orchestrator:
     def controller(self, pid: int) -> ProjectController:
         with self._lock:
             if pid not in self.controllers:
-                self.controllers[pid] = ProjectController(self, pid)
+                self.controllers[pid] = ProjectController(
+                    pid, self.state, self.settings, self.services()
+                )
             return self.controllers[pid]
+
+    def services(self) -> Services:
+        """What a controller uses, passed in (it never reaches back here)."""
+        return Services(
+            ls=self.ls,
+            annotator=self.annotator,
+            annotator_name=self.annotator_name,
+            batch_poll=self.llm_config.batch_poll,
+            llm_concurrency=self.llm_config.concurrency,
+            auth_header=self.basic_auth_header if self.settings.basic_auth_user else None,
+        )
 
     def basic_auth_header(self) -> str:
         s = self.settings
@@ -96,17 +118,35 @@ class Orchestrator:
 
     # --- protocol entry points (fast) ------------------------------------------------------------
     def setup(self, project_key, label_config: str) -> str:
+        started = time.monotonic()
         pid = project_id_of(project_key)
-        cfg = parse_label_config(
-            label_config
-        )  # UnsupportedConfig -> the caller answers 400 with the reason
+        cfg = parse_label_config(label_config)  # UnsupportedConfig -> the caller answers 400
         self.check_label_studio(pid)
+        listed = self.connected(pid)
+        if listed is None:  # Label Studio's own /setup while we list its ML backends: answer
+            return self.settings.model_version
+        if not listed:
+            # Label Studio validates a new model with a /setup before it lists it: answer that
+            # one, and any /setup for a project that did not connect this backend, changing nothing.
+            if self.state.project(pid) is not None:
+                raise SetupError(
+                    f"project {pid} lists no ML backend titled {self.settings.model_version!r} "
+                    "or at ALLABEL_BACKEND_URL: not worked on"
+                )
+            log.info("project %d: /setup, but the project does not list this backend: ignored", pid)
+            return self.settings.model_version
+        # The queue may take connect_wait after the listing, within the 3 s Label Studio allows.
+        deadline = min(started + SETUP_LIMIT, time.monotonic() + self.settings.connect_wait)
+        return self._register(pid, label_config, cfg, deadline)
+
+    def _register(self, pid: int, label_config: str, cfg: NERConfig, deadline: float) -> str:
         known = self.state.project(pid)
         if known is None or known["label_config"] != label_config:
             self.state.register(pid, label_config)
             if cfg.ignored:
                 log.warning(
-                    "project %d: the labeling config also has %s; ALLabel pre-annotates only <Labels name=%r>",
+                    "project %d: the labeling config also has %s; ALLabel pre-annotates only "
+                    "<Labels name=%r>",
                     pid,
                     ", ".join(cfg.ignored),
                     cfg.from_name,
@@ -114,11 +154,30 @@ class Orchestrator:
         c = self.controller(pid)
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)
-        if known is None:
-            c.planned.wait(
-                self.settings.connect_wait
-            )  # annotators get the ALLabel order from the first task
+        if known is None:  # annotators get the ALLabel order from the first task
+            c.planned.wait(max(0.0, deadline - time.monotonic()))
         return self.settings.model_version
+
+    def connected(self, pid: int) -> bool | None:
+        """The project lists an ML backend titled ALLABEL_MODEL_VERSION (or at our URL). Listing
+        makes Label Studio call /setup on it: that nested call answers at once (in flight)."""
+        with self._lock:
+            if self._listed.get(pid, 0.0) > time.monotonic():
+                return True
+            if pid in self._listing:
+                return None
+            self._listing.add(pid)
+        try:
+            found = self.ls().ml_backends_quick(pid, timeout=2.5)
+        finally:
+            with self._lock:
+                self._listing.discard(pid)
+        titles = tuple(m.get("title") or "" for m in found)
+        urls = tuple((m.get("url") or "").rstrip("/") for m in found)
+        if backend_listed(titles, urls, self.settings):
+            self._listed[pid] = time.monotonic() + CHECK_OK_TTL
+            return True
+        return False
 
     def check_label_studio(self, pid: int) -> None:
         """Raise ``SetupError`` saying what to fix if the backend cannot read this project through
@@ -143,9 +202,7 @@ class Orchestrator:
         if error:
             raise SetupError(error)
         c = self.controllers.get(pid)
-        if (
-            c is not None and c.blocker
-        ):  # shown on the model's card in Label Studio (it calls /setup there)
+        if c is not None and c.blocker:  # shown on the model's card in Label Studio
             raise SetupError(f"pre-annotation is blocked: {c.blocker}")
 
     def predict(self, project_key, tasks: list[dict]) -> list:
@@ -184,28 +241,22 @@ class Orchestrator:
             anns = payload.get("annotation")
             anns = anns if isinstance(anns, list) else [anns or {}]
             claims = []
-            for a in anns:
+            for a in anns[:MAX_CLAIMS_PER_EVENT]:  # a forged event costs a bounded number of reads
+                if not isinstance(a, dict):
+                    continue
                 task = a.get("task")
                 task_id = task.get("id") if isinstance(task, dict) else task
                 if isinstance(a.get("id"), int) and isinstance(task_id, int):
                     claims.append((a["id"], task_id))
             if not claims:
                 return {"status": "ignored", "reason": "annotation without id or task"}
-            self.state.claim_annotations(
-                pid, claims
-            )  # confirmed with Label Studio before they count
-            if action != "ANNOTATION_UPDATED":
-                try:
-                    c.refill(
-                        [t for _, t in claims]
-                    )  # the annotator's next task is queued before LS answers them
-                except LabelStudioError as e:
-                    log.warning(
-                        "project %d: could not refill the queue from a webhook (%s); the controller will",
-                        pid,
-                        e,
-                    )
+            # Nothing counts before Label Studio confirms it: the controller reads each claim back
+            # (one GET), then refills the reserve (which already holds the annotator's next task).
+            self.state.claim_annotations(pid, claims)
             c.wake()
+            if len(anns) > MAX_CLAIMS_PER_EVENT:
+                n = len(anns) - MAX_CLAIMS_PER_EVENT
+                return {"status": "ok", "action": action, "ignored_claims": n}
         elif action == "ANNOTATIONS_DELETED":
             self.state.claim_deletions(
                 pid,
@@ -286,13 +337,13 @@ class Orchestrator:
     def prelabel_now(self, pid: int, timeout: float | None = None) -> dict:
         """Pre-annotate a project now, whatever its budget (the CLI's ``prelabel --project``): wait
         for one run to finish and its predictions to reach Label Studio."""
-        self.setup(pid, self.ls().project(pid)["label_config"])
+        config = self.ls().project(pid)["label_config"]
+        self.check_label_studio(pid)
+        deadline = time.monotonic() + self.settings.connect_wait
+        self._register(pid, config, parse_label_config(config), deadline)  # the admin's own command
         c = self.controller(pid)
         before = c.runs_finished
-        c.force_run = True
-        c.wake(
-            full=True, reassert=True, audit=True
-        )  # as Start Training: approve, retry, redo what is stale
+        c.prelabel_now()
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             if c.runs_finished > before and c.idle():
@@ -325,78 +376,3 @@ class Orchestrator:
             c.stop()
         self.state.close()
         self._dir_lock.release()
-
-
-def project_status(state: State, pid: int, controller: ProjectController | None = None) -> dict:
-    """A project's progress as /status reports it (the controller adds what only it knows)."""
-    p = state.project(pid)
-    queue = state.queue(pid)
-    annotated = state.annotated_tasks(pid)
-    preds = state.predictions(pid)
-    queue_ids = {q.task_id for q in queue}
-    c = controller
-    out = {
-        "project": pid,
-        "phase": p["phase"],
-        "message": (c.error if c and c.error else None) or p["message"],
-        "total_tasks": p["total_tasks"],
-        "budget": p["budget"],
-        "annotated_tasks": len(annotated),
-        "annotated_from_queue": len(annotated & queue_ids),
-        "unconfirmed_claims": len(state.claims(pid)),
-        "queue": {"selected": len(queue), "pushed": sum(q.pushed is not None for q in queue)},
-        "prelabels": {
-            "done": sum(x.result is not None for x in preds.values()),
-            "failed": sum(x.result is None and x.error is not None for x in preds.values()),
-            "pushed": sum(x.result is not None and x.pushed == x.want for x in preds.values()),
-        },
-        "skipped_tasks": len(state.skipped(pid)),
-        "warnings": config_warnings(p["label_config"]) + (list(c.warnings) if c else []),
-    }
-    if p["phase"] in ("prelabeling", "done") or (c and c.report):
-        run = dict(c.report) if c else {}
-        run["spent_usd"] = round(p["spent_usd"], 4)
-        if c and c.hold:
-            run["hold"] = c.hold.reason
-        if c and c.blocker:
-            run["blocked"] = c.blocker
-        out["run"] = run
-    return out
-
-
-def config_warnings(label_config: str) -> list[str]:
-    try:
-        cfg = parse_label_config(label_config)
-    except ValueError as e:
-        return [f"the labeling config cannot be pre-annotated: {e}"]
-    if not cfg.ignored:
-        return []
-    return [
-        f'the labeling config also has {", ".join(cfg.ignored)}: ALLabel selects tasks and pre-annotates <Labels name="{cfg.from_name}"> only; the rest is left to annotators'
-    ]
-
-
-def exposure_warning(listen: str, basic_auth: bool) -> str | None:
-    """A warning when the backend accepts connections beyond loopback without basic auth: anyone who
-    reaches the port could post webhooks (confirmed with Label Studio before they count, but
-    Start Training cannot be confirmed) and read /status."""
-    if basic_auth or not listen:
-        return None
-    exposed = [a for a in listen.split(",") if a and not _loopback(a)]
-    if not exposed:
-        return None
-    return (
-        f"the backend listens on {', '.join(exposed)} without basic auth: anyone who reaches it can send events "
-        "(e.g. Start Training) and read /status; set BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same in Label Studio's model settings)"
-    )
-
-
-def _loopback(address: str) -> bool:
-    """``address``: "host:port", "[v6]:port" or "unix:/path"."""
-    if address.startswith("unix:"):
-        return True
-    host = (
-        address.rsplit(":", 1)[0] if address.startswith("[") or address.count(":") == 1 else address
-    )
-    host = host.strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")

@@ -70,6 +70,8 @@ class Settings:
     prompt_task: str | None = None
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
+    # The URL Label Studio reaches this backend at (recognises a model connected under another title).
+    backend_url: str | None = None
     # Seconds between idle checks of each project (one cheap request).
     sync_interval: float = 30.0
     # Next ALLabel picks kept queued beyond the budget (no random task at hand-overs).
@@ -119,6 +121,7 @@ class Settings:
             prompt_task=env.text("ALLABEL_PROMPT_TASK", None, e),
             basic_auth_user=env.text("BASIC_AUTH_USER", None, e),
             basic_auth_pass=env.text("BASIC_AUTH_PASS", None, e),
+            backend_url=env.text("ALLABEL_BACKEND_URL", None, e),
             sync_interval=env.number("ALLABEL_SYNC_INTERVAL", 30.0, e, above=0, unit=" (seconds)"),
             queue_reserve=env.number("ALLABEL_QUEUE_RESERVE", 5, e, minimum=0, integer=True),
             push_delay=env.number("ALLABEL_PUSH_DELAY", 2.0, e, above=0, unit=" (seconds)"),

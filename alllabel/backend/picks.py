@@ -1,0 +1,126 @@
+"""Queue extension, applied: ALLabel's selection of the next picks, and *spares* selected ahead so a
+confirmed annotation refills the reserve at once (``decide`` says how many; ``planner`` counts)."""
+
+from __future__ import annotations
+
+import logging
+
+from alllabel.backend import planner
+from alllabel.backend.state import State
+from alllabel.selection.blocks import make_runner
+from alllabel.selection.screening import LengthRule, screen
+from alllabel.selection.simcache import SimilarityCache
+from alllabel.selection.stages import select
+
+log = logging.getLogger("alllabel")
+
+
+class Picker:
+    def __init__(self, state: State, pid: int, settings, report: dict):
+        self.state, self.pid, self.settings, self.report = state, pid, settings, report
+        self.similarities = SimilarityCache(settings.state_dir / "similarity", keep=1)
+        self._spare: list[tuple[int, str]] = []  # next reserve picks already selected
+        self._spare_key: tuple[int, ...] | None = None  # the usable tasks they were selected among
+
+    def similarity(self, texts: list[str]):
+        """One similarity per corpus for planning, re-planning and pre-annotation (``simcache``)."""
+        s = self.settings
+        return self.similarities.get(texts, s.similarity, model=s.sbert_model)
+
+    def _taken(self) -> tuple[list[int], set[int]]:
+        usable = self.state.usable_task_ids(self.pid)
+        annotated = self.state.annotated_tasks(self.pid) & set(usable)
+        return usable, annotated | self.state.predicted_task_ids(self.pid)
+
+    def extend(self, for_budget: int, for_reserve: int) -> int:
+        """Queue ``for_budget`` picks (exactly ALLabel's selection for M: annotated tasks
+        pre-chosen), then ``for_reserve`` spares, selected now only if too few are ready."""
+        usable, taken = self._taken()
+        added = self._add(self._select(usable, taken, for_budget))
+        taken |= {t for t, _ in added}
+        if self.ready(usable, taken) < for_reserve:
+            self._top_up_spare(usable, taken, for_reserve + self.settings.queue_reserve)
+        return len(added) + len(self._add(self._take_spare(taken, for_reserve)))
+
+    def ready(self, usable: list[int] | None = None, taken: set[int] | None = None) -> int:
+        """Spares ready to refill the reserve at once (selected among today's usable tasks)."""
+        if usable is None or taken is None:
+            usable, taken = self._taken()
+        if self._spare_key != tuple(usable):
+            return 0
+        return sum(1 for t, _ in self._spare if t not in taken)
+
+    def top_up(self, want: int) -> None:
+        """Select the next spares ahead of need (after the queue went out, not before)."""
+        usable, taken = self._taken()
+        self._top_up_spare(usable, taken, want)
+
+    def _select(self, usable: list[int], taken: set[int], count: int) -> list[tuple[int, str]]:
+        """The next ``count`` ALLabel picks with ``taken`` as pre-chosen: (task id, stage).
+
+        Near-duplicates of a chosen or offered task and length outliers are never offered
+        (``screening.py``; ALLABEL_PAPER_EXACT=1 gives the paper's selection)."""
+        s = self.settings
+        count = min(count, len(usable) - len(taken & set(usable)))
+        if count <= 0:
+            return []
+        texts = dict(self.state.usable_tasks(self.pid))
+        corpus = [texts[t] for t in usable]
+        sim = self.similarity(corpus)
+        index = {t: i for i, t in enumerate(usable)}
+        exclude = None
+        if s.exclude_duplicates or s.exclude_outliers:
+            found = screen(
+                corpus,
+                chosen=[index[t] for t in taken if t in index],
+                duplicates=s.exclude_duplicates,
+                threshold=s.duplicate_threshold,
+                outliers=s.exclude_outliers,
+                length_rule=LengthRule(long_factor=s.outlier_factor, short_factor=s.outlier_factor),
+            )
+            exclude = found.excluded
+            self.report["screening"] = found.summary()
+            count = min(count, int((~exclude).sum()) - len(taken & set(usable)))
+            if count <= 0:
+                return []
+        runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
+
+        def pick(pre, n):
+            sel = select(
+                sim,
+                n,
+                k=s.k,
+                ratios=s.ratios,
+                order=s.order,
+                pre_chosen=pre,
+                exclude=exclude,
+                runner=runner,
+            )
+            return list(zip(sel.indices, sel.stages))
+
+        picks = [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
+        self.similarities.save(sim)  # the scan's row maxima, for the next plan and the run
+        return picks
+
+    def _top_up_spare(self, usable: list[int], taken: set[int], want: int) -> None:
+        want = min(want, len(set(usable) - taken))
+        key = tuple(usable)
+        spare = (
+            [(t, st) for t, st in self._spare if t not in taken] if self._spare_key == key else []
+        )
+        if len(spare) < want:
+            spare = self._select(usable, taken, want)
+        self._spare, self._spare_key = spare, key
+
+    def _take_spare(self, taken: set[int], count: int) -> list[tuple[int, str]]:
+        ready = [(t, st) for t, st in self._spare if t not in taken]
+        picked, self._spare = ready[:count], ready[count:]
+        return picked
+
+    def _add(self, picks: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        position = self.state.next_position(self.pid)
+        if picks:
+            rows = [(t, position + n, st) for n, (t, st) in enumerate(picks)]
+            self.state.add_to_queue(self.pid, rows)
+            log.info("project %d: %d task(s) added to the ALLabel queue", self.pid, len(picks))
+        return picks

@@ -1,0 +1,130 @@
+"""The pre-annotation run, applied (its own thread): the one place the controller calls ``bulk``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alllabel.backend import bulk
+from alllabel.backend.actions import Approval
+from alllabel.backend.decide import approval_covers, approval_used
+from alllabel.backend.label_config import parse_label_config
+from alllabel.backend.state import State
+from alllabel.prelabel.annotators import LLMAnnotator
+
+log = logging.getLogger("alllabel")
+
+
+@dataclass
+class RunEnd:
+    failed: int = 0
+    hold: bulk.Hold | None = None
+    blocker: str | None = None
+    quality_key: str | None = None
+    estimate: dict | None = None  # what this run estimated (shown when it is held)
+    approval: Approval | None = None  # the approval after this run used it
+
+
+def gold_key(state: State, pid: int) -> str:
+    """Changes whenever a human annotation changes (what lifts a hold for a quality below the minimum)."""
+    return bulk.gold_key(state, pid)
+
+
+class Gate:
+    """``bulk.run`` reads ``approved`` after it has reported the run's estimate: the approval is
+    judged against that estimate then (``decide.approval_covers``)."""
+
+    def __init__(self, approval: Approval | None, estimate: Callable[[], dict | None]):
+        self.approval, self._estimate, self.used = approval, estimate, approval
+
+    def __bool__(self) -> bool:
+        est = self._estimate()
+        ok = approval_covers(self.approval, est)
+        if ok and self.approval is not None:
+            self.used = approval_used(self.approval, est)
+        return ok
+
+
+def pre_annotate(
+    state: State,
+    pid: int,
+    settings,
+    *,
+    annotator_for,
+    similarity,
+    llm_concurrency: int,
+    order: list[int],
+    rerun: bool,
+    approval: Approval | None,
+    quality_done: str | None,
+    report: dict,
+    saved: Callable[[], None],
+    stop: threading.Event,
+) -> RunEnd:
+    """One bulk run over ``order`` (task ids); results are saved one by one and pushed by the loop."""
+    end = RunEnd(approval=approval, quality_key=quality_done)
+    cfg = parse_label_config(state.project(pid)["label_config"])
+    corpus = bulk.Corpus.load(state, pid, cfg)
+    if not corpus.gold:
+        raise ValueError("no human-annotated tasks to use as demonstrations yet")
+    annotator = annotator_for(cfg)
+    sim = similarity(corpus.texts)
+    if rerun:
+        order = _with_stale(state, pid, settings, corpus, annotator, sim, order, report)
+    report["progress"] = {
+        "total": len(order),
+        "done": 0,
+        "failed": 0,
+        "started": time.time(),
+        "annotator": annotator.name,
+    }
+    log.info(
+        "project %d: pre-annotating %d task(s) with %s from %d demonstration(s)",
+        pid,
+        len(order),
+        annotator.name,
+        len(corpus.gold),
+    )
+
+    def publish(name, value):
+        if name == "estimate":
+            end.estimate = value
+        report[name] = {**report.get(name, {}), **value} if name == "progress" else value
+
+    gate = Gate(approval, lambda: end.estimate)
+    out = bulk.run(
+        state,
+        pid,
+        corpus,
+        annotator,
+        sim,
+        order,
+        settings=settings,
+        concurrency=llm_concurrency if isinstance(annotator, LLMAnnotator) else 1,
+        approved=gate,
+        quality_done=quality_done,
+        report=publish,
+        saved=saved,
+        stop=stop,
+    )
+    if out.quality:
+        end.quality_key = out.quality["gold_key"]
+    end.hold, end.blocker, end.failed, end.approval = out.hold, out.blocker, out.failed, gate.used
+    return end
+
+
+def _with_stale(
+    state: State, pid: int, settings, corpus, annotator, sim, order, report
+) -> list[int]:
+    """Start Training: the run also redoes pre-annotations made with another model, prompt or
+    set of demonstrations (in place)."""
+    annotated = state.annotated_tasks(pid)
+    todo = [t for t in corpus.ids if t not in annotated]
+    old = bulk.stale(corpus, annotator, sim, state.predictions(pid), todo, settings.k)
+    report["stale"] = {"tasks": len(old), "examples": dict(list(old.items())[:3])}
+    if old:
+        log.info("project %d: %d pre-annotation(s) are out of date; redoing them", pid, len(old))
+    return order + [t for t in old if t not in set(order)]

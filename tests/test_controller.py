@@ -1,0 +1,203 @@
+"""The controller applies what ``decide`` says, with its services passed in: here a fake Label
+Studio client that records every call (no server, no thread: ``step()`` is called directly)."""
+
+import pytest
+
+from alllabel.backend.controller import ProjectController, Services
+from alllabel.backend.ls_client import SAMPLING, LSPrediction
+from alllabel.backend.settings import Settings
+from alllabel.backend.state import State
+
+MV = "alllabel-fake"
+CONFIG = '<View><Labels name="label" toName="text"><Label value="A"/></Labels><Text name="text" value="$text"/></View>'
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+class FakeLS:
+    """A project of 12 tasks as Label Studio would report it; every call is recorded."""
+
+    def __init__(self, pid: int):
+        self.pid, self.calls = pid, []
+        self.tasks_ = [
+            {"id": 100 + i, "data": {"text": f"{w} {WORDS[(i + 3) % 12]} text {i}"}}
+            for i, w in enumerate(WORDS)
+        ]
+        self.settings = {
+            "sampling": "Sequential sampling",
+            "model_version": "",
+            "show_collab_predictions": True,
+        }
+        self.preds: list[LSPrediction] = []
+        self.annotations: dict[int, dict] = {}
+        self.views_: list[dict] = []
+
+    def _call(self, name, *args):
+        self.calls.append((name, *args))
+
+    def names(self):
+        return [c[0] for c in self.calls]
+
+    def project(self, pid, timeout=None):
+        self._call("project", pid)
+        return {
+            "id": pid,
+            "label_config": CONFIG,
+            "task_number": len(self.tasks_),
+            "total_annotations_number": len(self.annotations),
+            "num_tasks_with_annotations": len({a["task"] for a in self.annotations.values()}),
+            "total_predictions_number": len(self.preds),
+            **self.settings,
+        }
+
+    def tasks(self, pid, *, updated_after=None, annotated=False, with_annotations=False):
+        self._call("tasks", pid, annotated)
+        out = []
+        for t in self.tasks_:
+            anns = [a for a in self.annotations.values() if a["task"] == t["id"]]
+            if annotated and not anns:
+                continue
+            out.append({**t, "annotations": anns} if with_annotations else dict(t))
+        return out
+
+    def annotation(self, aid):
+        self._call("annotation", aid)
+        return self.annotations.get(aid)
+
+    def update_project(self, pid, **fields):
+        self._call("update_project", pid, fields)
+        self.settings.update(fields)
+        return {}
+
+    def import_predictions(self, pid, items):
+        self._call("import_predictions", pid, [i["task"] for i in items])
+        for i in items:
+            self.preds.append(
+                LSPrediction(
+                    len(self.preds) + 1, i["task"], i["model_version"], i["score"], i["result"]
+                )
+            )
+        return len(items)
+
+    def predictions(self, pid, model_version=None):
+        self._call("predictions", pid)
+        return [p for p in self.preds if model_version in (None, p.model_version)]
+
+    def views(self, pid):
+        self._call("views", pid)
+        return self.views_
+
+    def create_view(self, pid, data):
+        self._call("create_view", pid, data["title"])
+        self.views_.append({"id": len(self.views_) + 1, "data": data})
+        return len(self.views_)
+
+    def ml_backends(self, pid):
+        self._call("ml_backends", pid)
+        return [{"title": MV, "url": "http://127.0.0.1:1"}]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    settings = Settings(
+        model_version=MV,
+        state_dir=tmp_path / "state",
+        budget=3,
+        queue_reserve=2,
+        exclude_duplicates=False,
+        exclude_outliers=False,
+    )
+    state = State(settings.state_dir)
+    state.register(7, CONFIG)
+    fake = FakeLS(7)
+    services = Services(ls=lambda: fake, annotator=lambda cfg: None, annotator_name=lambda: "none")
+    c = ProjectController(7, state, settings, services, start=False)
+    yield c, fake, state
+    state.close()
+
+
+def test_one_step_connects_pushes_the_queue_then_sets_the_settings(setup):
+    c, fake, state = setup
+    applied = [type(a).__name__ for a in c.step()]
+    assert applied[:2] == ["Probe", "Sync"] and "ExtendQueue" in applied
+    names = fake.names()
+    # The queue (budget 3 + reserve 2) reaches Label Studio before the project is switched to it.
+    first_push = names.index("import_predictions")
+    switch = next(
+        i for i, c_ in enumerate(fake.calls) if c_[0] == "update_project" and "sampling" in c_[2]
+    )
+    assert first_push < switch
+    assert sum(len(c_[2]) for c_ in fake.calls if c_[0] == "import_predictions") == 5
+    assert fake.settings == {
+        "sampling": SAMPLING,
+        "model_version": MV,
+        "show_collab_predictions": False,
+    }
+    assert [v["data"]["title"] for v in fake.views_] == ["Default", "ALLabel queue"]
+    assert state.project(7)["phase"] == "planned" and c.planned.is_set()
+    # A second step with nothing new asks Label Studio nothing.
+    before = len(fake.calls)
+    assert c.step() == [] and len(fake.calls) == before
+
+
+def test_a_forged_claim_adds_no_queue_entry_and_a_confirmed_one_replans(setup):
+    c, fake, state = setup
+    c.step()
+    queue = [q.task_id for q in state.queue(7)]
+    state.claim_annotations(7, [(9001, queue[0]), (9002, queue[1])])
+    assert [type(a).__name__ for a in c.step()] == ["ConfirmClaims"]  # read back, nothing counted
+    assert [q.task_id for q in state.queue(7)] == queue and fake.names().count("annotation") == 2
+    fake.annotations[9003] = {
+        "id": 9003,
+        "task": queue[0],
+        "project": 7,
+        "result": [],
+        "was_cancelled": False,
+    }
+    state.claim_annotations(7, [(9003, queue[0])])
+    applied = c.step()
+    assert [type(a).__name__ for a in applied][:2] == ["ConfirmClaims", "ExtendQueue"]
+    assert state.annotated_tasks(7) == {queue[0]}
+    # Budget 3, one annotated: two budget tasks and the reserve of two are still queued.
+    assert (applied[1].for_budget, applied[1].for_reserve) == (0, 0)
+    assert state.available(7) == 4
+
+
+class ListingLS(FakeLS):
+    """The fake, plus what /setup asks: the key, the project, the project's ML backends."""
+
+    listed = False
+
+    def whoami(self, timeout=None):
+        return {"id": 1}
+
+    def ml_backends_quick(self, pid, timeout):
+        self._call("ml_backends_quick", pid)
+        return [{"title": MV, "url": "http://127.0.0.1:1"}] if self.listed else []
+
+
+def test_setup_acts_only_on_a_project_that_lists_this_backend(tmp_path):
+    from alllabel.backend.orchestrator import Orchestrator, SetupError
+
+    fake = ListingLS(7)
+    settings = Settings(model_version=MV, state_dir=tmp_path / "state", connect_wait=0.2)
+    orch = Orchestrator(settings, ls_factory=lambda: fake)
+    try:
+        assert orch.setup("7.1700000000", CONFIG) == MV  # answered, nothing else
+        assert orch.state.project(7) is None and orch.controllers == {}
+        assert "update_project" not in fake.names() and fake.views_ == [] and fake.preds == []
+        fake.listed = True
+        assert orch.setup("7.1700000000", CONFIG) == MV
+        assert orch.state.project(7) is not None and 7 in orch.controllers
+        # Listing makes Label Studio call /setup back: while ours is in flight, that call is
+        # answered at once, without a second listing and without an error (LS would show it).
+        orch._listed.clear()
+        orch._listing.add(7)
+        calls = fake.names().count("ml_backends_quick")
+        assert orch.setup("7.1700000000", CONFIG) == MV
+        assert fake.names().count("ml_backends_quick") == calls
+        orch._listing.clear()
+        fake.listed = False  # the model removed: a known project is refused, with the reason
+        with pytest.raises(SetupError, match="lists no ML backend"):
+            orch.setup("7.1700000000", CONFIG)
+    finally:
+        orch.close()
