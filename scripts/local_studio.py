@@ -25,8 +25,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-# get_env falls back to these unprefixed names: never let the caller's shell leak in.
-_STRIP = ("USERNAME", "PASSWORD", "HOST", "PORT", "USER_TOKEN", "DATABASE_NAME")
+# What Label Studio gets from the caller's environment: the basics of running a program, nothing
+# else. Not our secrets (OPENAI_API_KEY, LABEL_STUDIO_API_KEY, BASIC_AUTH_PASS...), and not the
+# unprefixed USERNAME/PASSWORD/HOST/PORT/... its get_env falls back to.
+_PASS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
+_PASS_PREFIXES = ("LC_",)
 
 
 def free_port() -> int:
@@ -46,11 +49,7 @@ def ls_env(
     database: str = "ls",
 ) -> dict:
     """The environment of a headless, loopback-only Label Studio with a known admin and legacy token."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _STRIP and not k.startswith(("LABEL_STUDIO_", "POSTGRE_", "DJANGO_"))
-    }
+    env = {k: v for k, v in os.environ.items() if k in _PASS or k.startswith(_PASS_PREFIXES)}
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
         LABEL_STUDIO_USERNAME=username,

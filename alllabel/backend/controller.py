@@ -274,12 +274,8 @@ class ProjectController:
             cfg = parse_label_config(info["label_config"])
             self._full_sync = True
         self._note_settings(ls, info)
-        if self.settings.basic_auth_user and not self._webhooks_authorized:
-            token = self.orch.basic_auth_header()
-            # LS creates the backend's webhook after the first /setup: keep trying until it exists.
-            self._webhooks_authorized = (
-                ls.authorize_webhooks(self.pid, self.settings.model_version, token) > 0
-            )
+        # Sign the backend's webhook (LS creates it after the first /setup, without credentials).
+        self.orch.webhook_auth.ensure(ls, self.pid, self.settings.model_version)
         if self._full_sync:
             self._sync(ls, cfg, full=True)
             self._full_sync = False

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from alllabel.backend.label_config import NERConfig, parse_label_config
 from alllabel.backend.ls_client import LabelStudioAPI, LabelStudioError
 from alllabel.backend.settings import Settings
 from alllabel.backend.state import DirectoryLock, State
+from alllabel.backend.webhook_auth import WebhookAuth
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
 from alllabel.prelabel.annotators import LLMAnnotator, ProjectionAnnotator
 from alllabel.prelabel.prompt import LabelSchema, PromptBuilder
@@ -65,6 +65,12 @@ class Orchestrator:
         self._lock = threading.RLock()
         self._checks: dict[int, tuple[float, str | None]] = {}
         self.controllers: dict[int, ProjectController] = {}
+        self.webhook_auth = WebhookAuth(
+            self.settings.state_dir,
+            self.basic_auth_header() if self.settings.basic_auth_user else None,
+            known=lambda pid: self.state.project(pid) is not None,
+            wake=lambda pid: self.controller(pid).wake(probe=True),
+        )
         for pid in self.state.projects():  # a restart picks every project up where it was
             self.controller(pid)
         log.info(
@@ -114,6 +120,7 @@ class Orchestrator:
         c = self.controller(pid)
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)
+        self.webhook_auth.request_check(pid)  # LS (re-)creates the webhook when connecting
         if known is None:
             c.planned.wait(
                 self.settings.connect_wait
@@ -269,11 +276,7 @@ class Orchestrator:
             "annotator": self.annotator_name(),
             "projects": found,
         }
-        warning = exposure_warning(
-            os.environ.get("ALLABEL_LISTEN", ""), bool(self.settings.basic_auth_user)
-        )
-        if warning:
-            out["warnings"] = [warning]
+        out["webhooks"] = self.webhook_auth.counts()
         if self._llm is not None:
             out["llm_usage"] = self._llm.usage.as_dict(self._llm.config.prices())
         if self._ls is not None:
@@ -374,29 +377,3 @@ def config_warnings(label_config: str) -> list[str]:
     return [
         f'the labeling config also has {", ".join(cfg.ignored)}: ALLabel selects tasks and pre-annotates <Labels name="{cfg.from_name}"> only; the rest is left to annotators'
     ]
-
-
-def exposure_warning(listen: str, basic_auth: bool) -> str | None:
-    """A warning when the backend accepts connections beyond loopback without basic auth: anyone who
-    reaches the port could post webhooks (confirmed with Label Studio before they count, but
-    Start Training cannot be confirmed) and read /status."""
-    if basic_auth or not listen:
-        return None
-    exposed = [a for a in listen.split(",") if a and not _loopback(a)]
-    if not exposed:
-        return None
-    return (
-        f"the backend listens on {', '.join(exposed)} without basic auth: anyone who reaches it can send events "
-        "(e.g. Start Training) and read /status; set BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same in Label Studio's model settings)"
-    )
-
-
-def _loopback(address: str) -> bool:
-    """``address``: "host:port", "[v6]:port" or "unix:/path"."""
-    if address.startswith("unix:"):
-        return True
-    host = (
-        address.rsplit(":", 1)[0] if address.startswith("[") or address.count(":") == 1 else address
-    )
-    host = host.strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alllabel.backend.security import check_credentials
+
 
 def parse_budget(value: str | int | float) -> int | float:
     """``"50"`` -> 50 tasks; ``"0.05"`` or ``"5%"`` -> that fraction of the project's tasks."""
@@ -104,6 +106,8 @@ class Settings:
     prompt_task: str | None = None
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
+    # Request bodies above this many MiB get 413 (see the README's threat model for the size).
+    max_body_mb: float = 64.0
     sync_interval: float = 30.0  # seconds between idle checks of each project (one cheap request)
     queue_reserve: int = (
         5  # next ALLabel picks kept queued beyond the budget (no random task at hand-overs)
@@ -152,6 +156,7 @@ class Settings:
             raise ValueError(f"ALLABEL_PRELABEL_START must be auto or manual, got {start!r}")
         paper_exact = _flag(env, "ALLABEL_PAPER_EXACT", False)
         annotator = env.get("ALLABEL_ANNOTATOR", "auto")
+        check_credentials(env.get("BASIC_AUTH_USER"), env.get("BASIC_AUTH_PASS"))
         if annotator not in ("auto", "llm", "projection"):
             raise ValueError(
                 f"ALLABEL_ANNOTATOR must be auto, llm or projection, got {annotator!r}"
@@ -172,6 +177,7 @@ class Settings:
             prompt_task=env.get("ALLABEL_PROMPT_TASK") or None,
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            max_body_mb=_positive(env, "ALLABEL_MAX_BODY_MB", 64),
             sync_interval=_positive(env, "ALLABEL_SYNC_INTERVAL", 30),
             queue_reserve=int(_positive(env, "ALLABEL_QUEUE_RESERVE", 5, zero_ok=True)),
             push_delay=_positive(env, "ALLABEL_PUSH_DELAY", 2),

@@ -1,0 +1,51 @@
+"""Signed webhooks against a real Label Studio 1.23: the backend's header on Label Studio's own
+webhook, refused forgeries, and a new secret when the webhook is re-created."""
+
+import requests
+
+from alllabel.backend.webhook_auth import HEADER
+from tests.data import mof_records
+from tests.fake_openai import FakeOpenAI
+from tests.test_e2e_label_studio import LS, Backend, our_hooks, webhook_secret
+
+
+def test_webhooks_are_signed_and_a_recreated_webhook_gets_a_new_secret(label_studio, tmp_path):
+    ls = label_studio
+    api = LS(ls)
+    records = mof_records()[300:316]
+    with FakeOpenAI() as fake:
+        b = Backend(tmp_path, ls, fake, sync_interval=600)  # no periodic sync: webhooks only
+        try:
+            pid, rec_of = api.new_project("signed", records)
+            assert api.connect(pid, b.url).status_code == 201
+            first = webhook_secret(api, pid, b)
+            task = api.next(pid)["id"]
+            forged = {
+                "action": "ANNOTATION_CREATED",
+                "project": {"id": pid},
+                "annotation": {"id": 1, "task": task, "was_cancelled": False},
+            }
+            r = requests.post(f"{b.url}/webhook", json=forged)
+            assert r.status_code == 401 and b.orch.state.claims(pid) == []
+            before = b.orch.status()["webhooks"]
+            api.annotate(task, rec_of[task])  # Label Studio's own, signed webhook
+            b.wait_for(pid, lambda st: st["annotated_tasks"] == 1, timeout=10, what="the claim")
+            after = b.orch.status()["webhooks"]
+            assert after["accepted"] == before["accepted"] + 1
+            assert after["refused"] == before["refused"]
+            # Re-created: the webhook deleted, the model connected again (LS makes a new webhook).
+            for w in our_hooks(api, pid, b):
+                assert api.send("DELETE", f"/api/webhooks/{w['id']}/").status_code == 204
+            for m in api.get("/api/ml/", project=pid):
+                assert api.send("DELETE", f"/api/ml/{m['id']}").status_code == 204
+            assert api.connect(pid, b.url).status_code == 201
+            second = webhook_secret(api, pid, b, other_than=first)
+            assert (b.orch.settings.state_dir / "webhook-secrets" / str(pid)).read_text() == second
+            r = requests.post(f"{b.url}/webhook", json=forged, headers={HEADER: first})
+            assert r.status_code == 401 and b.orch.state.claims(pid) == []
+            task = api.next(pid)["id"]
+            api.annotate(task, rec_of[task])
+            b.wait_for(pid, lambda st: st["annotated_tasks"] == 2, timeout=10, what="the claim")
+            assert b.orch.status()["webhooks"]["accepted"] == after["accepted"] + 1
+        finally:
+            b.stop()
