@@ -24,6 +24,7 @@ from alllabel.backend.security import (
     loopback_peer,
     redact,
 )
+from alllabel.backend.settings import Settings
 from alllabel.backend.webhook_auth import HEADER
 from model import ALLabelBackend
 
@@ -43,60 +44,66 @@ def create_app(backend: ALLabelBackend | None = None) -> Flask:
     app.config["backend"] = backend
     # LS's largest bodies are batches of 5,000 tasks or annotations (README, threat model).
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_body_mb * 2**20)
+    app.before_request(lambda: authenticate(settings))
+    app.register_error_handler(Exception, answer_error)
+    add_routes(app, backend)
+    return app
 
-    @app.before_request
-    def _auth():
-        user = settings.basic_auth_user
-        if not user:
-            if loopback_peer(request.remote_addr):
-                return None
-            # Without credentials the backend is for this machine only (gunicorn also refuses).
-            return jsonify(
-                error=f"this backend serves loopback only unless {CREDENTIALS} are set"
-            ), 403
-        auth = request.authorization
-        ok = (
-            auth is not None
-            and hmac.compare_digest((auth.username or "").encode(), user.encode())
-            and hmac.compare_digest(
-                (auth.password or "").encode(), (settings.basic_auth_pass or "").encode()
-            )
+
+def authenticate(settings: Settings):
+    """Every endpoint: basic auth when configured, else loopback clients only (None: go on)."""
+    user = settings.basic_auth_user
+    if not user:
+        if loopback_peer(request.remote_addr):
+            return None
+        # Without credentials the backend is for this machine only (gunicorn also refuses).
+        return jsonify(error=f"this backend serves loopback only unless {CREDENTIALS} are set"), 403
+    auth = request.authorization
+    ok = (
+        auth is not None
+        and hmac.compare_digest((auth.username or "").encode(), user.encode())
+        and hmac.compare_digest(
+            (auth.password or "").encode(), (settings.basic_auth_pass or "").encode()
         )
-        if not ok:
-            return (
-                jsonify(error="authentication required"),
-                401,
-                {"WWW-Authenticate": 'Basic realm="alllabel"'},
-            )
-        return None
+    )
+    if not ok:
+        return (
+            jsonify(error="authentication required"),
+            401,
+            {"WWW-Authenticate": 'Basic realm="alllabel"'},
+        )
+    return None
 
-    def body() -> dict:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return data
 
-    @app.errorhandler(Exception)
-    def _error(e):
-        if isinstance(e, (UnsupportedConfig, SetupError)):
-            # Label Studio shows only the status line of a failed /setup (not the body): say it there.
-            code = 400 if isinstance(e, UnsupportedConfig) else 502
-            log.error("%s %s: %s", request.method, request.path, e)
-            message = redact(str(e))
-            r = jsonify(error=message)
-            r.status = f"{code} {status_phrase(message)}"
-            return r
-        if isinstance(e, BadRequest):
-            return jsonify(error=str(e)), 400
-        status = getattr(e, "code", None)
-        if isinstance(status, int) and 400 <= status < 500:
-            return jsonify(error=str(e)), status
-        # The exception may name paths, URLs or data: the log gets it, the caller an id to find it.
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("%s %s failed (error id %s)", request.method, request.path, error_id)
-        hint = f"internal error; the backend's log has the details under error id {error_id}"
-        return jsonify(error=hint, error_id=error_id), 500
+def answer_error(e: Exception):
+    if isinstance(e, (UnsupportedConfig, SetupError)):
+        # Label Studio shows only the status line of a failed /setup (not the body): say it there.
+        code = 400 if isinstance(e, UnsupportedConfig) else 502
+        log.error("%s %s: %s", request.method, request.path, e)
+        message = redact(str(e))
+        r = jsonify(error=message)
+        r.status = f"{code} {status_phrase(message)}"
+        return r
+    if isinstance(e, BadRequest):
+        return jsonify(error=str(e)), 400
+    status = getattr(e, "code", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return jsonify(error=str(e)), status
+    # The exception may name paths, URLs or data: the log gets it, the caller an id to find it.
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("%s %s failed (error id %s)", request.method, request.path, error_id)
+    hint = f"internal error; the backend's log has the details under error id {error_id}"
+    return jsonify(error=hint, error_id=error_id), 500
 
+
+def body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def add_routes(app: Flask, backend: ALLabelBackend) -> None:
     @app.get("/")
     @app.get("/health")
     def health():
@@ -140,8 +147,6 @@ def create_app(backend: ALLabelBackend | None = None) -> Flask:
     def status():
         project = request.args.get("project", type=int)
         return jsonify(backend.status(project))
-
-    return app
 
 
 class BadRequest(ValueError):

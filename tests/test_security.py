@@ -170,6 +170,7 @@ def test_a_500_carries_an_error_id_and_the_log_the_exception(tmp_path, caplog):
 def test_secrets_never_reach_a_log_line(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-live-abcdef123456")
     monkeypatch.setenv("BASIC_AUTH_PASS", "hunter2-pass")
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls:in-url-secret@ls.example:8080")
     out = io.StringIO()
     logger = logging.getLogger("test-redaction")
     handler = logging.StreamHandler(out)
@@ -182,6 +183,7 @@ def test_secrets_never_reach_a_log_line(monkeypatch):
         secret = "w" * 10
         register_secret(secret)  # as a new webhook secret is
         logger.warning("key %s and pass %s and webhook %s", "sk-live-abcdef123456", "x", secret)
+        logger.error("cannot reach %s", "http://ls:in-url-secret@ls.example:8080")
         try:
             raise RuntimeError("the endpoint said: bad key sk-live-abcdef123456 (hunter2-pass)")
         except RuntimeError:
@@ -190,6 +192,7 @@ def test_secrets_never_reach_a_log_line(monkeypatch):
         logger.removeHandler(handler)
     text = out.getvalue()
     assert "sk-live" not in text and "hunter2" not in text and secret not in text
+    assert "in-url-secret" not in text and "http://ls:[redacted]@ls.example" in text
     assert text.count("[redacted]") >= 4 and "call failed" in text
 
 

@@ -12,10 +12,12 @@ import ipaddress
 import logging
 import os
 import threading
+from urllib.parse import urlsplit
 
 CREDENTIALS = "BASIC_AUTH_USER and BASIC_AUTH_PASS"
 # Environment variables whose values are secrets: never logged, never passed to another program.
 SECRET_VARIABLES = ("OPENAI_API_KEY", "LABEL_STUDIO_API_KEY", "BASIC_AUTH_PASS")
+URL_VARIABLES = ("LABEL_STUDIO_URL", "OPENAI_BASE_URL")
 REDACTED = "[redacted]"
 _MIN_SECRET = 6  # shorter values would blank ordinary words out of log lines
 
@@ -78,6 +80,11 @@ def register_secret(value: str) -> None:
 
 def secrets_now() -> list[str]:
     values = [os.environ.get(name) or "" for name in SECRET_VARIABLES]
+    for name in URL_VARIABLES:  # http://user:password@host: the password is a secret too
+        try:
+            values.append(urlsplit(os.environ.get(name) or "").password or "")
+        except ValueError:
+            pass
     with _extra_lock:
         values += _extra
     # Longest first, so a secret that contains another is replaced whole.
