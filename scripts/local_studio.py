@@ -32,6 +32,12 @@ _PASS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", 
 _PASS_PREFIXES = ("LC_",)
 
 
+def base_env() -> dict:
+    """The caller's environment cut down to the basics of running a program: what Label Studio and
+    PostgreSQL get (plus their own settings), so no secret of ours reaches them."""
+    return {k: v for k, v in os.environ.items() if k in _PASS or k.startswith(_PASS_PREFIXES)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,7 +55,7 @@ def ls_env(
     database: str = "ls",
 ) -> dict:
     """The environment of a headless, loopback-only Label Studio with a known admin and legacy token."""
-    env = {k: v for k, v in os.environ.items() if k in _PASS or k.startswith(_PASS_PREFIXES)}
+    env = base_env()
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
         LABEL_STUDIO_USERNAME=username,
@@ -166,6 +172,7 @@ class Postgres:
             check=True,
             capture_output=True,
             user=cls._user(),
+            env=base_env(),
             timeout=300,
         )
         return pg
@@ -200,6 +207,7 @@ class Postgres:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             user=self._user(),
+            env=base_env(),
             process_group=0,
         )
         deadline = time.time() + timeout
@@ -210,7 +218,8 @@ class Postgres:
                 )
             if (
                 subprocess.run(
-                    [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+                    [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                    env=base_env(),
                 ).returncode
                 == 0
             ):
@@ -244,6 +253,7 @@ class Postgres:
             capture_output=True,
             text=True,
             timeout=120,
+            env=base_env(),
         )
         if r.returncode:
             raise RuntimeError(f"psql failed: {r.stderr.strip()}")

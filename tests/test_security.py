@@ -24,7 +24,7 @@ from alllabel.backend.security import (
 from alllabel.backend.settings import Settings
 from alllabel.backend.webhook_auth import HEADER, PENDING_RECHECK, WebhookAuth
 from model import ALLabelBackend
-from scripts.local_studio import ls_env
+from scripts.local_studio import base_env, ls_env
 
 NER = '<View><Labels name="label" toName="text"><Label value="PER"/></Labels><Text name="text" value="$text"/></View>'
 
@@ -213,3 +213,4 @@ def test_label_studio_gets_none_of_our_secrets(tmp_path, monkeypatch):
     leaked |= {"BASIC_AUTH_PASS", "PASSWORD", "AWS_SECRET_ACCESS_KEY"}
     assert not leaked & set(env) and "sk-1" not in env.values()
     assert env["PATH"] and env["LC_ALL"] == "C.UTF-8" and env["LABEL_STUDIO_PASSWORD"] == "pw"
+    assert not leaked & set(base_env()) and base_env()["PATH"]  # PostgreSQL's environment
