@@ -1,12 +1,13 @@
 """Signed webhooks against a real Label Studio 1.23: the backend's header on Label Studio's own
 webhook, refused forgeries, and a new secret when the webhook is re-created."""
 
+import pytest
 import requests
 
 from alllabel.backend.webhook_auth import HEADER
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
-from tests.test_e2e_label_studio import LS, Backend, our_hooks, webhook_secret
+from tests.test_e2e_label_studio import LS, MV, Backend, our_hooks, webhook_secret
 
 
 def test_webhooks_are_signed_and_a_recreated_webhook_gets_a_new_secret(label_studio, tmp_path):
@@ -47,5 +48,32 @@ def test_webhooks_are_signed_and_a_recreated_webhook_gets_a_new_secret(label_stu
             api.annotate(task, rec_of[task])
             b.wait_for(pid, lambda st: st["annotated_tasks"] == 2, timeout=10, what="the claim")
             assert b.orch.status()["webhooks"]["accepted"] == after["accepted"] + 1
+        finally:
+            b.stop()
+
+
+def test_the_demo_connects_a_backend_that_has_basic_auth(label_studio, tmp_path):
+    """scripts/demo.py gives Label Studio the backend's credentials (Basic Auth); without them
+    Label Studio cannot even connect it."""
+    from label_studio_sdk import LabelStudio as Client
+    from label_studio_sdk.core.api_error import ApiError
+
+    from scripts.demo import connect
+
+    api = LS(label_studio)
+    client = Client(base_url=label_studio.url, api_key=label_studio.token)
+    with FakeOpenAI() as fake:
+        b = Backend(
+            tmp_path, label_studio, fake, basic_auth_user="demo", basic_auth_pass="pw-123456"
+        )
+        try:
+            pid, _ = api.new_project("demo with auth", mof_records()[500:512])
+            with pytest.raises(ApiError, match="authentication"):
+                connect(client, pid, b.url, MV)
+            connect(client, pid, b.url, MV, ("demo", "pw-123456"))
+            (ml,) = api.get("/api/ml/", project=pid)
+            assert ml["auth_method"] == "BASIC_AUTH" and ml["state"] == "CO"
+            assert b.status(pid)["queue"]["selected"] > 0  # its /setup got through
+            webhook_secret(api, pid, b)  # and the backend signed the webhook
         finally:
             b.stop()
