@@ -40,13 +40,19 @@ def test_webhooks_are_signed_and_a_recreated_webhook_gets_a_new_secret(label_stu
             for m in api.get("/api/ml/", project=pid):
                 assert api.send("DELETE", f"/api/ml/{m['id']}").status_code == 204
             assert api.connect(pid, b.url).status_code == 201
+            # The new webhook's first event is refused (unsigned); the refusal makes the backend
+            # sign the webhook with a new secret, and the probe that does it counts the annotation.
+            task = api.next(pid)["id"]
+            api.annotate(task, rec_of[task])
             second = webhook_secret(api, pid, b, other_than=first)
             assert (b.orch.settings.state_dir / "webhook-secrets" / str(pid)).read_text() == second
+            b.wait_for(pid, lambda st: st["annotated_tasks"] == 2, timeout=10, what="the sync")
+            assert b.orch.status()["webhooks"]["refused"] == after["refused"] + 1
             r = requests.post(f"{b.url}/webhook", json=forged, headers={HEADER: first})
             assert r.status_code == 401 and b.orch.state.claims(pid) == []
             task = api.next(pid)["id"]
             api.annotate(task, rec_of[task])
-            b.wait_for(pid, lambda st: st["annotated_tasks"] == 2, timeout=10, what="the claim")
+            b.wait_for(pid, lambda st: st["annotated_tasks"] == 3, timeout=10, what="the claim")
             assert b.orch.status()["webhooks"]["accepted"] == after["accepted"] + 1
         finally:
             b.stop()

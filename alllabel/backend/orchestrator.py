@@ -120,7 +120,8 @@ class Orchestrator:
         c = self.controller(pid)
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)
-        self.webhook_auth.request_check(pid)  # LS (re-)creates the webhook when connecting
+        # LS creates the webhook between the two /setup calls of a connect: sign it at once.
+        self.webhook_auth.request_check(pid, unsigned_only=True)
         if known is None:
             c.planned.wait(
                 self.settings.connect_wait

@@ -10,7 +10,8 @@ every webhook of ours gets the new one, so a secret read from an old webhook sto
 Label Studio sends through its ML client (``POST /api/ml/ID/train``) with the model's basic auth and
 never with webhook headers: it is accepted when basic auth passed, or, without basic auth, from
 loopback (the only place such a backend serves). A refused call asks for a check of the project's
-webhook (at most every ``RECHECK`` seconds), so a re-created webhook is signed again quickly.
+webhook (at most every ``RECHECK`` seconds), so a re-created webhook is signed again at its first
+event (which the periodic sync still counts); so does /setup while the webhook is not signed yet.
 """
 
 from __future__ import annotations
@@ -116,10 +117,13 @@ class WebhookAuth:
             self.request_check(pid)  # maybe Label Studio re-created the webhook: sign it again
         return ok
 
-    def request_check(self, pid: int) -> None:
+    def request_check(self, pid: int, unsigned_only: bool = False) -> None:
         """Read the project's webhooks again at the controller's next step, at most once per
-        window: a request inside the window is served when it ends (a flood costs one read)."""
+        window: a request inside the window is served when it ends (a flood costs one read).
+        ``unsigned_only``: only if they were not signed yet (LS calls /setup on every /next)."""
         with self._lock:
+            if unsigned_only and pid in self._signed:
+                return
             self._wanted.add(pid)
             if pid in self._timers:
                 return
