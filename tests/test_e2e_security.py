@@ -1,10 +1,12 @@
 """Signed webhooks against a real Label Studio 1.23: the backend's header on Label Studio's own
 webhook, refused forgeries, and a new secret when the webhook is re-created."""
 
+import time
+
 import pytest
 import requests
 
-from alllabel.backend.webhook_auth import HEADER
+from alllabel.backend.webhook_auth import HEADER, RECHECK
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
 from tests.test_e2e_label_studio import LS, MV, Backend, our_hooks, webhook_secret
@@ -70,7 +72,12 @@ def test_the_demo_connects_a_backend_that_has_basic_auth(label_studio, tmp_path)
     client = Client(base_url=label_studio.url, api_key=label_studio.token)
     with FakeOpenAI() as fake:
         b = Backend(
-            tmp_path, label_studio, fake, basic_auth_user="demo", basic_auth_pass="pw-123456"
+            tmp_path,
+            label_studio,
+            fake,
+            basic_auth_user="demo",
+            basic_auth_pass="pw-123456",
+            sync_interval=600,
         )
         try:
             pid, _ = api.new_project("demo with auth", mof_records()[500:512])
@@ -81,5 +88,23 @@ def test_the_demo_connects_a_backend_that_has_basic_auth(label_studio, tmp_path)
             assert ml["auth_method"] == "BASIC_AUTH" and ml["state"] == "CO"
             assert b.status(pid)["queue"]["selected"] > 0  # its /setup got through
             webhook_secret(api, pid, b)  # and the backend signed the webhook
+            # Once signed, Label Studio's /setup calls (one per /next once predictions show) cost
+            # Label Studio no request: the webhook is checked again only when an event is refused.
+            time.sleep(
+                1.5
+            )  # the connect's second /setup may have left a check for its window's end
+            b.idle(pid)
+            before = b.orch.status()["label_studio_requests"]
+            config = api.project(pid)["label_config"]
+            for _ in range(5):
+                r = requests.post(
+                    f"{b.url}/setup",
+                    json={"project": f"{pid}.1", "schema": config},
+                    auth=("demo", "pw-123456"),
+                )
+                assert r.status_code == 200
+            time.sleep(RECHECK + 1)  # a check asked for inside the window would run at its end
+            b.idle(pid)
+            assert b.orch.status()["label_studio_requests"] == before
         finally:
             b.stop()
