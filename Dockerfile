@@ -25,4 +25,5 @@ VOLUME /data
 EXPOSE 9090
 
 # One worker: the queue, budget tracking and the pre-labeling job live in that process.
+# It binds 0.0.0.0, so it starts only with BASIC_AUTH_USER and BASIC_AUTH_PASS (gunicorn.conf.py).
 CMD ["sh", "-c", "exec gunicorn --bind 0.0.0.0:${PORT} --workers 1 --threads ${THREADS} --timeout 120 _wsgi:app"]

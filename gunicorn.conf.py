@@ -1,7 +1,7 @@
 """gunicorn reads this file from the working directory (scripts/start.sh, the Dockerfile).
 
-It tells the app where it listens, so the app can warn when that is beyond loopback without
-basic auth (/status and the log)."""
+Closed unless opened on purpose: bound beyond loopback without both BASIC_AUTH_USER and
+BASIC_AUTH_PASS, gunicorn refuses to start (before it binds) and says which variables to set."""
 
 import os
 
@@ -20,17 +20,16 @@ def _addresses(cfg) -> list[str]:
 
 
 def on_starting(server):
-    os.environ["ALLABEL_LISTEN"] = ",".join(_addresses(server.cfg))  # inherited by the worker
+    from alllabel.backend.security import check_credentials, refusal
 
-
-def when_ready(server):
-    from alllabel.backend.orchestrator import exposure_warning
-
-    warning = exposure_warning(
-        os.environ.get("ALLABEL_LISTEN", ""), bool(os.environ.get("BASIC_AUTH_USER"))
-    )
-    if warning:
-        server.log.warning("alllabel: %s", warning)
+    user, password = os.environ.get("BASIC_AUTH_USER"), os.environ.get("BASIC_AUTH_PASS")
+    try:
+        check_credentials(user, password)
+    except ValueError as e:
+        raise RuntimeError(str(e)) from None
+    why = refusal(",".join(_addresses(server.cfg)), user, password)
+    if why:
+        raise RuntimeError(why)  # gunicorn prints "Error: <why>" and exits 1
 
 
 def worker_exit(server, worker):

@@ -99,24 +99,38 @@ def demo_project(client, records: list[dict]) -> int:
     return p.id
 
 
-def connect(client, pid: int, url: str, title: str) -> None:
-    """Connect the backend (title = model version, so Label Studio asks it and uses its predictions)."""
+def basic_auth(settings: Settings) -> tuple[str, str] | None:
+    if settings.basic_auth_user and settings.basic_auth_pass:
+        return settings.basic_auth_user, settings.basic_auth_pass
+    return None
+
+
+def connect(client, pid: int, url: str, title: str, auth: tuple[str, str] | None = None) -> None:
+    """Connect the backend (title = model version, so Label Studio asks it and uses its predictions),
+    with the backend's basic auth when it has one."""
+    fields = {}
+    if auth:
+        fields = dict(auth_method="BASIC_AUTH", basic_auth_user=auth[0], basic_auth_pass=auth[1])
     existing = list(client.ml.list(project=pid))
-    if any(m.url == url and m.title == title for m in existing):
+    if any(m.url == url and m.title == title for m in existing) and not auth:
         return
     if existing:  # e.g. the backend moved to another port since the last run
-        client.ml.update(id=existing[0].id, url=url, project=pid, title=title)
+        client.ml.update(id=existing[0].id, url=url, project=pid, title=title, **fields)
     else:
-        client.ml.create(project=pid, url=url, title=title)
+        client.ml.create(project=pid, url=url, title=title, **fields)
 
 
-def wait_for_queue(backend: str, pid: int, proc: subprocess.Popen, timeout: float = 300) -> dict:
+def wait_for_queue(
+    backend: str, pid: int, proc: subprocess.Popen, auth=None, timeout: float = 300
+) -> dict:
     deadline = time.time() + timeout
     status = {}
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the backend exited ({proc.returncode})")
-        status = httpx.get(f"{backend}/status", params={"project": pid}, timeout=10).json()
+        status = httpx.get(
+            f"{backend}/status", params={"project": pid}, auth=auth, timeout=10
+        ).json()
         projects = status.get("projects") or []
         if (
             projects
@@ -215,8 +229,8 @@ def main() -> int:
         wait_http(f"{backend_url}/health", backend, "the backend", 120)
         say(f"backend is up on {backend_url} (pid {backend.pid}); log {demo_dir / 'backend.log'}")
 
-        connect(client, pid, backend_url, settings.model_version)
-        status = wait_for_queue(backend_url, pid, backend)
+        connect(client, pid, backend_url, settings.model_version, basic_auth(settings))
+        status = wait_for_queue(backend_url, pid, backend, basic_auth(settings))
         p = status["projects"][0]
         say(f"""
 ALLabel demo is ready.

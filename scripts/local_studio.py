@@ -25,8 +25,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-# get_env falls back to these unprefixed names: never let the caller's shell leak in.
-_STRIP = ("USERNAME", "PASSWORD", "HOST", "PORT", "USER_TOKEN", "DATABASE_NAME")
+# What Label Studio gets from the caller's environment: the basics of running a program, nothing
+# else. Not our secrets (OPENAI_API_KEY, LABEL_STUDIO_API_KEY, BASIC_AUTH_PASS...), and not the
+# unprefixed USERNAME/PASSWORD/HOST/PORT/... its get_env falls back to.
+_PASS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
+_PASS_PREFIXES = ("LC_",)
+
+
+def base_env() -> dict:
+    """The caller's environment cut down to the basics of running a program: what Label Studio and
+    PostgreSQL get (plus their own settings), so no secret of ours reaches them."""
+    return {k: v for k, v in os.environ.items() if k in _PASS or k.startswith(_PASS_PREFIXES)}
 
 
 def free_port() -> int:
@@ -46,11 +55,7 @@ def ls_env(
     database: str = "ls",
 ) -> dict:
     """The environment of a headless, loopback-only Label Studio with a known admin and legacy token."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _STRIP and not k.startswith(("LABEL_STUDIO_", "POSTGRE_", "DJANGO_"))
-    }
+    env = base_env()
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir),
         LABEL_STUDIO_USERNAME=username,
@@ -167,6 +172,7 @@ class Postgres:
             check=True,
             capture_output=True,
             user=cls._user(),
+            env=base_env(),
             timeout=300,
         )
         return pg
@@ -201,6 +207,7 @@ class Postgres:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             user=self._user(),
+            env=base_env(),
             process_group=0,
         )
         deadline = time.time() + timeout
@@ -211,7 +218,8 @@ class Postgres:
                 )
             if (
                 subprocess.run(
-                    [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+                    [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                    env=base_env(),
                 ).returncode
                 == 0
             ):
@@ -245,6 +253,7 @@ class Postgres:
             capture_output=True,
             text=True,
             timeout=120,
+            env=base_env(),
         )
         if r.returncode:
             raise RuntimeError(f"psql failed: {r.stderr.strip()}")

@@ -8,6 +8,7 @@ import pytest
 from _wsgi import create_app
 from alllabel.backend.ls_client import LabelStudioAPI
 from alllabel.backend.settings import Settings, parse_budget, parse_ratios, resolve_budget
+from alllabel.backend.webhook_auth import HEADER
 from model import ALLabelBackend
 
 NER = '<View><Labels name="label" toName="text"><Label value="PER" hint="a person"/><Label value="ORG"/></Labels><Text name="text" value="$text"/></View>'
@@ -124,12 +125,14 @@ def test_webhooks_are_claims_and_unknown_ones_ignored(tmp_path):
     backend, client = make(tmp_path)
     state = backend.orchestrator.state
     state.register(5, NER)
+    # Signed as the controller signs Label Studio's webhook (test_security: unsigned ones get 401).
+    signed = {HEADER: backend.orchestrator.webhook_auth.rotate(5)}
     ann = {
         "action": "ANNOTATION_CREATED",
         "annotation": {"id": 1, "task": 40, "was_cancelled": False},
         "project": {"id": 5},
     }
-    assert client.post("/webhook", json=ann).json["status"] == "ok"
+    assert client.post("/webhook", json=ann, headers=signed).json["status"] == "ok"
     assert [c[:2] for c in state.claims(5)] == [(1, 40)] and state.annotated_tasks(
         5
     ) == set()  # not counted until confirmed
@@ -138,18 +141,19 @@ def test_webhooks_are_claims_and_unknown_ones_ignored(tmp_path):
         "annotation": [{"id": 2, "task": 41}, {"id": 3, "task": {"id": 42}}],
         "project": {"id": 5},
     }
-    assert client.post("/webhook", json=bulk).json["status"] == "ok"
+    assert client.post("/webhook", json=bulk, headers=signed).json["status"] == "ok"
     assert sorted(c[:2] for c in state.claims(5)) == [(1, 40), (2, 41), (3, 42)]
     assert (
-        client.post("/webhook", json={"action": "LABEL_LINK_CREATED", "project": {"id": 5}}).json[
-            "status"
-        ]
+        client.post(
+            "/webhook", json={"action": "LABEL_LINK_CREATED", "project": {"id": 5}}, headers=signed
+        ).json["status"]
         == "ignored"
     )
     assert (
-        client.post("/webhook", json={**ann, "project": {"id": 6}}).json["status"] == "ignored"
-    )  # not connected here
-    assert client.post("/webhook", json={"project": {"id": 5}}).status_code == 400
+        client.post("/webhook", json={**ann, "project": {"id": 6}}, headers=signed).status_code
+        == 401
+    )  # not connected here: no secret
+    assert client.post("/webhook", json={"project": {"id": 5}}, headers=signed).status_code == 400
 
 
 def test_one_event_carries_at_most_1000_claims(tmp_path):
@@ -161,7 +165,8 @@ def test_one_event_carries_at_most_1000_claims(tmp_path):
         "annotation": [{"id": n, "task": 40} for n in range(1, 1201)] + ["junk"],
         "project": {"id": 5},
     }
-    reply = client.post("/webhook", json=many).json
+    signed = {HEADER: backend.orchestrator.webhook_auth.rotate(5)}
+    reply = client.post("/webhook", json=many, headers=signed).json
     assert reply["status"] == "ok" and reply["ignored_claims"] == 201
     assert len(state.claims(5)) == 1000 and state.annotated_tasks(5) == set()
 
@@ -178,19 +183,6 @@ def test_labels_plus_other_controls_is_accepted_with_a_warning(tmp_path):
         and 'pre-annotates <Labels name="label"> only' in warning
     )
     assert config_warnings(NER) == []
-
-
-def test_exposure_warning():
-    from alllabel.backend.orchestrator import exposure_warning
-
-    assert exposure_warning("127.0.0.1:9090", basic_auth=False) is None
-    assert (
-        exposure_warning("unix:/run/alllabel.sock,[::1]:9090,localhost:9090", basic_auth=False)
-        is None
-    )
-    assert "0.0.0.0:9090" in exposure_warning("0.0.0.0:9090", basic_auth=False)
-    assert "BASIC_AUTH_USER" in exposure_warning("127.0.0.1:9090,[::]:9090", basic_auth=False)
-    assert exposure_warning("0.0.0.0:9090", basic_auth=True) is None
 
 
 def test_basic_auth(tmp_path):
@@ -217,67 +209,93 @@ def test_settings_parsing():
         parse_ratios("1:3")
 
 
-def test_gunicorn_serves_the_app(tmp_path):
-    """The production command (the Dockerfile's and scripts/start.sh's) really serves the protocol,
-    and warns when it listens beyond loopback without basic auth."""
+def _gunicorn(tmp_path, bind: str, **env_extra):
+    """The production command (the Dockerfile's and scripts/start.sh's) on ``bind``."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    import requests
-
-    from tests.label_studio import free_port
-
     root = Path(__file__).resolve().parents[1]
-    port = free_port()
     env = {
         **os.environ,
         "ALLABEL_STATE_DIR": str(tmp_path / "state"),
         "ALLABEL_MODEL_VERSION": "gunicorn-test",
     }
-    for name in ("BASIC_AUTH_USER", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
         env.pop(name, None)
+    env.update(env_extra)
     log = tmp_path / "gunicorn.log"
+    argv = ["--bind", bind, "--workers", "1", "--threads", "4", "_wsgi:app"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"0.0.0.0:{port}",
-            "--workers",
-            "1",
-            "--threads",
-            "4",
-            "_wsgi:app",
-        ],
+        [sys.executable, "-m", "gunicorn", *argv],
         cwd=root,
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+    return proc, log
+
+
+def test_gunicorn_refuses_to_listen_beyond_loopback_without_credentials(tmp_path):
+    from tests.label_studio import free_port
+
+    for extra in ({}, {"BASIC_AUTH_USER": "ls"}, {"BASIC_AUTH_PASS": "s3cret"}):
+        proc, log = _gunicorn(tmp_path, f"0.0.0.0:{free_port()}", **extra)
+        try:
+            assert proc.wait(60) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        text = log.read_text()
+        assert "BASIC_AUTH_USER" in text and "BASIC_AUTH_PASS" in text, text
+        assert "Booting worker" not in text  # it never served anything
+
+
+def test_gunicorn_serves_the_app(tmp_path):
+    """With both credentials gunicorn listens beyond loopback (tested through 127.0.0.1) and
+    answers nothing without them; bodies over ALLABEL_MAX_BODY_MB get 413."""
+    import requests
+
+    from tests.label_studio import free_port
+
+    port = free_port()
+    proc, log = _gunicorn(
+        tmp_path,
+        f"0.0.0.0:{port}",
+        BASIC_AUTH_USER="ls",
+        BASIC_AUTH_PASS="s3cret",
+        ALLABEL_MAX_BODY_MB="1",
+    )
+    auth = ("ls", "s3cret")
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
-                health = requests.get(url + "/health", timeout=1).json()
+                health = requests.get(url + "/health", timeout=1)
                 break
             except requests.RequestException:
                 time.sleep(0.2)
+        assert health.status_code == 401
+        for path in ("/health", "/status", "/versions"):
+            assert requests.get(url + path, timeout=5).status_code == 401
+        assert requests.post(url + "/predict", json={"tasks": []}, timeout=5).status_code == 401
+        health = requests.get(url + "/health", auth=auth, timeout=5).json()
         assert health["model_version"] == "gunicorn-test"
-        r = requests.post(url + "/setup", json={"project": "1.1", "schema": NER}, timeout=5)
+        r = requests.post(
+            url + "/setup", json={"project": "1.1", "schema": NER}, auth=auth, timeout=5
+        )
         assert (
             r.status_code == 502
             and "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must be set" in r.reason
         )
-        assert (
-            "without basic auth" in requests.get(url + "/status", timeout=5).json()["warnings"][0]
-        )
+        big = {"action": "TASKS_CREATED", "project": {"id": 1}, "pad": "x" * 2**21}
+        assert requests.post(url + "/webhook", json=big, auth=auth, timeout=30).status_code == 413
     finally:
         proc.terminate()
         proc.wait(10)
-    assert f"listens on 0.0.0.0:{port} without basic auth" in log.read_text()
+    assert "s3cret" not in log.read_text()
 
 
 def test_restart_resumes_and_reports_what_blocks_it(tmp_path):

@@ -118,7 +118,7 @@ def setup(tmp_path):
 def test_one_step_connects_pushes_the_queue_then_sets_the_settings(setup):
     c, fake, state = setup
     applied = [type(a).__name__ for a in c.step()]
-    assert applied[:2] == ["Probe", "Sync"] and "ExtendQueue" in applied
+    assert applied[:3] == ["Probe", "AuthorizeWebhooks", "Sync"] and "ExtendQueue" in applied
     names = fake.names()
     # The queue (budget 3 + reserve 2) reaches Label Studio before the project is switched to it.
     first_push = names.index("import_predictions")

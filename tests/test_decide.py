@@ -125,8 +125,8 @@ CASES = [
     ),
     ("claims once per step", snap(claims=3, done=("ConfirmClaims",)), S, []),
     # --- probe ----------------------------------------------------------------------------------
-    ("probe when due", snap(mem(next_probe=NOW - 1)), S, ["Probe"]),
-    ("probe when asked", snap(mem(probe_now=True)), S, ["Probe"]),
+    ("probe when due", snap(mem(next_probe=NOW - 1)), S, ["Probe", "AuthorizeWebhooks"]),
+    ("probe when asked", snap(mem(probe_now=True)), S, ["Probe", "AuthorizeWebhooks"]),
     ("no probe before it is due", snap(), S, []),
     ("probe once per step", snap(mem(probe_now=True), done=("Probe",)), S, ["ExtendQueue"]),
     # --- after a probe: backends, settings seen, webhooks ----------------------------------------
@@ -229,16 +229,10 @@ CASES = [
         ["ReloadConfig"],
     ),
     (
-        "basic auth: the webhook gets its header",
-        snap(done=("Probe",)),
+        "every probe has the webhook signed (its secret header), with basic auth too",
+        snap(mem(next_probe=NOW - 1)),
         replace(S, basic_auth_user="u"),
-        ["AuthorizeWebhooks"],
-    ),
-    (
-        "basic auth already on the webhook",
-        snap(mem(webhooks_authorized=True), done=("Probe",)),
-        replace(S, basic_auth_user="u"),
-        ["ExtendQueue"],
+        ["Probe", "AuthorizeWebhooks"],
     ),
     # --- sync -----------------------------------------------------------------------------------
     ("a full sync when asked", snap(mem(full_sync=True)), S, ["Sync"]),

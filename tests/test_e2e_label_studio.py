@@ -16,6 +16,7 @@ from _wsgi import create_app
 from alllabel.backend.ls_client import LabelStudioAPI
 from alllabel.backend.ls_format import queue_score
 from alllabel.backend.settings import Settings
+from alllabel.backend.webhook_auth import HEADER
 from alllabel.llm.client import LLMConfig
 from alllabel.prelabel.annotators import example_from_spans
 from model import ALLabelBackend
@@ -579,8 +580,25 @@ def test_an_unsupported_config_is_explained_when_connecting(ls, tmp_path):
             b.stop()
 
 
+def our_hooks(api, pid, b):
+    return [w for w in api.get("/api/webhooks/", project=pid) if w["url"].startswith(b.url)]
+
+
+def webhook_secret(api, pid, b, other_than=None, timeout=20):
+    """The secret header the backend put on Label Studio's webhook (waits until it is there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hooks = our_hooks(api, pid, b)
+        values = {(w.get("headers") or {}).get(HEADER) for w in hooks}
+        if hooks and len(values) == 1 and None not in values and other_than not in values:
+            return values.pop()
+        time.sleep(0.2)
+    raise AssertionError(f"webhook not signed: {our_hooks(api, pid, b)}")
+
+
 def test_forged_webhooks_do_not_start_pre_annotation(ls, tmp_path):
-    """Webhooks are claims: events for annotations Label Studio does not have move nothing."""
+    """Unsigned events are refused; even signed ones (a leaked secret) are claims that Label Studio
+    must confirm: events for annotations it does not have move nothing."""
     api = LS(ls)
     records = mof_records()[650:658] + mof_records()[0:12]
     with FakeOpenAI(oracle(records)) as fake:
@@ -588,13 +606,16 @@ def test_forged_webhooks_do_not_start_pre_annotation(ls, tmp_path):
         try:
             pid, rec_of = api.new_project("forged", records)
             assert api.connect(pid, b.url).status_code == 201
+            signed = {HEADER: webhook_secret(api, pid, b)}
             for n, q in enumerate(b.orch.state.queue(pid)):
                 forged = {
                     "action": "ANNOTATION_CREATED",
                     "project": {"id": pid},
                     "annotation": {"id": 990000 + n, "task": q.task_id, "was_cancelled": False},
                 }
-                assert requests.post(f"{b.url}/webhook", json=forged).json()["status"] == "ok"
+                assert requests.post(f"{b.url}/webhook", json=forged).status_code == 401
+                r = requests.post(f"{b.url}/webhook", json=forged, headers=signed)
+                assert r.json()["status"] == "ok"
             b.wait_for(
                 pid, lambda st: st["unconfirmed_claims"] == 0, timeout=20, what="claims checked"
             )
@@ -755,6 +776,7 @@ def test_basic_auth_backend_gets_its_webhooks(ls, tmp_path):
                 ]
                 if hooks and all(
                     (w.get("headers") or {}).get("Authorization", "").startswith("Basic ")
+                    and (w.get("headers") or {}).get(HEADER)
                     for w in hooks
                 ):
                     break

@@ -171,7 +171,20 @@ def test_compose_wires_backend_to_label_studio():
     assert backend["environment"]["LABEL_STUDIO_URL"] == "http://label-studio:8080"
     assert backend["environment"]["ALLABEL_STATE_DIR"].startswith("/data")
     assert "alllabel-data:/data" in backend["volumes"] and backend["build"] == "."
-    assert "9090:9090" in backend["ports"]
+    assert backend["ports"] == ["127.0.0.1:9090:9090"]  # the host's loopback only
+
+
+def test_compose_requires_the_backends_credentials():
+    """The backend binds 0.0.0.0 in its container: compose must refuse to start without both
+    credentials (``${VAR:?message}``), not pass empty ones."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    env = compose["services"]["alllabel"]["environment"]
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "LABEL_STUDIO_API_KEY"):
+        assert re.fullmatch(rf"\$\{{{name}(:\?.+)?\}}", env[name]), env[name]
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS"):
+        assert env[name].startswith(f"${{{name}:?set BASIC_AUTH_USER and BASIC_AUTH_PASS")
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "--bind 0.0.0.0" in docker and "COPY model.py _wsgi.py gunicorn.conf.py" in docker
 
 
 def test_compose_runs_label_studio_on_postgresql():

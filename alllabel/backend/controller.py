@@ -42,7 +42,8 @@ class Services:
     annotator_name: Callable[[], str]
     batch_poll: float = 30.0
     llm_concurrency: int = 1
-    auth_header: Callable[[], str] | None = None  # basic auth for the backend's webhook
+    # Signs the project's webhook (secret header, basic auth): webhook_auth.WebhookAuth.ensure.
+    sign_webhooks: Callable[[LabelStudioAPI, int, str], bool] | None = None
 
 
 class ProjectController:
@@ -246,12 +247,11 @@ class ProjectController:
         self.memory.full_sync = True
 
     def _do_AuthorizeWebhooks(self, a: A.AuthorizeWebhooks) -> None:
-        token = self.services.auth_header() if self.services.auth_header else ""
-        # LS creates the backend's webhook after the first /setup: keep trying until it exists.
-        mv = self.settings.model_version
-        self.memory.webhooks_authorized = (
-            self.services.ls().authorize_webhooks(self.pid, mv, token) > 0
-        )
+        # LS creates the backend's webhook after the first /setup: the next probe looks again.
+        if self.services.sign_webhooks is not None:
+            mv = self.settings.model_version
+            signed = self.services.sign_webhooks(self.services.ls(), self.pid, mv)
+            self.memory.webhooks_authorized = signed
 
     def _do_RestoreModelVersion(self, a: A.RestoreModelVersion) -> None:
         # Creating the model, Label Studio sets the project's model version to the model's title

@@ -182,7 +182,9 @@ def _probe(s: Snapshot, settings, now: float) -> list:
     m = s.memory
     if "Probe" in s.done or not (m.probe_now or now >= m.next_probe):
         return []
-    return [Probe()]
+    # Every probe also has the project's webhook signed (secret header, and basic auth when set):
+    # no request once it is signed (``webhook_auth``).
+    return [Probe(), AuthorizeWebhooks()]
 
 
 def _backends(s: Snapshot, settings, now: float) -> list:
@@ -220,9 +222,6 @@ def _backends(s: Snapshot, settings, now: float) -> list:
     )
     if warnings != m.warnings:
         return [Warn(warnings)]
-    if settings.basic_auth_user and not m.webhooks_authorized:
-        if "AuthorizeWebhooks" not in s.done:
-            return [AuthorizeWebhooks()]
     return []
 
 

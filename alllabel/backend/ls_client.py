@@ -316,10 +316,9 @@ class LabelStudioAPI:
             or []
         )
 
-    def authorize_webhooks(self, project_id: int, model_version: str, authorization: str) -> int:
-        """Add our basic-auth header to the webhook LS created for this backend (it sends none).
-
-        Returns how many of the backend's webhooks carry the header now (0: none exists yet)."""
+    def backend_webhooks(self, project_id: int, model_version: str) -> list[dict]:
+        """The project's webhooks that Label Studio made for this backend (``<ML url>/webhook`` of
+        the ML backends titled ``model_version``)."""
         urls = {
             (m.get("url") or "").rstrip("/") + "/webhook"
             for m in self.ml_backends(project_id)
@@ -334,20 +333,16 @@ class LabelStudioAPI:
             )
             or []
         )
-        n = 0
-        for w in hooks:
-            if (w.get("url") or "").rstrip("/") not in urls:
-                continue
-            if (w.get("headers") or {}).get("Authorization") != authorization:
-                headers = {**(w.get("headers") or {}), "Authorization": authorization}
-                self._json(
-                    "PATCH",
-                    f"/api/webhooks/{w['id']}/",
-                    json={"url": w["url"], "headers": headers},
-                    what="add credentials to the backend's webhook",
-                )
-            n += 1
-        return n
+        return [w for w in hooks if (w.get("url") or "").rstrip("/") in urls]
+
+    def set_webhook_headers(self, hook: dict, headers: dict[str, str]) -> None:
+        """Replace a webhook's headers (Label Studio sends them with every event)."""
+        self._json(
+            "PATCH",
+            f"/api/webhooks/{hook['id']}/",
+            json={"url": hook["url"], "headers": headers},
+            what="sign the backend's webhook",
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,14 +27,15 @@ from alllabel.backend.label_config import NERConfig, parse_label_config
 from alllabel.backend.ls_client import LabelStudioAPI, LabelStudioError
 from alllabel.backend.settings import Settings
 from alllabel.backend.state import DirectoryLock, State
-from alllabel.backend.status import config_warnings, exposure_warning, project_status
+from alllabel.backend.status import config_warnings, project_status
+from alllabel.backend.webhook_auth import WebhookAuth
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
 from alllabel.prelabel.annotators import LLMAnnotator, ProjectionAnnotator
 from alllabel.prelabel.prompt import LabelSchema, PromptBuilder
 
 log = logging.getLogger("alllabel")
 # Re-exported: gunicorn.conf.py and tests import them from here.
-__all__ = ["Orchestrator", "SetupError", "config_warnings", "exposure_warning", "project_status"]
+__all__ = ["Orchestrator", "SetupError", "config_warnings", "project_status"]
 
 CHECK_OK_TTL = 60.0  # a successful check of Label Studio's URL and key is trusted this long
 CHECK_FAIL_TTL = 3.0  # a failed one is retried after this long
@@ -74,6 +74,12 @@ class Orchestrator:
         self._listed: dict[int, float] = {}  # project -> until when its listing of us is trusted
         self._listing: set[int] = set()  # listings in flight (Label Studio calls /setup meanwhile)
         self.controllers: dict[int, ProjectController] = {}
+        self.webhook_auth = WebhookAuth(
+            self.settings.state_dir,
+            self.basic_auth_header() if self.settings.basic_auth_user else None,
+            known=lambda pid: self.state.project(pid) is not None,
+            wake=lambda pid: self.controller(pid).wake(probe=True),
+        )
         for pid in self.state.projects():  # a restart picks every project up where it was
             self.controller(pid)
         log.info(
@@ -106,7 +112,7 @@ class Orchestrator:
             annotator_name=self.annotator_name,
             batch_poll=self.llm_config.batch_poll,
             llm_concurrency=self.llm_config.concurrency,
-            auth_header=self.basic_auth_header if self.settings.basic_auth_user else None,
+            sign_webhooks=self.webhook_auth.ensure,
         )
 
     def basic_auth_header(self) -> str:
@@ -154,6 +160,8 @@ class Orchestrator:
         c = self.controller(pid)
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)
+        # LS creates the webhook between the two /setup calls of a connect: sign it at once.
+        self.webhook_auth.request_check(pid, unsigned_only=True)
         if known is None:  # annotators get the ALLabel order from the first task
             c.planned.wait(max(0.0, deadline - time.monotonic()))
         return self.settings.model_version
@@ -320,11 +328,7 @@ class Orchestrator:
             "annotator": self.annotator_name(),
             "projects": found,
         }
-        warning = exposure_warning(
-            os.environ.get("ALLABEL_LISTEN", ""), bool(self.settings.basic_auth_user)
-        )
-        if warning:
-            out["warnings"] = [warning]
+        out["webhooks"] = self.webhook_auth.counts()
         if self._llm is not None:
             out["llm_usage"] = self._llm.usage.as_dict(self._llm.config.prices())
         if self._ls is not None:

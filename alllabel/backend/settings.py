@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alllabel import env
+from alllabel.backend.security import check_credentials
 from alllabel.selection.stages import STAGE_ORDERS
 
 
@@ -72,6 +73,8 @@ class Settings:
     basic_auth_pass: str | None = None
     # The URL Label Studio reaches this backend at (recognises a model connected under another title).
     backend_url: str | None = None
+    # Request bodies above this many MiB get 413 (see the README's threat model for the size).
+    max_body_mb: float = 64.0
     # Seconds between idle checks of each project (one cheap request).
     sync_interval: float = 30.0
     # Next ALLabel picks kept queued beyond the budget (no random task at hand-overs).
@@ -105,6 +108,9 @@ class Settings:
         is an error naming the variable (``alllabel.env``)."""
         e = os.environ if environ is None else environ
         paper_exact = env.flag("ALLABEL_PAPER_EXACT", False, e)
+        check_credentials(
+            env.text("BASIC_AUTH_USER", None, e), env.text("BASIC_AUTH_PASS", None, e)
+        )
         return cls(
             model_version=env.text("ALLABEL_MODEL_VERSION", "alllabel", e),
             state_dir=Path(env.text("ALLABEL_STATE_DIR", "data/state", e)),
@@ -122,6 +128,7 @@ class Settings:
             basic_auth_user=env.text("BASIC_AUTH_USER", None, e),
             basic_auth_pass=env.text("BASIC_AUTH_PASS", None, e),
             backend_url=env.text("ALLABEL_BACKEND_URL", None, e),
+            max_body_mb=env.number("ALLABEL_MAX_BODY_MB", 64.0, e, above=0, unit=" (MiB)"),
             sync_interval=env.number("ALLABEL_SYNC_INTERVAL", 30.0, e, above=0, unit=" (seconds)"),
             queue_reserve=env.number("ALLABEL_QUEUE_RESERVE", 5, e, minimum=0, integer=True),
             push_delay=env.number("ALLABEL_PUSH_DELAY", 2.0, e, above=0, unit=" (seconds)"),

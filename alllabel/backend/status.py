@@ -60,29 +60,3 @@ def config_warnings(label_config: str) -> list[str]:
     return [
         f'the labeling config also has {", ".join(cfg.ignored)}: ALLabel selects tasks and pre-annotates <Labels name="{cfg.from_name}"> only; the rest is left to annotators'
     ]
-
-
-def exposure_warning(listen: str, basic_auth: bool) -> str | None:
-    """A warning when the backend accepts connections beyond loopback without basic auth: anyone who
-    reaches the port could post webhooks (confirmed with Label Studio before they count, but
-    Start Training cannot be confirmed) and read /status."""
-    if basic_auth or not listen:
-        return None
-    exposed = [a for a in listen.split(",") if a and not _loopback(a)]
-    if not exposed:
-        return None
-    return (
-        f"the backend listens on {', '.join(exposed)} without basic auth: anyone who reaches it can send events "
-        "(e.g. Start Training) and read /status; set BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same in Label Studio's model settings)"
-    )
-
-
-def _loopback(address: str) -> bool:
-    """``address``: "host:port", "[v6]:port" or "unix:/path"."""
-    if address.startswith("unix:"):
-        return True
-    host = (
-        address.rsplit(":", 1)[0] if address.startswith("[") or address.count(":") == 1 else address
-    )
-    host = host.strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
