@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import openai
 
 from alllabel.llm.client import Completion, LLMClient, LLMError, completion_from_json
+from alllabel.llm.config import token_cost
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class BatchOutcome:
     )  # key -> why (re-submitted by the next run)
     pending: dict[str, str] = field(default_factory=dict)  # key -> batch id still running
     submitted: list[str] = field(default_factory=list)  # batch ids created by this call
+    # key -> US$ billed for its line, for lines this call collected (failed lines included)
+    billed: dict[str, float] = field(default_factory=dict)
 
 
 def batch_jobs(client: LLMClient, run_key: str | None = None) -> list[dict]:
@@ -136,7 +139,7 @@ class BatchRunner:
             for job in list(waiting):
                 batch = self._refresh(job)
                 if batch is not None and batch.status in TERMINAL:
-                    self._collect(job, batch, validate)
+                    out.billed.update(self._collect(job, batch, validate))
             # Whatever a collected job answered is cached now; the rest of its keys failed.
             for job in [j for j in waiting if self._collected(j)]:
                 keys = waiting.pop(job)
@@ -283,13 +286,17 @@ class BatchRunner:
         content = self._api(f"downloading {file_id}", self.client.openai.files.content, file_id)
         return [json.loads(line) for line in content.text.splitlines() if line.strip()]
 
-    def _collect(self, job: int, batch, validate: Callable[[str], object] | None) -> None:
+    def _collect(
+        self, job: int, batch, validate: Callable[[str], object] | None
+    ) -> dict[str, float]:
+        """Cache the batch's answers; what each line was billed (truncated, unparseable too)."""
         keys = {
             k for (k,) in self.db.execute("SELECT key FROM batch_requests WHERE job = ?", (job,))
         }
         cache, factor = self.client.cache, self.client.config.batch_price_factor
         failures: dict[str, str] = {}
         refused = False  # a refused response_format is weakened once per batch, not once per line
+        billed: dict[str, float] = {}
         for line in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
             key = line.get("custom_id")
             if key not in keys:
@@ -303,6 +310,7 @@ class BatchRunner:
                 if not refused:
                     refused = self.client.refused_format(response.get("status_code"), message)
                 continue
+            billed[key] = self._billed(body)
             try:
                 c = completion_from_json(body)
                 c = Completion(
@@ -341,3 +349,20 @@ class BatchRunner:
             answered,
             len(keys) - answered,
         )
+        return billed
+
+    def _billed(self, body: dict) -> float:
+        """A 200 line's bill at the batch price: its usage, or the worst case if it reports none."""
+        cfg = self.client.config
+        usage = body.get("usage") or {}
+        if usage.get("prompt_tokens") is None:
+            usd = cfg.worst_case_usd(0, batch=True) or 0.0  # prompt unknown here: reply at most
+        else:
+            usd = (
+                token_cost(
+                    usage["prompt_tokens"], usage.get("completion_tokens") or 0, cfg.prices()
+                )
+                or 0.0
+            ) * cfg.batch_price_factor
+        self.client.usage.add(billed_usd=usd)
+        return usd
