@@ -445,7 +445,7 @@ def main() -> None:
     args = ap.parse_args()
     responder = None
     if args.gold:
-        from alllabel.prelabel.annotators import example_from_spans
+        from alllabel.prelabel.prompt import example_from_spans
         from alllabel.text.jsonl import read_jsonl
 
         recs = read_jsonl(args.gold)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from alllabel.cli import main
-from alllabel.evaluation.protocol import sample_f1, span_prf
-from alllabel.prelabel.annotators import example_from_spans
+from alllabel.prelabel.prompt import example_from_spans
+from alllabel.prelabel.quality import sample_f1, span_prf
 from alllabel.text.jsonl import read_jsonl, write_jsonl
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder

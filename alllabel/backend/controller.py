@@ -40,7 +40,6 @@ from alllabel.backend.ls_client import (
     LabelStudioAPI,
     LabelStudioError,
 )
-from alllabel.prelabel.annotators import LLMAnnotator
 from alllabel.selection.blocks import make_runner
 from alllabel.selection.screening import LengthRule, screen
 from alllabel.selection.simcache import SimilarityCache
@@ -737,9 +736,6 @@ class ProjectController:
                     {**self.report.get(name, {}), **value} if name == "progress" else value
                 )
 
-            concurrency = (
-                self.orch.llm_config.concurrency if isinstance(annotator, LLMAnnotator) else 1
-            )
             out = bulk.run(
                 self.state,
                 self.pid,
@@ -748,7 +744,6 @@ class ProjectController:
                 sim,
                 order,
                 settings=self.settings,
-                concurrency=concurrency,
                 approved=bool(self.state.project(self.pid)["run_approved"]),
                 quality_done=self._quality_key,
                 report=report,

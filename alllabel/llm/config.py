@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from alllabel import env
+import alllabel.env as env
 
 # US$ per million tokens (input, output); used for estimates only. Override with
 # ALLABEL_PRICE_INPUT / ALLABEL_PRICE_OUTPUT for other models or new prices.

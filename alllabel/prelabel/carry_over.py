@@ -172,7 +172,8 @@ def project_duplicates(
     ``duplicate``, score = the pair's Jaccard): the same shape ``annotators.prelabel`` returns,
     so a caller saves both alike and sends only the other queries to the LLM.
     """
-    from alllabel.prelabel.annotators import PreAnnotation, PrelabelResult
+    from alllabel.prelabel.annotation import PreAnnotation
+    from alllabel.prelabel.run import PrelabelResult
 
     out = {}
     for q in queries:
