@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from alllabel.backend import ls_format
 from alllabel.backend.label_config import NERConfig
 from alllabel.backend.state import Prediction, State
+from alllabel.prelabel import holds
 from alllabel.prelabel.annotation import stale_reasons
 from alllabel.prelabel.holds import Hold
 from alllabel.prelabel.pipeline import PipelineSettings, run_pipeline
@@ -148,6 +149,46 @@ def pipeline_settings(settings, annotator, approved: bool, concurrency: int | No
     )
 
 
+class _Saver:
+    """Maps the pipeline's results to Label Studio's format and saves them in the state."""
+
+    def __init__(self, state: State, pid: int, corpus: Corpus, annotator, report, saved):
+        self.state, self.pid, self.corpus, self.annotator = state, pid, corpus, annotator
+        self.report, self.saved, self.out = report, saved, RunOutcome()
+
+    def save(self, r: PrelabelResult, version: dict | None = None) -> None:
+        out, tid = self.out, self.corpus.ids[r.index]
+        if r.annotation is None:
+            self.state.save_prelabel(self.pid, tid, None, None, self.annotator.name, None, r.error)
+            out.failed += 1
+            out.blocker = r.error if r.blocking and not out.done else out.blocker
+        else:
+            a = r.annotation
+            result = [ls_format.span_result(self.corpus.cfg, sp) for sp in a.spans]
+            version = version or self.corpus.version(a.version or {})
+            score = round(a.score, 6)
+            self.state.save_prelabel(self.pid, tid, result, score, a.annotator, version, None)
+            out.done, out.blocker = out.done + 1, None
+        self.report("progress", {"done": out.done, "failed": out.failed})
+        self.saved()
+
+    def step(self, name: str, value) -> None:
+        out = self.out
+        if name == "carry_over":  # saved as soon as known: no call needed
+            for r, src in value.values():
+                self.save(r, {"annotator": PROJECTED, "source": self.corpus.ids[src]})
+            out.projected = len(value)
+            if value:
+                log.info("project %d: %d near-duplicate(s) projected", self.pid, len(value))
+        elif name == "estimate":
+            out.estimate = value.as_dict()
+            self.report("estimate", out.estimate)
+            log.info("project %d: %s", self.pid, value.summary())
+        elif name == "quality":
+            out.quality = {**value.as_dict(), "gold_key": self.corpus.gold_key}
+            self.report("quality", out.quality)
+
+
 def run(
     state: State,
     pid: int,
@@ -169,43 +210,9 @@ def run(
     ``quality_done``: the gold key the quality check last ran on (skip it if unchanged);
     ``report(name, value)`` publishes progress for /status; ``saved()`` is called after every
     saved result (the controller pushes in batches). ``concurrency``: default the annotator's."""
-    out, cfg = RunOutcome(), corpus.cfg
     s = pipeline_settings(settings, annotator, approved, concurrency)
     s.run_key = f"project-{pid}"
-
-    def save(r: PrelabelResult, version: dict | None = None) -> None:
-        tid = corpus.ids[r.index]
-        if r.annotation is None:
-            state.save_prelabel(pid, tid, None, None, annotator.name, None, r.error)
-            out.failed += 1
-            out.blocker = r.error if r.blocking and not out.done else out.blocker
-        else:
-            a = r.annotation
-            result = [ls_format.span_result(cfg, sp) for sp in a.spans]
-            version = version or corpus.version(a.version or {})
-            state.save_prelabel(pid, tid, result, round(a.score, 6), a.annotator, version, None)
-            out.done, out.blocker = out.done + 1, None
-        report("progress", {"done": out.done, "failed": out.failed})
-        saved()
-
-    def step(name: str, value) -> None:
-        if name == "carry_over":  # saved as soon as known: no call needed
-            for r, src in value.values():
-                save(r, {"annotator": PROJECTED, "source": corpus.ids[src]})
-            out.projected = len(value)
-            if value:
-                log.info(
-                    "project %d: %d near-duplicate(s) got the annotation projected", pid, len(value)
-                )
-        elif name == "estimate":
-            out.estimate = value.as_dict()
-            report("estimate", out.estimate)
-            log.info("project %d: %s", pid, value.summary())
-        elif name == "quality":
-            out.quality = {**value.as_dict(), "gold_key": corpus.gold_key}
-            report("quality", out.quality)
-
-    key = corpus.gold_key
+    saver = _Saver(state, pid, corpus, annotator, report, saved)
     result = run_pipeline(
         corpus.texts,
         corpus.gold,
@@ -213,15 +220,28 @@ def run(
         sim,
         corpus.index(order),
         s,
-        labels=list(cfg.labels),
+        labels=list(corpus.cfg.labels),
         ledger=StateLedger(state, pid),
-        quality_key=key,
-        skip_quality=quality_done == key,
-        on_step=step,
-        on_done=save,
+        quality_key=corpus.gold_key,
+        skip_quality=quality_done == corpus.gold_key,
+        on_step=saver.step,
+        on_done=saver.save,
         stop=stop,
     )
+    out = saver.out
     out.hold = result.hold
     if out.hold is not None and out.hold.kind == "cost_cap":
-        out.hold = dataclasses.replace(out.hold, key=settings.max_cost_usd)
+        out.hold = _cap_hold(state, pid, out.hold, order, settings.max_cost_usd)
     return out
+
+
+def _cap_hold(state: State, pid: int, hold: Hold, order: list[int], cap: float) -> Hold:
+    """The cap's hold, lifted by another cap; when this run saw no failure, an earlier run's
+    failed calls may have used the cap up (their error, quoted, names the cause)."""
+    if hold.cause is None:
+        preds = state.predictions(pid)
+        errors = [preds[t].error for t in order if t in preds and preds[t].error]
+        if errors:
+            cause = f"{len(errors)} task(s) failed in earlier calls ({errors[0]})"
+            hold = holds.cost_cap(hold.cap_usd, hold.counted_usd, hold.tasks, cause=cause)
+    return dataclasses.replace(hold, key=cap)

@@ -293,7 +293,7 @@ class BatchRunner:
         keys = {
             k for (k,) in self.db.execute("SELECT key FROM batch_requests WHERE job = ?", (job,))
         }
-        cache, factor = self.client.cache, self.client.config.batch_price_factor
+        cache = self.client.cache
         failures: dict[str, str] = {}
         refused = False  # a refused response_format is weakened once per batch, not once per line
         billed: dict[str, float] = {}
@@ -312,21 +312,9 @@ class BatchRunner:
                 continue
             billed[key] = self._billed(body)
             try:
-                c = completion_from_json(body)
-                c = Completion(
-                    c.text, c.prompt_tokens, c.completion_tokens, c.logprobs, price_factor=factor
-                )
-                self.client.usage.add(
-                    batch_calls=1,
-                    batch_prompt_tokens=c.prompt_tokens,
-                    batch_completion_tokens=c.completion_tokens,
-                )
-                if validate is not None:
-                    validate(c.text)
+                cache.put(key, self._answer(body, validate))
             except (LLMError, ValueError) as e:
                 failures[key] = f"{type(e).__name__} in batch {batch.id}: {e}"
-                continue
-            cache.put(key, c)
         message = (
             "; ".join(f"{e.code}: {e.message}" for e in (batch.errors.data or []))
             if batch.errors
@@ -350,6 +338,22 @@ class BatchRunner:
             len(keys) - answered,
         )
         return billed
+
+    def _answer(self, body: dict, validate: Callable[[str], object] | None) -> Completion:
+        """A 200 line's answer at the batch price; raises if it is cut or does not validate."""
+        c = completion_from_json(body)
+        factor = self.client.config.batch_price_factor
+        c = Completion(
+            c.text, c.prompt_tokens, c.completion_tokens, c.logprobs, price_factor=factor
+        )
+        self.client.usage.add(
+            batch_calls=1,
+            batch_prompt_tokens=c.prompt_tokens,
+            batch_completion_tokens=c.completion_tokens,
+        )
+        if validate is not None:
+            validate(c.text)
+        return c
 
     def _billed(self, body: dict) -> float:
         """A 200 line's bill at the batch price: its usage, or the worst case if it reports none."""

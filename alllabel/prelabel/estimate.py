@@ -29,8 +29,8 @@ class RunEstimate:
     max_prompt_tokens: int
     cost_usd: float | None  # online
     batch_cost_usd: float | None  # through the Batch API
-    worst_case_usd: float | None  # every reply at max_tokens
-    token_counting: str
+    worst_case_usd: float | None = None  # every reply at max_tokens
+    token_counting: str = ""
     trimmed_demos: int = 0  # demonstrations shown as excerpts (summed over prompts)
     skipped_demos: int = 0  # demonstrations left out for lack of room (summed over prompts)
     per_task: dict[int, dict] = field(default_factory=dict, repr=False)
@@ -54,6 +54,13 @@ class RunEstimate:
         )
 
 
+def _reply_ratio(texts, gold, counter) -> float:
+    """Expected reply tokens per input token: the demonstrations' answers against their texts."""
+    shown = [example_from_spans(texts[i], s) for i, s in gold.items()]
+    text_tokens = sum(counter.count(e.text) for e in shown)
+    return sum(counter.count(answer(e)) for e in shown) / max(1, text_tokens)
+
+
 def estimate_run(
     texts: Sequence[str],
     gold: dict[int, list[dict]],
@@ -66,57 +73,16 @@ def estimate_run(
 ) -> RunEstimate:
     """Token and cost estimate of ``prelabel`` with the same arguments, without calling the LLM."""
     run = run or prepare_run(texts, gold, annotator, sim, queries=queries, k=k)
-    client, counter = annotator.client, annotator.counter
-    cfg = client.config
-    # Expected reply tokens per input token: the demonstrations' answers against their texts.
-    shown = [example_from_spans(texts[i], s) for i, s in gold.items()]
-    text_tokens = sum(counter.count(e.text) for e in shown)
-    ratio = sum(counter.count(answer(e)) for e in shown) / max(1, text_tokens)
-    est = RunEstimate(
-        cfg.model,
-        len(run.queries),
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        annotator.max_prompt_tokens,
-        None,
-        None,
-        None,
-        counter.method,
-    )
+    cfg, counter = annotator.client.config, annotator.counter
+    ratio = _reply_ratio(texts, gold, counter)
+    zeros = [0] * 6  # windows, long tasks, cached, prompt, completion, largest prompt
+    est = RunEstimate(cfg.model, len(run.queries), *zeros, annotator.max_prompt_tokens, None, None)
+    est.worst_case_usd, est.token_counting = None, counter.method
     prices = cfg.prices()
     worst_tokens = 0
-    for i, d, plan in zip(run.queries, run.demos, run.prompts):
-        task = {
-            "windows": len(plan.windows),
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "cached": 0,
-        }
-        est.windows += len(plan.windows)
-        est.long_tasks += len(plan.windows) > 1
-        for w in plan.windows:
-            est.largest_prompt_tokens = max(est.largest_prompt_tokens, w.prompt_tokens)
-            est.trimmed_demos += len(w.trimmed)
-            est.skipped_demos += len(d) - len(w.demos)
-            if (
-                client.cache is not None
-                and client.cache.get(client.cache_key(w.messages)) is not None
-            ):
-                est.cached += 1
-                task["cached"] += 1
-                continue
-            reply = min(
-                cfg.max_tokens, math.ceil(ratio * counter.count(texts[i][w.start : w.end])) + 8
-            )
-            task["prompt_tokens"] += w.prompt_tokens
-            task["completion_tokens"] += reply
-            worst_tokens += cfg.max_tokens
-        est.prompt_tokens += task["prompt_tokens"]
-        est.completion_tokens += task["completion_tokens"]
+    for i, d, prompts in zip(run.queries, run.demos, run.prompts):
+        task = _estimate_task(est, annotator, texts[i], d, prompts, ratio)
+        worst_tokens += (task["windows"] - task["cached"]) * cfg.max_tokens
         task["cost_usd"] = token_cost(task["prompt_tokens"], task["completion_tokens"], prices)
         est.per_task[i] = task
     if prices is not None:
@@ -124,3 +90,26 @@ def estimate_run(
         est.batch_cost_usd = est.cost_usd * cfg.batch_price_factor
         est.worst_case_usd = token_cost(est.prompt_tokens, worst_tokens, prices)
     return est
+
+
+def _estimate_task(est: RunEstimate, annotator, text: str, demos, prompts, ratio: float) -> dict:
+    """One task's prompts into the estimate; its own figures."""
+    client, counter = annotator.client, annotator.counter
+    task = {"windows": len(prompts.windows), "prompt_tokens": 0, "completion_tokens": 0}
+    task["cached"] = 0
+    est.windows += len(prompts.windows)
+    est.long_tasks += len(prompts.windows) > 1
+    for w in prompts.windows:
+        est.largest_prompt_tokens = max(est.largest_prompt_tokens, w.prompt_tokens)
+        est.trimmed_demos += len(w.trimmed)
+        est.skipped_demos += len(demos) - len(w.demos)
+        if client.cache is not None and client.cache.get(client.cache_key(w.messages)):
+            est.cached += 1
+            task["cached"] += 1
+            continue
+        reply = math.ceil(ratio * counter.count(text[w.start : w.end])) + 8
+        task["prompt_tokens"] += w.prompt_tokens
+        task["completion_tokens"] += min(client.config.max_tokens, reply)
+    est.prompt_tokens += task["prompt_tokens"]
+    est.completion_tokens += task["completion_tokens"]
+    return task

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from alllabel.prelabel import holds
 from alllabel.prelabel.annotators import Prompted
 from alllabel.prelabel.holds import Hold
-from alllabel.prelabel.run import prelabel
+from alllabel.prelabel.run import PrelabelResults, prelabel
 from alllabel.selection.similarity import Similarity
 
 
@@ -143,7 +143,8 @@ def leave_one_out(
     cap, ``spent_usd``, ``on_billed`` and ``ledger`` are ``prelabel``'s."""
     if len(gold) < 2:
         raise ValueError(
-            "the quality check needs at least 2 human-annotated tasks (each is scored with demonstrations from the others)"
+            "the quality check needs at least 2 human-annotated tasks (each is scored with "
+            "demonstrations from the others)"
         )
     results = prelabel(
         texts,
@@ -161,6 +162,19 @@ def leave_one_out(
         else None,
         ledger=ledger,
     )
+    return score(texts, gold, labels, results, getattr(annotator, "name", "?"), k, spent_usd)
+
+
+def score(
+    texts: Sequence[str],
+    gold: dict[int, list[dict]],
+    labels: Sequence[str],
+    results: PrelabelResults,
+    annotator: str,
+    k: int,
+    spent_usd: float = 0.0,
+) -> QualityReport:
+    """The report of a leave-one-out run: each answered task against its human annotation."""
     counts = {label: [0, 0, 0] for label in labels}
     f1s, gold_sets, pred_sets = [], [], []
     for r in results:
@@ -170,33 +184,24 @@ def leave_one_out(
         g_items = [(s["label"], text[s["start"] : s["end"]]) for s in g]
         p_items = [(s.label, s.text) for s in r.annotation.spans]
         for label, c in label_counts(g_items, p_items, labels).items():
-            for n in range(3):
-                counts[label][n] += c[n]
+            counts[label] = [a + b for a, b in zip(counts[label], c)]
         f1s.append(sample_f1(g_items, p_items, labels))
         gold_sets.append({(s["start"], s["end"], s["label"]) for s in g})
         pred_sets.append({(s.start, s.end, s.label) for s in r.annotation.spans})
-    sp, sr, sf = span_prf(gold_sets, pred_sets)
     per_label = {}
     for label, (tp, fp, fn) in counts.items():
         p, r_, f = _prf(tp, fp, fn)
-        per_label[label] = {
-            "precision": p,
-            "recall": r_,
-            "f1": f,
-            "gold": tp + fn,
-            "predicted": tp + fp,
-        }
+        per_label[label] = {"precision": p, "recall": r_, "f1": f, "gold": tp + fn}
+        per_label[label]["predicted"] = tp + fp
     return QualityReport(
-        getattr(annotator, "name", type(annotator).__name__),
+        annotator,
         k,
         len(results),
         len(f1s),
         sum(r.status == "failed" for r in results),
         sum(r.status == "held" for r in results),
         sum(f1s) / len(f1s) if f1s else None,
-        sp,
-        sr,
-        sf,
+        *span_prf(gold_sets, pred_sets),
         per_label,
         results.cost_usd - spent_usd,
         results.billed_usd,

@@ -151,14 +151,7 @@ def prelabel(
     made already (``queries``/``k`` then unused). ``stop``: once set, tasks not started yet come
     back held: a process shutting down does not wait for the rest of a long run."""
     work = run or prepare_run(texts, gold, annotator, sim, queries=queries, k=k)
-    priced = isinstance(annotator, Priced)
-    if max_cost_usd is not None and (not priced or annotator.prices() is None):
-        if priced:
-            raise ValueError(
-                f"a cost cap needs prices for {annotator.name}: set ALLABEL_PRICE_INPUT and "
-                "ALLABEL_PRICE_OUTPUT"
-            )
-        max_cost_usd = None  # an annotator without prices costs nothing
+    max_cost_usd = _cap_for(annotator, max_cost_usd)
     if isinstance(annotator, Prompted) and executor is None:
         executor = annotator.executor(on_billed=on_billed)
         if executor.batch:
@@ -169,11 +162,31 @@ def prelabel(
         r.batch()
     else:
         r.online(concurrency)
+    capped = [x for x in r.results if x.held is not None and x.held.kind == "cost_cap"]
+    if capped:  # the cause is known only once every admitted task has ended
+        final = r.cap_hold()
+        for x in capped:
+            x.held = final
     r.results.cost_usd = r.guard.committed
     r.results.billed_usd = sum(x.billed_usd for x in r.results if x is not None)
     stopped = r.guard.stopped_at
     r.results.stopped_at = None if stopped is None else work.queries[stopped]
     return r.results
+
+
+def _cap_for(annotator, max_cost_usd: float | None) -> float | None:
+    """The cap that applies: none for an annotator without prices (it costs nothing); an
+    error for a priced one whose prices are unknown."""
+    if max_cost_usd is None:
+        return None
+    if not isinstance(annotator, Priced):
+        return None
+    if annotator.prices() is None:
+        raise ValueError(
+            f"a cost cap needs prices for {annotator.name}: set ALLABEL_PRICE_INPUT and "
+            "ALLABEL_PRICE_OUTPUT"
+        )
+    return max_cost_usd
 
 
 class _Run:
