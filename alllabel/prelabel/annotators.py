@@ -78,7 +78,14 @@ class Prompted(Protocol):
 
     def prompts(self, text: str, demos: list[Demo]) -> TaskPrompts: ...
 
-    def executor(self, *, batch: bool | None = None) -> Executor: ...
+    def executor(
+        self,
+        *,
+        batch: bool | None = None,
+        on_billed: Callable[[float], None] | None = None,
+        run_key: str | None = None,
+        wait: float | None = None,
+    ) -> Executor: ...
 
     def read(
         self, text: str, demos: list[Demo], prompts: TaskPrompts, answers: list[Completion]
@@ -196,12 +203,19 @@ class LLMAnnotator:
         return self.client.config.prices()
 
     def executor(
-        self, *, batch: bool | None = None, on_billed: Callable[[float], None] | None = None
+        self,
+        *,
+        batch: bool | None = None,
+        on_billed: Callable[[float], None] | None = None,
+        run_key: str | None = None,
+        wait: float | None = None,
     ) -> Executor:
-        """What answers this annotator's prompts: online, or through the Batch API."""
-        use_batch = self.batch if batch is None else batch
-        kind = BatchExecutor if use_batch else OnlineExecutor
-        return kind(self.client, self.response_schema, parse_entities, on_billed=on_billed)
+        """What answers this annotator's prompts: online, or through the Batch API (its
+        bookkeeping under ``run_key``, polled ``wait`` seconds at most; None: until done)."""
+        args = (self.client, self.response_schema, parse_entities)
+        if self.batch if batch is None else batch:
+            return BatchExecutor(*args, on_billed=on_billed, run_key=run_key, wait=wait)
+        return OnlineExecutor(*args, on_billed=on_billed)
 
     def worst_case_usd(
         self, prompts: TaskPrompts, *, batch: bool, cached_at_price: bool = False

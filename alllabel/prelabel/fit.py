@@ -62,7 +62,7 @@ class Window:
 
     @property
     def messages(self) -> list[dict]:
-        """The prompt, built on demand (plans of big runs stay small in memory)."""
+        """The prompt, built on demand (the prompts of big runs stay small in memory)."""
         return self.builder.messages(self.shown, self.text)
 
 
@@ -207,7 +207,7 @@ class PromptFitter:
                 n += 1
         return chosen
 
-    # --- the plan ----------------------------------------------------------------------------------
+    # --- the prompts---------------------------------------------------------------------------------
     def fit(self, text: str, examples: list[Example]) -> TaskPrompts:
         out = []
         for a, b in self._windows(text, self.window_limit(examples)):

@@ -153,9 +153,7 @@ def prelabel(
     work = run or prepare_run(texts, gold, annotator, sim, queries=queries, k=k)
     max_cost_usd = _cap_for(annotator, max_cost_usd)
     if isinstance(annotator, Prompted) and executor is None:
-        executor = annotator.executor(on_billed=on_billed)
-        if executor.batch:
-            executor.run_key, executor.wait = run_key, batch_wait
+        executor = annotator.executor(on_billed=on_billed, run_key=run_key, wait=batch_wait)
     r = _Run(texts, annotator, work, SpendGuard(max_cost_usd, spent_usd), executor, not ledger)
     r.on_done, r.min_span_score, r.stop = on_done, min_span_score, stop
     if executor is not None and executor.batch:
