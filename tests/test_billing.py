@@ -153,7 +153,7 @@ def test_batch_lines_are_billed_when_collected_truncated_ones_too(mof, tmp_path)
         annotator = LLMAnnotator(LLMClient(cfg, LLMCache(tmp_path / "b.sqlite3")), schema)
         results = prelabel(texts, gold, annotator, sim, queries=range(5, 10))
         billed = fake.billed_usd(PRICES, factor=cfg.batch_price_factor)
-    assert all(r.status == "failed" for r in results) and billed > 0
+    assert all(r.status == "failed" and r.truncated for r in results) and billed > 0
     assert results.billed_usd == pytest.approx(billed)
 
 

@@ -62,6 +62,7 @@ class BatchOutcome:
     submitted: list[str] = field(default_factory=list)  # batch ids created by this call
     # key -> US$ billed for its line, for lines this call collected (failed lines included)
     billed: dict[str, float] = field(default_factory=dict)
+    truncated: set[str] = field(default_factory=set)  # failed: the reply was cut at max_tokens
 
 
 def batch_jobs(client: LLMClient, run_key: str | None = None) -> list[dict]:
@@ -139,7 +140,7 @@ class BatchRunner:
             for job in list(waiting):
                 batch = self._refresh(job)
                 if batch is not None and batch.status in TERMINAL:
-                    out.billed.update(self._collect(job, batch, validate))
+                    out.billed.update(self._collect(job, batch, validate, out.truncated))
             # Whatever a collected job answered is cached now; the rest of its keys failed.
             for job in [j for j in waiting if self._collected(j)]:
                 keys = waiting.pop(job)
@@ -287,7 +288,7 @@ class BatchRunner:
         return [json.loads(line) for line in content.text.splitlines() if line.strip()]
 
     def _collect(
-        self, job: int, batch, validate: Callable[[str], object] | None
+        self, job: int, batch, validate: Callable[[str], object] | None, truncated: set[str]
     ) -> dict[str, float]:
         """Cache the batch's answers; what each line was billed (truncated, unparseable too)."""
         keys = {
@@ -315,6 +316,8 @@ class BatchRunner:
                 cache.put(key, self._answer(body, validate))
             except (LLMError, ValueError) as e:
                 failures[key] = f"{type(e).__name__} in batch {batch.id}: {e}"
+                if isinstance(e, LLMError) and e.truncated:
+                    truncated.add(key)
         message = (
             "; ".join(f"{e.code}: {e.message}" for e in (batch.errors.data or []))
             if batch.errors

@@ -115,7 +115,8 @@ class BatchExecutor:
             if k in outcome.pending:
                 out.append(Answer(pending=outcome.pending[k], billed_usd=usd))
             elif k in outcome.failed:
-                err = LLMError(outcome.failed[k], retryable=True)
+                cut = k in outcome.truncated
+                err = LLMError(outcome.failed[k], retryable=True, truncated=cut)
                 out.append(Answer(error=err, billed_usd=usd))
             else:
                 try:
