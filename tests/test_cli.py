@@ -422,3 +422,22 @@ def test_evaluate_compares_screened_with_paper_exact(data, tmp_path, capsys):
     )
     table = (out / "table.md").read_text()
     assert "| allabel |" in table and "| allabel-screened |" in table
+
+
+def test_carry_duplicates_projects_an_annotated_twin_without_a_call(data, tmp_path, monkeypatch):
+    path, recs = data
+    twin = {"id": "twin", "text": recs[0]["text"].replace("The ", "the ", 1) + " "}
+    rest = [{"id": r["id"], "text": r["text"]} for r in recs[5:12]]
+    write_jsonl(path, [*recs[:5], twin, *rest])
+    out = tmp_path / "pre.jsonl"
+    with FakeOpenAI(oracle(recs)) as fake:
+        _llm_env(monkeypatch, fake)
+        args = ["prelabel", str(path), "-o", str(out), "--skip-quality", "--quiet"]
+        assert main([*args, "--carry-duplicates"]) == 0
+        asked = [r["messages"][-1]["content"] for r in fake.requests]
+    by_id = {r["id"]: r for r in read_jsonl(out)}
+    assert (
+        len(by_id) == 8 and by_id["twin"]["prediction"]["annotator"] == "near-duplicate-projection"
+    )
+    assert len(by_id["twin"]["prediction"]["entities"]) == len(recs[0]["entities"])
+    assert len(asked) == 7 and not any(twin["text"] in a for a in asked)

@@ -163,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-key",
         help="name of this run's batches (default: the input file's path), so a re-run resumes them",
     )
+    p.add_argument(
+        "--carry-duplicates",
+        action="store_true",
+        help="give near-duplicates of annotated records that annotation, projected (no LLM call), "
+        "as the backend does",
+    )
+    p.add_argument(
+        "--duplicate-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="character 5-gram Jaccard at which two tasks are near-duplicates (default %(default)s)",
+    )
     common(p)
     p.set_defaults(func=cmd_prelabel)
 

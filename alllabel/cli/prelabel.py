@@ -59,8 +59,9 @@ def _dry_run(args, texts, gold, queries, annotator, sim) -> int:
 def _report(args, records, texts, gold, outcome: PipelineOutcome) -> int:
     """Write the JSONL output and the summary; the exit code."""
     results = outcome.results
+    carried = [r for r, _ in outcome.carried.values()]
     out, failed, dropped = [], 0, 0
-    for r in results:
+    for r in sorted([*carried, *results], key=lambda r: r.index):
         rec = {"id": records[r.index].get("id", r.index), "text": texts[r.index]}
         if r.held:
             rec["held"] = r.held.message
@@ -90,6 +91,20 @@ def _report(args, records, texts, gold, outcome: PipelineOutcome) -> int:
     return EXIT_FAILED if failed else EXIT_HELD if held else 0
 
 
+def _settings(args, concurrency: int, check: bool) -> PipelineSettings:
+    return PipelineSettings(
+        k=args.k,
+        concurrency=concurrency,
+        max_cost_usd=args.max_cost,
+        min_span_score=args.min_span_score,
+        quality_check=check,
+        min_f1=args.min_f1,
+        run_key=args.run_key or f"cli:{Path(args.input).resolve()}",
+        batch_wait=args.batch_wait,
+        duplicate_threshold=args.duplicate_threshold if args.carry_duplicates else None,
+    )
+
+
 def cmd_prelabel(args) -> int:
     if args.project is not None:
         return _prelabel_project(args)
@@ -111,16 +126,7 @@ def cmd_prelabel(args) -> int:
         raise ValueError(
             "--min-f1 needs the quality check (at least 2 annotated records, no --skip-quality)"
         )
-    settings = PipelineSettings(
-        k=args.k,
-        concurrency=concurrency,
-        max_cost_usd=args.max_cost,
-        min_span_score=args.min_span_score,
-        quality_check=check,
-        min_f1=args.min_f1,
-        run_key=args.run_key or f"cli:{Path(args.input).resolve()}",
-        batch_wait=args.batch_wait,
-    )
+    settings = _settings(args, concurrency, check)
     bar = tqdm(total=len(queries), desc="pre-annotating", unit="task", disable=args.quiet)
 
     def step(name: str, value) -> None:
