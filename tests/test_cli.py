@@ -432,7 +432,7 @@ def test_carry_duplicates_projects_an_annotated_twin_without_a_call(data, tmp_pa
     out = tmp_path / "pre.jsonl"
     with FakeOpenAI(oracle(recs)) as fake:
         _llm_env(monkeypatch, fake)
-        args = ["prelabel", str(path), "-o", str(out), "--skip-quality", "--quiet"]
+        args = ["prelabel", str(path), "-o", str(out), "--skip-quality", "--quiet", "--cache", ""]
         assert main([*args, "--carry-duplicates"]) == 0
         asked = [r["messages"][-1]["content"] for r in fake.requests]
     by_id = {r["id"]: r for r in read_jsonl(out)}
