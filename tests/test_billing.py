@@ -167,3 +167,23 @@ def test_llm_settings_are_read_strictly(monkeypatch):
         LLMConfig.from_env()
     monkeypatch.setenv("ALLABEL_LLM_MAX_TOKENS", "512")
     assert LLMConfig.from_env().batch is True and LLMConfig.from_env().max_tokens == 512
+
+
+def test_the_metered_transport_reads_a_compressed_reply_and_hands_it_on_intact():
+    import gzip
+    import json
+
+    import httpx2
+
+    from alllabel.llm.billing import MeteredTransport, billing
+
+    body = {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}}
+
+    def endpoint(request):
+        data = gzip.compress(json.dumps(body).encode())
+        return httpx2.Response(200, headers={"content-encoding": "gzip"}, content=data)
+
+    with httpx2.Client(transport=MeteredTransport(httpx2.MockTransport(endpoint))) as http:
+        with billing() as bill:
+            reply = http.post("http://llm.test/v1/chat/completions", json={})
+    assert reply.json() == body and (bill.prompt_tokens, bill.completion_tokens) == (12, 3)

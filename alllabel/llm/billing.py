@@ -102,7 +102,15 @@ class MeteredTransport(httpx2.BaseTransport):
         else:
             bill.prompt_tokens += usage[0]
             bill.completion_tokens += usage[1]
-        return httpx2.Response(200, headers=response.headers, content=body, request=request)
+        # ``body`` is decoded now: the headers must not say it is still compressed.
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx2.Response(
+            200, headers=headers, content=body, request=request, extensions=response.extensions
+        )
 
     def close(self) -> None:
         self.inner.close()
