@@ -74,10 +74,10 @@ def test_an_error_status_is_free_and_an_unparseable_reply_is_billed():
 def test_a_reply_the_client_gave_up_on_counts_at_its_worst_case():
     counted = TokenCounter("gpt-4o").messages(MESSAGES)
     with FakeOpenAI() as fake:
-        fake.script = [{"delay": 1.0}]  # the first attempt times out; the server bills it anyway
-        c = client(fake, timeout=0.3, max_retries=1, max_tokens=100)
+        fake.script = [{"delay": 3.0}]  # the first attempt times out; the server bills it anyway
+        c = client(fake, timeout=1.0, max_retries=1, max_tokens=100)
         answer = c.complete(MESSAGES, prompt_tokens=counted)
-        time.sleep(1.0)  # the abandoned request finishes on the server
+        time.sleep(3.0)  # the abandoned request finishes on the server
         second = fake.billed[-1]
     assert len(fake.billed) == 2
     expected = worst(counted, 100) + (second[0] * PRICES[0] + second[1] * PRICES[1]) / 1e6

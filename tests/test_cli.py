@@ -441,3 +441,24 @@ def test_carry_duplicates_projects_an_annotated_twin_without_a_call(data, tmp_pa
     )
     assert len(by_id["twin"]["prediction"]["entities"]) == len(recs[0]["entities"])
     assert len(asked) == 7 and not any(twin["text"] in a for a in asked)
+
+
+def test_the_cap_holds_across_runs_when_every_reply_is_cut(data, tmp_path, monkeypatch, capsys):
+    """Failed calls are billed: a second run with the same cap buys nothing more (the spend is
+    kept per run key in the cache file), and the hold names the cause."""
+    path, recs = data
+    write_jsonl(path, [*recs[:5], *({"id": r["id"], "text": r["text"]} for r in recs[5:25])])
+    cache, out, cap = str(tmp_path / "c.sqlite3"), tmp_path / "pre.jsonl", 0.1
+    args = ["prelabel", str(path), "-o", str(out), "--cache", cache, "--max-cost", str(cap)]
+    with FakeOpenAI(oracle(recs)) as fake:
+        fake.truncate = True
+        _llm_env(monkeypatch, fake)
+        monkeypatch.setenv("ALLABEL_LLM_MAX_TOKENS", "256")
+        assert main([*args, "--quiet", "--skip-quality"]) == 1  # some failed, the rest held
+        first = len(fake.billed)
+        assert "ALLABEL_LLM_MAX_TOKENS" in capsys.readouterr().err
+        assert main([*args, "--quiet"]) == 4  # the quality check is held by the cap
+        assert "ALLABEL_LLM_MAX_TOKENS" in capsys.readouterr().err
+        billed = fake.billed_usd((2.50, 10.00))
+    # Without the spend kept across runs, the second run would have bought up to the cap again.
+    assert first > 0 and billed <= cap

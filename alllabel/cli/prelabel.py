@@ -91,6 +91,26 @@ def _report(args, records, texts, gold, outcome: PipelineOutcome) -> int:
     return EXIT_FAILED if failed else EXIT_HELD if held else 0
 
 
+class CacheLedger:
+    """The command line's spend across runs: per run key, in the LLM cache's SQLite file."""
+
+    def __init__(self, cache, run_key: str):
+        self.cache, self.run_key = cache, run_key
+
+    def spent(self) -> float:
+        return self.cache.spent(self.run_key)
+
+    def charge(self, usd: float) -> None:
+        self.cache.add_spent(self.run_key, usd)
+
+
+def _ledger(annotator, settings: PipelineSettings) -> CacheLedger | None:
+    """A ledger where there is a cache to keep it in (without one, nothing is kept: the run
+    counts the answers it uses, as the library does)."""
+    cache = getattr(getattr(annotator, "client", None), "cache", None)
+    return CacheLedger(cache, settings.run_key) if cache is not None else None
+
+
 def _settings(args, concurrency: int, check: bool) -> PipelineSettings:
     return PipelineSettings(
         k=args.k,
@@ -143,6 +163,7 @@ def cmd_prelabel(args) -> int:
         queries,
         settings,
         labels=labels,
+        ledger=_ledger(annotator, settings),
         on_step=step,
         on_done=lambda r: bar.update(1),
     )

@@ -69,10 +69,14 @@ class Usage:
         return d
 
 
+_SPEND_TABLE = "CREATE TABLE IF NOT EXISTS spend (run_key TEXT PRIMARY KEY, usd REAL NOT NULL)"
+
+
 class LLMCache:
     """SQLite cache of successful completions, keyed on model, messages and parameters.
 
-    The same database keeps the Batch API's bookkeeping (``alllabel.llm.batch``)."""
+    The same database keeps the Batch API's bookkeeping (``alllabel.llm.batch``) and the command
+    line's spend per run key (``spent``/``add_spent``)."""
 
     def __init__(self, path: str | Path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,19 @@ class LLMCache:
             rows = cur.fetchall()
             self._db.commit()
         return rows
+
+    def spent(self, run_key: str) -> float:
+        """US$ billed so far for ``run_key`` (the command line's spend ledger, ``add_spent``)."""
+        self.execute(_SPEND_TABLE)
+        rows = self.execute("SELECT usd FROM spend WHERE run_key = ?", (run_key,))
+        return rows[0][0] if rows else 0.0
+
+    def add_spent(self, run_key: str, usd: float) -> None:
+        self.execute(_SPEND_TABLE)
+        self.execute(
+            "INSERT INTO spend VALUES (?, ?) ON CONFLICT(run_key) DO UPDATE SET usd = usd + ?",
+            (run_key, usd, usd),
+        )
 
     def close(self) -> None:
         with self._lock:
