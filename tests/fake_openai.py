@@ -76,6 +76,11 @@ class FakeOpenAI:
         self.refuse_response_format = False
         self.batch_timing = batch_timing
         self.batch_line_error = None  # body -> (status, message) | None
+        # Billing, as a real endpoint bills: every completion it computes (chat or batch line,
+        # truncated or not, whether or not the client still waits for it) is appended here.
+        self.billed: list[tuple[int, int]] = []  # (prompt, completion) tokens
+        self.truncate = False  # every reply cut at max_tokens (finish_reason "length")
+        self.omit_usage = False  # replies carry no usage (some servers)
         self.fail_batch_create = (
             0  # answer this many POST /v1/batches with HTTP 500 (a crash after upload)
         )
@@ -85,6 +90,7 @@ class FakeOpenAI:
         self.first_request_at = self.last_response_at = None  # perf_counter
         self.first_request_wall = self.last_response_wall = None  # time.time(), for other processes
         self._lock = threading.Lock()
+        self._bill_lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -274,7 +280,16 @@ class FakeOpenAI:
         if fmt == "json_schema" and self.refuse_json_schema:
             return 500, {"error": {"message": "Internal Server Error", "type": "server_error"}}
         content = step["content"] if "content" in step else self.responder(body)
+        if self.truncate:
+            return 200, self._completion(body, content[: len(content) // 2], "length")
         return 200, self._completion(body, content, step.get("finish_reason", "stop"))
+
+    def billed_usd(self, prices: tuple[float, float], factor: float = 1.0) -> float:
+        """What this endpoint billed so far at (input, output) US$ per million tokens."""
+        with self._bill_lock:
+            p = sum(b[0] for b in self.billed)
+            c = sum(b[1] for b in self.billed)
+        return factor * (p * prices[0] + c * prices[1]) / 1e6
 
     def _completion(self, request, content, finish_reason="stop"):
         tokens = [content[i : i + 4] for i in range(0, len(content), 4)]
@@ -290,6 +305,16 @@ class FakeOpenAI:
         prompt_tokens = (
             sum(len(_ENC.encode_ordinary(m["content"])) + 3 for m in request["messages"]) + 3
         )
+        completion_tokens = len(tokens)
+        if finish_reason == "length":  # a cut reply used up every token it was allowed
+            completion_tokens = max(completion_tokens, request.get("max_tokens") or 0)
+        with self._bill_lock:  # batch lines are answered under self._lock
+            self.billed.append((prompt_tokens, completion_tokens))
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
         return {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
@@ -303,11 +328,7 @@ class FakeOpenAI:
                     "logprobs": logprobs,
                 }
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(tokens),
-                "total_tokens": prompt_tokens + len(tokens),
-            },
+            **({} if self.omit_usage else {"usage": usage}),
         }
 
     # --- files and batches -----------------------------------------------------------------------
@@ -445,7 +466,7 @@ def main() -> None:
     args = ap.parse_args()
     responder = None
     if args.gold:
-        from alllabel.prelabel.annotators import example_from_spans
+        from alllabel.prelabel.prompt import example_from_spans
         from alllabel.text.jsonl import read_jsonl
 
         recs = read_jsonl(args.gold)

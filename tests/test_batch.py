@@ -13,7 +13,8 @@ import pytest
 
 from alllabel.llm.batch import batch_jobs
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig, LLMError
-from alllabel.prelabel.annotators import LLMAnnotator, prelabel
+from alllabel.prelabel.annotators import LLMAnnotator
+from alllabel.prelabel.run import prelabel
 from alllabel.text.jsonl import read_jsonl, write_jsonl
 from tests.data import mof_records, mof_setup
 from tests.fake_openai import FakeOpenAI, gold_responder
@@ -133,7 +134,13 @@ def test_a_restart_mid_batch_picks_up_the_batch_id_without_a_second_upload(mof, 
             on_done=done.append,
         )
         assert (
-            all(r.status == "held" and "waiting for batch batch_1" in r.held for r in first)
+            all(
+                r.status == "held"
+                and r.held.kind == "batch"
+                and r.held.batch_ids == ("batch_1",)
+                and "batch_1" in r.held.message
+                for r in first
+            )
             and done == []
         )
         # A new process: new client, new cache connection, same SQLite file.
@@ -177,14 +184,14 @@ def test_cost_cap_keeps_held_tasks_out_of_the_batch(mof, tmp_path):
     gold = {i: spans[i] for i in range(4)}
     with FakeOpenAI(gold_responder(gold_by_text)) as fake:
         annotator = LLMAnnotator(batch_client(fake, tmp_path / "b.sqlite3", max_tokens=512), schema)
-        from alllabel.prelabel.annotators import _worst_case, build_demos
+        from alllabel.prelabel.annotators import build_demos
 
         plans = [
-            annotator.plan(texts[i], d)
+            annotator.prompts(texts[i], d)
             for i, d in zip(range(4, N), build_demos(texts, gold, sim, range(4, N), 3))
         ]
         cap = (
-            sum(_worst_case(annotator, p, True) for p in plans[:5]) + 1e-9
+            sum(annotator.worst_case_usd(p, batch=True) for p in plans[:5]) + 1e-9
         )  # room for exactly 5 tasks
         results = prelabel(texts, gold, annotator, sim, max_cost_usd=cap)
         assert [r.status for r in results] == ["done"] * 5 + ["held"] * (N - 4 - 5)

@@ -16,9 +16,10 @@ import tiktoken
 from alllabel import BM25Similarity
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
 from alllabel.llm.tokens import TokenCounter
-from alllabel.prelabel.annotators import LLMAnnotator, build_demos, example_from_spans, prelabel
-from alllabel.prelabel.fit import BudgetError, PromptPlanner
-from alllabel.prelabel.prompt import LabelSchema, PromptBuilder
+from alllabel.prelabel.annotators import LLMAnnotator, build_demos
+from alllabel.prelabel.fit import PromptFitter, PromptLimitError
+from alllabel.prelabel.prompt import LabelSchema, PromptBuilder, example_from_spans
+from alllabel.prelabel.run import prelabel
 from alllabel.text.segment import entity_units, excerpt, pieces, windows
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
@@ -132,15 +133,15 @@ def test_excerpt_keeps_entity_sentences_and_exact_offsets():
 # --- prompts within the budget --------------------------------------------------------------------
 def test_budget_too_small_for_the_instructions_is_explained():
     schema = LabelSchema(labels())
-    with pytest.raises(BudgetError, match="ALLABEL_MAX_PROMPT_TOKENS"):
-        PromptPlanner(PromptBuilder(schema), TokenCounter("gpt-4o"), 500)
+    with pytest.raises(PromptLimitError, match="ALLABEL_MAX_PROMPT_TOKENS"):
+        PromptFitter(PromptBuilder(schema), TokenCounter("gpt-4o"), 500)
 
 
 def test_demonstrations_share_the_room_long_ones_become_excerpts_or_are_skipped():
     recs = mof_records()
     schema = LabelSchema(labels())
     c = TokenCounter("gpt-4o")
-    planner = PromptPlanner(PromptBuilder(schema), c, 3000)
+    planner = PromptFitter(PromptBuilder(schema), c, 3000)
     small = [example_from_spans(r["text"], gold_of(r)) for r in recs[:2]]
     huge_text = "\n\n".join(r["text"] for r in recs[10:60])
     offsets = [huge_text.find(r["text"]) for r in recs[10:60]]
@@ -152,7 +153,7 @@ def test_demonstrations_share_the_room_long_ones_become_excerpts_or_are_skipped(
             for s in gold_of(r)
         ],
     )
-    plan = planner.plan(recs[100]["text"], [small[0], huge, small[1]])
+    plan = planner.fit(recs[100]["text"], [small[0], huge, small[1]])
     (w,) = plan.windows
     assert w.prompt_tokens <= 3000 and w.prompt_tokens == c.messages(w.messages)
     assert w.demos == [0, 1, 2] and w.trimmed == [1]  # the short ones whole, the huge one cut down
@@ -162,7 +163,7 @@ def test_demonstrations_share_the_room_long_ones_become_excerpts_or_are_skipped(
     assert ans and all(e["text"] in shown for e in ans)
     # A demonstration without entities has nothing worth keeping when it does not fit.
     empty = example_from_spans(huge_text, [])
-    (w2,) = planner.plan(recs[100]["text"], [empty, small[0]]).windows
+    (w2,) = planner.fit(recs[100]["text"], [empty, small[0]]).windows
     assert w2.demos == [1]
 
 
@@ -259,7 +260,7 @@ def test_a_long_demonstration_is_cut_even_when_the_budget_could_hold_it():
     """Not more than max(4 x the input, 2,000) tokens per demonstration: cost, not only fit."""
     recs = mof_records()
     c = TokenCounter("gpt-4o")
-    planner = PromptPlanner(PromptBuilder(LabelSchema(labels())), c, 60_000)
+    planner = PromptFitter(PromptBuilder(LabelSchema(labels())), c, 60_000)
     long_text = "\n\n".join(r["text"] for r in recs[10:30])
     offsets = [long_text.find(r["text"]) for r in recs[10:30]]
     long_demo = example_from_spans(
@@ -271,7 +272,7 @@ def test_a_long_demonstration_is_cut_even_when_the_budget_could_hold_it():
         ],
     )
     assert c.count(long_text) > 5000
-    (w,) = planner.plan(recs[100]["text"], [long_demo]).windows
+    (w,) = planner.fit(recs[100]["text"], [long_demo]).windows
     assert (
         w.trimmed == [0]
         and c.message_cost(w.messages[1]["content"]) + c.message_cost(w.messages[2]["content"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from alllabel.cli import main
-from alllabel.evaluation.protocol import sample_f1, span_prf
-from alllabel.prelabel.annotators import example_from_spans
+from alllabel.prelabel.prompt import example_from_spans
+from alllabel.prelabel.quality import sample_f1, span_prf
 from alllabel.text.jsonl import read_jsonl, write_jsonl
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
@@ -422,3 +422,43 @@ def test_evaluate_compares_screened_with_paper_exact(data, tmp_path, capsys):
     )
     table = (out / "table.md").read_text()
     assert "| allabel |" in table and "| allabel-screened |" in table
+
+
+def test_carry_duplicates_projects_an_annotated_twin_without_a_call(data, tmp_path, monkeypatch):
+    path, recs = data
+    twin = {"id": "twin", "text": recs[0]["text"].replace("The ", "the ", 1) + " "}
+    rest = [{"id": r["id"], "text": r["text"]} for r in recs[5:12]]
+    write_jsonl(path, [*recs[:5], twin, *rest])
+    out = tmp_path / "pre.jsonl"
+    with FakeOpenAI(oracle(recs)) as fake:
+        _llm_env(monkeypatch, fake)
+        args = ["prelabel", str(path), "-o", str(out), "--skip-quality", "--quiet", "--cache", ""]
+        assert main([*args, "--carry-duplicates"]) == 0
+        asked = [r["messages"][-1]["content"] for r in fake.requests]
+    by_id = {r["id"]: r for r in read_jsonl(out)}
+    assert (
+        len(by_id) == 8 and by_id["twin"]["prediction"]["annotator"] == "near-duplicate-projection"
+    )
+    assert len(by_id["twin"]["prediction"]["entities"]) == len(recs[0]["entities"])
+    assert len(asked) == 7 and not any(twin["text"] in a for a in asked)
+
+
+def test_the_cap_holds_across_runs_when_every_reply_is_cut(data, tmp_path, monkeypatch, capsys):
+    """Failed calls are billed: a second run with the same cap buys nothing more (the spend is
+    kept per run key in the cache file), and the hold names the cause."""
+    path, recs = data
+    write_jsonl(path, [*recs[:5], *({"id": r["id"], "text": r["text"]} for r in recs[5:25])])
+    cache, out, cap = str(tmp_path / "c.sqlite3"), tmp_path / "pre.jsonl", 0.1
+    args = ["prelabel", str(path), "-o", str(out), "--cache", cache, "--max-cost", str(cap)]
+    with FakeOpenAI(oracle(recs)) as fake:
+        fake.truncate = True
+        _llm_env(monkeypatch, fake)
+        monkeypatch.setenv("ALLABEL_LLM_MAX_TOKENS", "256")
+        assert main([*args, "--quiet", "--skip-quality"]) == 1  # some failed, the rest held
+        first = len(fake.billed)
+        assert "ALLABEL_LLM_MAX_TOKENS" in capsys.readouterr().err
+        assert main([*args, "--quiet"]) == 4  # the quality check is held by the cap
+        assert "ALLABEL_LLM_MAX_TOKENS" in capsys.readouterr().err
+        billed = fake.billed_usd((2.50, 10.00))
+    # Without the spend kept across runs, the second run would have bought up to the cap again.
+    assert first > 0 and billed <= cap

@@ -418,25 +418,25 @@ CASES = [
     ),
     (
         "min F1 hold: same annotations, still held",
-        prelabeling(mem(hold=Hold("min_f1", "low", "k1")), gold_key="k1"),
+        prelabeling(mem(hold=Hold("min_f1", "low", key="k1")), gold_key="k1"),
         S,
         ["SetMessage"],
     ),
     (
         "min F1 hold: new annotations lift it",
-        prelabeling(mem(hold=Hold("min_f1", "low", "k1")), gold_key="k2"),
+        prelabeling(mem(hold=Hold("min_f1", "low", key="k1")), gold_key="k2"),
         S,
         ["LiftHold"],
     ),
     (
         "cost cap hold: same cap, held",
-        prelabeling(mem(hold=Hold("cost_cap", "cap", None))),
+        prelabeling(mem(hold=Hold("cost_cap", "cap", key=None))),
         S,
         ["SetMessage"],
     ),
     (
         "cost cap hold: a new cap lifts it",
-        prelabeling(mem(hold=Hold("cost_cap", "cap", 1.0))),
+        prelabeling(mem(hold=Hold("cost_cap", "cap", key=1.0))),
         S,
         ["LiftHold"],
     ),
@@ -502,10 +502,10 @@ def test_the_gate_judges_the_estimate_the_run_reported():
     a = A.Approval(tasks=10, cost_usd=0.1, shown_at=0, approved_at=1)
     estimate = {"tasks": 10, "cost_usd": 0.1}
     gate = Gate(a, lambda: estimate)
-    assert gate and gate.used.used_tasks == 10
+    assert gate() and gate.used.used_tasks == 10  # asked at the holds step, after the estimate
     estimate = {"tasks": 20, "cost_usd": 0.1}
-    assert not Gate(a, lambda: estimate)
-    assert not Gate(None, lambda: None)
+    assert not Gate(a, lambda: estimate)()
+    assert not Gate(None, lambda: None)()
 
 
 def test_a_manual_hold_records_the_estimate_it_shows():

@@ -8,14 +8,15 @@ import pytest
 
 from alllabel import BM25Similarity, select
 from alllabel.llm.client import LLMClient, LLMConfig
-from alllabel.prelabel.annotators import LLMAnnotator, example_from_spans, prelabel
+from alllabel.prelabel.annotators import LLMAnnotator
 from alllabel.prelabel.carry_over import (
     PROJECTION_ANNOTATOR,
     align,
     project_duplicates,
     project_spans,
 )
-from alllabel.prelabel.prompt import LabelSchema
+from alllabel.prelabel.prompt import LabelSchema, example_from_spans
+from alllabel.prelabel.run import prelabel
 from alllabel.selection.duplicates import find_duplicates, jaccard, normalise, shingles
 from alllabel.selection.screening import LengthRule, length_outliers, screen
 from tests.data import mof_records

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from alllabel.prelabel.annotators import example_from_spans
+from alllabel.prelabel.prompt import example_from_spans
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder
 from tests.label_studio import PASSWORD, USERNAME

@@ -516,3 +516,44 @@ def test_a_killed_backend_leaves_no_second_process_behind(ls, tmp_path):
                     p.terminate()
                     p.wait(30)
             log.close()
+
+
+def test_replies_cut_at_max_tokens_count_against_the_cap_across_retries_and_restarts(ls, tmp_path):
+    """Issue 15.5: every reply is cut at ALLABEL_LLM_MAX_TOKENS and billed; failed tasks are
+    retried every second for a minute; the endpoint's bill stays under the cap, the spend is
+    kept across a restart, and the hold names the cause."""
+    api = LS(ls)
+    records = mof_records()[220:250]
+    cap, prices = 0.08, (2.50, 10.00)  # gpt-4o
+    with FakeOpenAI(oracle(records)) as fake:
+        fake.truncate = True
+        b = Backend(tmp_path, ls, fake, max_cost_usd=cap, llm={"max_tokens": 256})
+        try:
+            pid, rec_of = api.new_project("cut replies", records)
+            assert api.connect(pid, b.url).status_code == 201
+            annotate_budget(api, b, pid, rec_of)
+            b.wait_for(pid, lambda st: "cost cap" in (st["message"] or ""), what="the cap")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the controller keeps retrying what failed
+                assert fake.billed_usd(prices) <= cap
+                time.sleep(1)
+            st = b.status(pid)
+            billed = fake.billed_usd(prices)
+            assert len(fake.billed) > BUDGET  # the quality check and some bulk calls were billed
+            assert billed <= st["run"]["spent_usd"] <= cap  # every billed call counted
+            assert "ALLABEL_LLM_MAX_TOKENS" in st["message"]
+            preds = b.orch.state.predictions(pid).values()  # near-duplicates are projected
+            assert not any(p.result is not None and p.annotator.startswith("llm-") for p in preds)
+        finally:
+            b.stop()
+        print(f"cut replies: billed US${billed:.4f} in {len(fake.billed)} calls, cap US${cap}")
+        b2 = Backend(
+            tmp_path, ls, fake, max_cost_usd=cap, llm={"max_tokens": 256}, port=b.port
+        )  # restarted: the spend is in the state, the cause still named
+        try:
+            st = b2.wait_for(pid, lambda st: "cost cap" in (st["message"] or ""), what="the cap")
+            time.sleep(5)
+            assert fake.billed_usd(prices) <= cap
+            assert "ALLABEL_LLM_MAX_TOKENS" in b2.status(pid)["message"]
+        finally:
+            b2.stop()

@@ -7,7 +7,8 @@ import requests
 
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
-from tests.test_e2e_label_studio import CONFIG, LS, Backend, oracle
+from alllabel.backend.webhook_auth import HEADER
+from tests.test_e2e_label_studio import CONFIG, LS, Backend, oracle, webhook_secret
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,12 @@ def test_a_forged_bulk_event_changes_no_queue_entry(ls, tmp_path):
                 "project": {"id": pid},
                 "annotation": [{"id": 880000 + n, "task": t} for n, t in enumerate(claimed)],
             }
-            assert requests.post(f"{b.url}/webhook", json=forged).json()["status"] == "ok"
+            # Unsigned, it is refused; signed as Label Studio's webhook is (a leaked secret), it is
+            # only a claim, which Label Studio never confirms.
+            assert requests.post(f"{b.url}/webhook", json=forged).status_code == 401
+            signed = {HEADER: webhook_secret(api, pid, b)}
+            reply = requests.post(f"{b.url}/webhook", json=forged, headers=signed)
+            assert reply.json()["status"] == "ok"
             b.wait_for(pid, lambda st: st["unconfirmed_claims"] == 0, timeout=30, what="checked")
             b.idle(pid)
             assert b.orch.state.queue(pid) == queue
@@ -44,7 +50,7 @@ def test_a_forged_bulk_event_changes_no_queue_entry(ls, tmp_path):
                 **forged,
                 "annotation": [{"id": 870000 + n, "task": claimed[0]} for n in range(1200)],
             }
-            reply = requests.post(f"{b.url}/webhook", json=many).json()
+            reply = requests.post(f"{b.url}/webhook", json=many, headers=signed).json()
             assert reply["ignored_claims"] == 200 and b.status(pid)["unconfirmed_claims"] <= 1000
         finally:
             b.stop()

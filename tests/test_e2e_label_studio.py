@@ -18,7 +18,7 @@ from alllabel.backend.ls_format import queue_score
 from alllabel.backend.settings import Settings
 from alllabel.backend.webhook_auth import HEADER
 from alllabel.llm.client import LLMConfig
-from alllabel.prelabel.annotators import example_from_spans
+from alllabel.prelabel.prompt import example_from_spans
 from model import ALLabelBackend
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI, gold_responder

@@ -104,7 +104,7 @@ def run_installed(installed: Path, argv: list[str], cwd: Path) -> subprocess.Com
 
 def test_wheel_has_the_package_its_data_and_the_requirements_files_dependencies(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert "alllabel/cli.py" in names and "alllabel/examples/mof_sample.jsonl" in names
+    assert "alllabel/cli/__init__.py" in names and "alllabel/examples/mof_sample.jsonl" in names
     for package in ("text", "selection", "llm", "prelabel", "evaluation", "backend"):
         assert f"alllabel/{package}/__init__.py" in names
     assert not [n for n in names if "local_studio" in n]  # test and demo infrastructure stays out

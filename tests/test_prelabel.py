@@ -9,14 +9,10 @@ import pytest
 
 from alllabel import BM25Similarity
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig, LLMError
-from alllabel.prelabel.annotators import (
-    LLMAnnotator,
-    ProjectionAnnotator,
-    build_demos,
-    estimate_run,
-    prelabel,
-)
+from alllabel.prelabel.annotators import LLMAnnotator, ProjectionAnnotator, build_demos
+from alllabel.prelabel.estimate import estimate_run
 from alllabel.prelabel.prompt import PromptBuilder, ReplyError, parse_entities
+from alllabel.prelabel.run import prelabel
 from alllabel.selection.retrieval import retrieve
 from alllabel.selection.similarity import matrix
 from tests.data import mof_setup
@@ -410,7 +406,7 @@ def test_task_score_is_the_weakest_span_and_min_span_score_drops_weak_ones(mof):
 
 
 def test_prediction_emptied_by_min_span_score_keeps_a_low_score():
-    from alllabel.prelabel.annotators import PreAnnotation, apply_min_span_score
+    from alllabel.prelabel.annotation import PreAnnotation, apply_min_span_score
     from alllabel.text.spans import Span
 
     a = PreAnnotation(
@@ -427,7 +423,8 @@ def test_prediction_emptied_by_min_span_score_keeps_a_low_score():
 
 # --- versions -------------------------------------------------------------------------------------
 def test_versions_record_model_prompt_and_demonstrations_and_tell_what_is_stale(mof):
-    from alllabel.prelabel.annotators import current_versions, stale_reasons
+    from alllabel.prelabel.annotation import stale_reasons
+    from alllabel.prelabel.run import current_versions
 
     texts, schema, spans, gold_by_text, sim = mof
     gold = {i: spans[i] for i in range(6)}
@@ -484,9 +481,10 @@ def test_cost_cap_holds_the_rest_and_a_higher_cap_resumes_without_paying_twice(m
         assert [r.index for r in held] == [r.index for r in first][
             -len(held) :
         ]  # the run stopped; the rest waits
-        assert all("cost cap" in r.held and r.error is None for r in held) and len(
-            done
-        ) == N - 5 - len(held)
+        assert all(
+            r.held.kind == "cost_cap" and "cost cap" in r.held.message and r.error is None
+            for r in held
+        ) and len(done) == N - 5 - len(held)
         paid = annotator.client.usage.cost(annotator.client.config.prices())
         assert paid <= cap and first.cost_usd == pytest.approx(paid)
         calls = sum(
@@ -546,7 +544,7 @@ def test_cost_cap_under_concurrency_never_exceeds(mof, tmp_path):
 
 # --- quality before spending ----------------------------------------------------------------------
 def test_leave_one_out_scores_each_annotated_task_from_the_others(mof):
-    from alllabel.evaluation.protocol import leave_one_out, quality_gate
+    from alllabel.prelabel.quality import leave_one_out, quality_gate
 
     texts, schema, spans, gold_by_text, sim = mof
     gold = {i: spans[i] for i in range(12)}

@@ -1,19 +1,11 @@
-"""A project's bulk pre-annotation once its budget is reached: what is left, what may start, the run.
+"""A project's bulk pre-annotation once its budget is reached: a thin adapter on the pipeline.
 
-In order, each step reported in ``/status`` and the log:
-
-1. *near-duplicates* of human-annotated tasks get that annotation projected onto their own text
-   (``projection.py``): no LLM call, annotator ``near-duplicate-projection``;
-2. the rest is *planned* (demonstrations, prompts within ``ALLABEL_MAX_PROMPT_TOKENS``, long tasks
-   in windows) and *estimated*: tasks, prompts, tokens, US$ - nothing is called;
-3. the *quality check*: the same annotator leave-one-out on the human-annotated tasks (each with k
-   demonstrations from the others, the paper's in-domain protocol), per-label P/R/F1 and the
-   paper's F1; it runs once per set of human annotations (answers are cached);
-4. *holds*: ``ALLABEL_MIN_F1`` above the check's F1 holds the run (more annotations lift it);
-   ``ALLABEL_PRELABEL_START=manual`` holds it until Start Training;
-5. the *run*: results are saved one by one (the controller streams them to Label Studio), never
-   beyond ``ALLABEL_MAX_COST_USD`` in all (quality check included). Held tasks - cost cap, or a
-   Batch API batch still running - are picked up later.
+``run`` loads nothing itself: it takes the project's ``Corpus`` (from the state), runs
+``alllabel.prelabel.pipeline`` (near-duplicate carry-over -> prepare -> estimate -> quality check
+-> holds -> run), maps each result to Label Studio's format and saves it (the controller streams
+them to Label Studio). Every bill the endpoint sends is added to the project's spend in the state
+at the time of the call (``State.add_spent``), so ``ALLABEL_MAX_COST_USD`` holds across runs and
+restarts; answers from the cache are free.
 
 Each pre-annotation records its version: annotator, model, a hash of the prompt template and its
 settings, and the task ids of its demonstrations. ``stale`` tells which ones a re-run would change
@@ -22,6 +14,7 @@ settings, and the task ids of its demonstrations. ``stale`` tells which ones a r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,19 +24,13 @@ from dataclasses import dataclass
 from alllabel.backend import ls_format
 from alllabel.backend.label_config import NERConfig
 from alllabel.backend.state import Prediction, State
-from alllabel.evaluation.protocol import leave_one_out, quality_gate
-from alllabel.prelabel.annotators import (
-    STOPPED,
-    LLMAnnotator,
-    PrelabelResult,
-    current_versions,
-    estimate_run,
-    plan_run,
-    prelabel,
-    stale_reasons,
-)
-from alllabel.prelabel.carry_over import project_duplicates
-from alllabel.selection.duplicates import find_duplicates
+from alllabel.prelabel import holds
+from alllabel.prelabel.annotation import stale_reasons
+from alllabel.prelabel.holds import Hold
+from alllabel.prelabel.pipeline import PipelineSettings, run_pipeline
+from alllabel.prelabel.run import PrelabelResult, current_versions
+
+__all__ = ["Corpus", "Hold", "RunOutcome", "gold_key", "run", "stale"]
 
 log = logging.getLogger("alllabel")
 
@@ -84,15 +71,6 @@ def gold_key(state: State, pid: int) -> str:
 
 def _key(human: dict[int, list]) -> str:
     return hashlib.sha1(json.dumps(sorted(human.items()), sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Hold:
-    """Why the run waits, and what lifts it."""
-
-    kind: str  # manual | min_f1 | cost_cap | batch
-    reason: str
-    key: object = None  # the value that must change for the hold to lift
 
 
 @dataclass
@@ -142,6 +120,75 @@ def stale(
 PROJECTED = "near-duplicate-projection"
 
 
+class StateLedger:
+    """A project's spend in the state: every bill is added at the time of the call."""
+
+    def __init__(self, state: State, pid: int):
+        self.state, self.pid = state, pid
+
+    def spent(self) -> float:
+        return self.state.project(self.pid)["spent_usd"]
+
+    def charge(self, usd: float) -> None:
+        self.state.add_spent(self.pid, usd)
+
+
+def pipeline_settings(settings, annotator, approved, concurrency: int | None):
+    """The backend's settings as the pipeline's (a batch run never blocks the controller)."""
+    return PipelineSettings(
+        k=settings.k,
+        concurrency=concurrency,
+        max_cost_usd=settings.max_cost_usd,
+        min_span_score=settings.min_span_score,
+        quality_check=settings.quality_check,
+        min_f1=settings.min_f1,
+        duplicate_threshold=settings.duplicate_threshold if settings.project_duplicates else None,
+        manual_start=settings.prelabel_start == "manual",
+        approved=approved,
+        batch_wait=0 if getattr(annotator, "batch", False) else None,
+    )
+
+
+class _Saver:
+    """Maps the pipeline's results to Label Studio's format and saves them in the state."""
+
+    def __init__(self, state: State, pid: int, corpus: Corpus, annotator, report, saved):
+        self.state, self.pid, self.corpus, self.annotator = state, pid, corpus, annotator
+        self.report, self.saved, self.out = report, saved, RunOutcome()
+
+    def save(self, r: PrelabelResult, version: dict | None = None) -> None:
+        out, tid = self.out, self.corpus.ids[r.index]
+        if r.annotation is None:
+            self.state.save_prelabel(self.pid, tid, None, None, self.annotator.name, None, r.error)
+            out.failed += 1
+            out.blocker = r.error if r.blocking and not out.done else out.blocker
+        else:
+            a = r.annotation
+            result = [ls_format.span_result(self.corpus.cfg, sp) for sp in a.spans]
+            version = version or self.corpus.version(a.version or {})
+            score = round(a.score, 6)
+            self.state.save_prelabel(self.pid, tid, result, score, a.annotator, version, None)
+            out.done, out.blocker = out.done + 1, None
+        self.report("progress", {"done": out.done, "failed": out.failed})
+        self.saved()
+
+    def step(self, name: str, value) -> None:
+        out = self.out
+        if name == "carry_over":  # saved as soon as known: no call needed
+            for r, src in value.values():
+                self.save(r, {"annotator": PROJECTED, "source": self.corpus.ids[src]})
+            out.projected = len(value)
+            if value:
+                log.info("project %d: %d near-duplicate(s) projected", self.pid, len(value))
+        elif name == "estimate":
+            out.estimate = value.as_dict()
+            self.report("estimate", out.estimate)
+            log.info("project %d: %s", self.pid, value.summary())
+        elif name == "quality":
+            out.quality = {**value.as_dict(), "gold_key": self.corpus.gold_key}
+            self.report("quality", out.quality)
+
+
 def run(
     state: State,
     pid: int,
@@ -151,151 +198,50 @@ def run(
     order: list[int],
     *,
     settings,
-    concurrency: int,
-    approved: bool,
+    approved: bool | Callable[[], bool],
     quality_done: str | None,
     report: Callable[[str, object], None],
     saved: Callable[[], None],
     stop=None,
+    concurrency: int | None = None,
 ) -> RunOutcome:
-    """Pre-annotate the tasks in ``order`` (task ids), following the module's steps.
+    """Pre-annotate the tasks in ``order`` (task ids) through the pipeline; save each result.
 
     ``quality_done``: the gold key the quality check last ran on (skip it if unchanged);
     ``report(name, value)`` publishes progress for /status; ``saved()`` is called after every
-    saved result (the controller pushes in batches)."""
-    out = RunOutcome()
-    cfg = corpus.cfg
-
-    def save(r: PrelabelResult, version: dict | None = None) -> None:
-        tid = corpus.ids[r.index]
-        if r.annotation is None:
-            state.save_prelabel(
-                pid, tid, None, None, getattr(annotator, "name", "?"), None, r.error
-            )
-            out.failed += 1
-            if r.blocking and not out.done:
-                out.blocker = r.error
-        else:
-            a = r.annotation
-            state.save_prelabel(
-                pid,
-                tid,
-                [ls_format.span_result(cfg, sp) for sp in a.spans],
-                round(a.score, 6),
-                a.annotator,
-                version or corpus.version(a.version or {}),
-                None,
-            )
-            state.add_spent(pid, getattr(a, "cost_usd", 0.0) or 0.0)
-            out.done += 1
-            out.blocker = None
-        report("progress", {"done": out.done, "failed": out.failed})
-        saved()
-
-    queries = [i for i in corpus.index(order) if i not in corpus.gold]
-    # 1. Near-duplicates of annotated tasks: their annotation, projected.
-    if settings.project_duplicates and queries and corpus.gold:
-        dups = find_duplicates(
-            corpus.texts, threshold=settings.duplicate_threshold, priority=sorted(corpus.gold)
-        )
-        projected = project_duplicates(corpus.texts, corpus.gold, dups, queries)
-        for i, r in projected.items():
-            src = dups.best_source(i, corpus.gold)
-            save(r, {"annotator": PROJECTED, "source": corpus.ids[src[0]] if src else None})
-        out.projected = len(projected)
-        queries = [i for i in queries if i not in projected]
-        if projected:
-            log.info(
-                "project %d: %d near-duplicate(s) of annotated tasks got the annotation projected (no LLM)",
-                pid,
-                len(projected),
-            )
-    if not queries:
-        return out
-    llm = isinstance(annotator, LLMAnnotator)
-    # 2. Plan and estimate (no call).
-    plan = plan_run(corpus.texts, corpus.gold, annotator, sim, queries=queries, k=settings.k)
-    if llm:
-        est = estimate_run(corpus.texts, corpus.gold, annotator, sim, run=plan)
-        out.estimate = est.as_dict()
-        report("estimate", out.estimate)
-        log.info("project %d: %s", pid, est.summary())
-    spent = state.project(pid)["spent_usd"]
-    # 3. Quality check, once per set of human annotations.
-    key = corpus.gold_key
-    if settings.quality_check and len(corpus.gold) >= 2 and quality_done != key:
-        checker = (
-            annotator.online() if llm else annotator
-        )  # answers now, even when the bulk uses the Batch API
-        q = leave_one_out(
-            corpus.texts,
-            corpus.gold,
-            list(cfg.labels),
-            checker,
-            sim,
-            k=settings.k,
-            concurrency=concurrency,
-            max_cost_usd=settings.max_cost_usd,
-            spent_usd=spent,
-            min_span_score=settings.min_span_score,
-        )
-        state.add_spent(pid, q.cost_usd)
-        spent += q.cost_usd
-        out.quality = {**q.as_dict(), "gold_key": key}
-        report("quality", out.quality)
-        log.info(
-            "project %d: quality check (leave-one-out on %d human-annotated tasks):\n%s",
-            pid,
-            q.tasks,
-            q.table(),
-        )
-        why = quality_gate(q, settings.min_f1)
-        if why:
-            out.hold = Hold("min_f1", why, key)
-            return out
-    # 4. Manual start.
-    if settings.prelabel_start == "manual" and not approved:
-        est = (
-            f" ({out.estimate['tasks']} tasks, ~US${out.estimate['cost_usd']})"
-            if out.estimate and out.estimate.get("cost_usd") is not None
-            else ""
-        )
-        out.hold = Hold(
-            "manual",
-            f"waiting for Start Training to pre-annotate{est} (ALLABEL_PRELABEL_START=manual)",
-            None,
-        )
-        return out
-    # 5. The run.
-    results = prelabel(
+    saved result (the controller pushes in batches). ``concurrency``: default the annotator's."""
+    s = pipeline_settings(settings, annotator, approved, concurrency)
+    s.run_key = f"project-{pid}"
+    saver = _Saver(state, pid, corpus, annotator, report, saved)
+    result = run_pipeline(
         corpus.texts,
         corpus.gold,
         annotator,
         sim,
-        run=plan,
-        concurrency=concurrency,
-        on_done=save,
-        max_cost_usd=settings.max_cost_usd,
-        spent_usd=spent,
-        min_span_score=settings.min_span_score,
-        run_key=f"project-{pid}",
-        batch_wait=0 if llm and annotator.client.config.batch else None,
+        corpus.index(order),
+        s,
+        labels=list(corpus.cfg.labels),
+        ledger=StateLedger(state, pid),
+        quality_key=corpus.gold_key,
+        skip_quality=quality_done == corpus.gold_key,
+        on_step=saver.step,
+        on_done=saver.save,
         stop=stop,
     )
-    held = [r for r in results.held if r.held != STOPPED]
-    if held:
-        batch = [r for r in held if r.held and r.held.startswith("held: waiting for batch")]
-        if batch:
-            out.hold = Hold(
-                "batch",
-                f"{len(batch)} task(s) waiting for the Batch API ({batch[0].held.split(';')[0][6:]})",
-                None,
-            )
-        else:
-            out.hold = Hold(
-                "cost_cap",
-                f"stopped at the cost cap: {len(held)} task(s) not pre-annotated; {held[0].held} "
-                "(raise ALLABEL_MAX_COST_USD and restart the backend to continue)",
-                settings.max_cost_usd,
-            )
+    out = saver.out
+    out.hold = result.hold
+    if out.hold is not None and out.hold.kind == "cost_cap":
+        out.hold = _cap_hold(state, pid, out.hold, order, settings.max_cost_usd)
     return out
+
+
+def _cap_hold(state: State, pid: int, hold: Hold, order: list[int], cap: float) -> Hold:
+    """The cap's hold, lifted by another cap; when this run saw no failure, an earlier run's
+    failed calls may have used the cap up (their error, quoted, names the cause)."""
+    if hold.cause is None:
+        preds = state.predictions(pid)
+        errors = [preds[t].error for t in order if t in preds and preds[t].error]
+        if errors:
+            cause = f"{len(errors)} task(s) failed in earlier calls ({errors[0]})"
+            hold = holds.cost_cap(hold.cap_usd, hold.counted_usd, hold.tasks, cause=cause)
+    return dataclasses.replace(hold, key=cap)

@@ -41,7 +41,6 @@ class Services:
     annotator: Callable[[NERConfig], object]
     annotator_name: Callable[[], str]
     batch_poll: float = 30.0
-    llm_concurrency: int = 1
     # Signs the project's webhook (secret header, basic auth): webhook_auth.WebhookAuth.ensure.
     sign_webhooks: Callable[[LabelStudioAPI, int, str], bool] | None = None
 
@@ -364,7 +363,6 @@ class ProjectController:
                 self.settings,
                 annotator_for=self.services.annotator,
                 similarity=self.picker.similarity,
-                llm_concurrency=self.services.llm_concurrency,
                 order=order,
                 rerun=rerun,
                 approval=self.memory.approval,

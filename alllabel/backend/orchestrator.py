@@ -111,7 +111,6 @@ class Orchestrator:
             annotator=self.annotator,
             annotator_name=self.annotator_name,
             batch_poll=self.llm_config.batch_poll,
-            llm_concurrency=self.llm_config.concurrency,
             sign_webhooks=self.webhook_auth.ensure,
         )
 

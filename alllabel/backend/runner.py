@@ -13,7 +13,6 @@ from alllabel.backend.actions import Approval
 from alllabel.backend.decide import approval_covers, approval_used
 from alllabel.backend.label_config import parse_label_config
 from alllabel.backend.state import State
-from alllabel.prelabel.annotators import LLMAnnotator
 
 log = logging.getLogger("alllabel")
 
@@ -40,7 +39,7 @@ class Gate:
     def __init__(self, approval: Approval | None, estimate: Callable[[], dict | None]):
         self.approval, self._estimate, self.used = approval, estimate, approval
 
-    def __bool__(self) -> bool:
+    def __call__(self) -> bool:
         est = self._estimate()
         ok = approval_covers(self.approval, est)
         if ok and self.approval is not None:
@@ -55,7 +54,6 @@ def pre_annotate(
     *,
     annotator_for,
     similarity,
-    llm_concurrency: int,
     order: list[int],
     rerun: bool,
     approval: Approval | None,
@@ -103,7 +101,6 @@ def pre_annotate(
         sim,
         order,
         settings=settings,
-        concurrency=llm_concurrency if isinstance(annotator, LLMAnnotator) else 1,
         approved=gate,
         quality_done=quality_done,
         report=publish,

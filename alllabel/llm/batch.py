@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import openai
 
 from alllabel.llm.client import Completion, LLMClient, LLMError, completion_from_json
+from alllabel.llm.config import token_cost
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class BatchOutcome:
     )  # key -> why (re-submitted by the next run)
     pending: dict[str, str] = field(default_factory=dict)  # key -> batch id still running
     submitted: list[str] = field(default_factory=list)  # batch ids created by this call
+    # key -> US$ billed for its line, for lines this call collected (failed lines included)
+    billed: dict[str, float] = field(default_factory=dict)
+    truncated: set[str] = field(default_factory=set)  # failed: the reply was cut at max_tokens
 
 
 def batch_jobs(client: LLMClient, run_key: str | None = None) -> list[dict]:
@@ -136,7 +140,7 @@ class BatchRunner:
             for job in list(waiting):
                 batch = self._refresh(job)
                 if batch is not None and batch.status in TERMINAL:
-                    self._collect(job, batch, validate)
+                    out.billed.update(self._collect(job, batch, validate, out.truncated))
             # Whatever a collected job answered is cached now; the rest of its keys failed.
             for job in [j for j in waiting if self._collected(j)]:
                 keys = waiting.pop(job)
@@ -283,13 +287,17 @@ class BatchRunner:
         content = self._api(f"downloading {file_id}", self.client.openai.files.content, file_id)
         return [json.loads(line) for line in content.text.splitlines() if line.strip()]
 
-    def _collect(self, job: int, batch, validate: Callable[[str], object] | None) -> None:
+    def _collect(
+        self, job: int, batch, validate: Callable[[str], object] | None, truncated: set[str]
+    ) -> dict[str, float]:
+        """Cache the batch's answers; what each line was billed (truncated, unparseable too)."""
         keys = {
             k for (k,) in self.db.execute("SELECT key FROM batch_requests WHERE job = ?", (job,))
         }
-        cache, factor = self.client.cache, self.client.config.batch_price_factor
+        cache = self.client.cache
         failures: dict[str, str] = {}
         refused = False  # a refused response_format is weakened once per batch, not once per line
+        billed: dict[str, float] = {}
         for line in self._lines(batch.output_file_id) + self._lines(batch.error_file_id):
             key = line.get("custom_id")
             if key not in keys:
@@ -303,22 +311,13 @@ class BatchRunner:
                 if not refused:
                     refused = self.client.refused_format(response.get("status_code"), message)
                 continue
+            billed[key] = self._billed(body)
             try:
-                c = completion_from_json(body)
-                c = Completion(
-                    c.text, c.prompt_tokens, c.completion_tokens, c.logprobs, price_factor=factor
-                )
-                self.client.usage.add(
-                    batch_calls=1,
-                    batch_prompt_tokens=c.prompt_tokens,
-                    batch_completion_tokens=c.completion_tokens,
-                )
-                if validate is not None:
-                    validate(c.text)
+                cache.put(key, self._answer(body, validate))
             except (LLMError, ValueError) as e:
                 failures[key] = f"{type(e).__name__} in batch {batch.id}: {e}"
-                continue
-            cache.put(key, c)
+                if isinstance(e, LLMError) and e.truncated:
+                    truncated.add(key)
         message = (
             "; ".join(f"{e.code}: {e.message}" for e in (batch.errors.data or []))
             if batch.errors
@@ -341,3 +340,36 @@ class BatchRunner:
             answered,
             len(keys) - answered,
         )
+        return billed
+
+    def _answer(self, body: dict, validate: Callable[[str], object] | None) -> Completion:
+        """A 200 line's answer at the batch price; raises if it is cut or does not validate."""
+        c = completion_from_json(body)
+        factor = self.client.config.batch_price_factor
+        c = Completion(
+            c.text, c.prompt_tokens, c.completion_tokens, c.logprobs, price_factor=factor
+        )
+        self.client.usage.add(
+            batch_calls=1,
+            batch_prompt_tokens=c.prompt_tokens,
+            batch_completion_tokens=c.completion_tokens,
+        )
+        if validate is not None:
+            validate(c.text)
+        return c
+
+    def _billed(self, body: dict) -> float:
+        """A 200 line's bill at the batch price: its usage, or the worst case if it reports none."""
+        cfg = self.client.config
+        usage = body.get("usage") or {}
+        if usage.get("prompt_tokens") is None:
+            usd = cfg.worst_case_usd(0, batch=True) or 0.0  # prompt unknown here: reply at most
+        else:
+            usd = (
+                token_cost(
+                    usage["prompt_tokens"], usage.get("completion_tokens") or 0, cfg.prices()
+                )
+                or 0.0
+            ) * cfg.batch_price_factor
+        self.client.usage.add(billed_usd=usd)
+        return usd

@@ -17,255 +17,55 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import httpx2
 import openai
-from openai._constants import RAW_RESPONSE_HEADER
+from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
 from openai.types.chat import ChatCompletion
+
+from alllabel.llm.billing import Bill, MeteredTransport, billing
+from alllabel.llm.cache import Completion, LLMCache, Usage
+from alllabel.llm.config import KNOWN_PRICES, LLMConfig, token_cost
 
 log = logging.getLogger(__name__)
 
-# US$ per million tokens (input, output); used for estimates only. Override with
-# ALLABEL_PRICE_INPUT / ALLABEL_PRICE_OUTPUT for other models or new prices.
-KNOWN_PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "deepseek-chat": (0.27, 1.10)}
-# Context windows (prompt + reply tokens) of models we know; others are the user's responsibility.
-KNOWN_CONTEXT = {"gpt-4o": 128_000, "gpt-4o-mini": 128_000, "deepseek-chat": 64_000}
-RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+__all__ = [
+    "KNOWN_PRICES",
+    "Completion",
+    "LLMCache",
+    "LLMClient",
+    "LLMConfig",
+    "LLMError",
+    "Usage",
+    "completion_from_json",
+    "run_bounded",
+    "token_cost",
+]
 POOL_SIZE = 8
 # Statuses with which endpoints refuse a response_format they do not support (llama.cpp: 500).
 _REFUSES_FORMAT = {400, 422, 500, 501}
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
-
-
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value not in (None, "") else None
-
-
-@dataclass
-class LLMConfig:
-    """Everything that decides how the LLM is called. ``from_env`` documents the variables."""
-
-    api_key: str | None = None
-    base_url: str | None = None
-    model: str = "gpt-4o"
-    temperature: float = 0.0
-    max_tokens: int = 2048
-    timeout: float = 60.0
-    max_retries: int = 5
-    concurrency: int = 4
-    response_format: str = "json_schema"
-    logprobs: bool = True
-    price_input: float | None = None
-    price_output: float | None = None
-    max_prompt_tokens: int = 8000
-    token_margin: float | None = None
-    batch: bool = False
-    batch_poll: float = 30.0
-    batch_price_factor: float = 0.5
-
-    @classmethod
-    def from_env(cls, **overrides) -> "LLMConfig":
-        """OPENAI_API_KEY, OPENAI_BASE_URL, ALLABEL_LLM_MODEL, ALLABEL_LLM_TEMPERATURE,
-        ALLABEL_LLM_MAX_TOKENS, ALLABEL_LLM_TIMEOUT, ALLABEL_LLM_MAX_RETRIES,
-        ALLABEL_LLM_CONCURRENCY, ALLABEL_LLM_RESPONSE_FORMAT (ALLABEL_LLM_JSON_MODE=0 means
-        "none"), ALLABEL_LLM_LOGPROBS, ALLABEL_PRICE_INPUT, ALLABEL_PRICE_OUTPUT,
-        ALLABEL_MAX_PROMPT_TOKENS, ALLABEL_TOKEN_MARGIN, ALLABEL_LLM_BATCH,
-        ALLABEL_LLM_BATCH_POLL. Keyword overrides win over the environment."""
-        env = os.environ
-        fmt = env.get("ALLABEL_LLM_RESPONSE_FORMAT") or (
-            "json_schema" if _env_bool("ALLABEL_LLM_JSON_MODE", True) else "none"
-        )
-        cfg = cls(
-            api_key=env.get("OPENAI_API_KEY") or None,
-            base_url=env.get("OPENAI_BASE_URL") or None,
-            model=env.get("ALLABEL_LLM_MODEL", "gpt-4o"),
-            temperature=float(env.get("ALLABEL_LLM_TEMPERATURE", 0)),
-            max_tokens=int(env.get("ALLABEL_LLM_MAX_TOKENS", 2048)),
-            timeout=float(env.get("ALLABEL_LLM_TIMEOUT", 60)),
-            max_retries=int(env.get("ALLABEL_LLM_MAX_RETRIES", 5)),
-            concurrency=int(env.get("ALLABEL_LLM_CONCURRENCY", 4)),
-            response_format=fmt.strip().lower(),
-            logprobs=_env_bool("ALLABEL_LLM_LOGPROBS", True),
-            price_input=_env_float("ALLABEL_PRICE_INPUT"),
-            price_output=_env_float("ALLABEL_PRICE_OUTPUT"),
-            max_prompt_tokens=int(env.get("ALLABEL_MAX_PROMPT_TOKENS", 8000)),
-            token_margin=_env_float("ALLABEL_TOKEN_MARGIN"),
-            batch=_env_bool("ALLABEL_LLM_BATCH", False),
-            batch_poll=float(env.get("ALLABEL_LLM_BATCH_POLL", 30)),
-        )
-        names = {f.name for f in fields(cls)}
-        for key, value in overrides.items():
-            if key not in names:
-                raise TypeError(f"unknown LLM setting {key!r}")
-            if value is not None:
-                setattr(cfg, key, value)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
-            raise ValueError("LLM concurrency must be >= 1, max_retries >= 0 and timeout > 0")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise ValueError(
-                f"ALLABEL_LLM_RESPONSE_FORMAT must be one of {', '.join(RESPONSE_FORMATS)}, got {self.response_format!r}"
-            )
-        context = KNOWN_CONTEXT.get(self.model)
-        if context and self.max_prompt_tokens + self.max_tokens > context:
-            raise ValueError(
-                f"{self.model} holds {context} tokens: ALLABEL_MAX_PROMPT_TOKENS ({self.max_prompt_tokens}) plus "
-                f"ALLABEL_LLM_MAX_TOKENS ({self.max_tokens}) must not exceed it"
-            )
-
-    @property
-    def configured(self) -> bool:
-        """An LLM is usable: a key, or a base URL (local servers often need no key)."""
-        return bool(self.api_key or self.base_url)
-
-    def prices(self) -> tuple[float, float] | None:
-        if self.price_input is not None and self.price_output is not None:
-            return self.price_input, self.price_output
-        return KNOWN_PRICES.get(self.model)
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    logprobs: list[tuple[str, float]] | None = None
-    cached: bool = False
-    price_factor: float = 1.0  # 0.5 for answers bought through the Batch API
-    retries: int = field(
-        default=0, compare=False
-    )  # the client's retries for this call (not stored)
-    parsed: object = field(
-        default=None, compare=False, repr=False
-    )  # what ``validate`` returned (not stored)
-
-    def cost(self, prices: tuple[float, float] | None) -> float | None:
-        c = token_cost(self.prompt_tokens, self.completion_tokens, prices)
-        return None if c is None else c * self.price_factor
-
-
 class LLMError(RuntimeError):
     """A call failed for good (after the client's retries, or at once for errors a retry cannot fix)."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        truncated: bool = False,
+        usage: tuple[int, int] | None = None,
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.status = status
-
-
-def token_cost(
-    prompt_tokens: int, completion_tokens: int, prices: tuple[float, float] | None
-) -> float | None:
-    """US$ for a token count at (input, output) prices per million tokens; None if prices are unknown."""
-    if prices is None:
-        return None
-    return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
-
-
-@dataclass
-class Usage:
-    calls: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    batch_calls: int = 0
-    batch_prompt_tokens: int = 0
-    batch_completion_tokens: int = 0
-    batch_price_factor: float = 0.5
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for key, value in counts.items():
-                setattr(self, key, getattr(self, key) + value)
-
-    def cost(self, prices: tuple[float, float] | None) -> float | None:
-        online = token_cost(self.prompt_tokens, self.completion_tokens, prices)
-        batch = token_cost(self.batch_prompt_tokens, self.batch_completion_tokens, prices)
-        return None if online is None else online + self.batch_price_factor * batch
-
-    def as_dict(self, prices=None) -> dict:
-        d = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if not f.name.startswith("_") and f.name != "batch_price_factor"
-        }
-        d["cost_usd"] = self.cost(prices)
-        return d
-
-
-class LLMCache:
-    """SQLite cache of successful completions, keyed on model, messages and parameters.
-
-    The same database keeps the Batch API's bookkeeping (``alllabel.llm.batch``)."""
-
-    def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(path)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a commit survives a process crash (not a power cut) without an fsync each.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
-        )
-        self._db.commit()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> Completion | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        d = json.loads(row[0])
-        d["logprobs"] = [tuple(x) for x in d["logprobs"]] if d.get("logprobs") is not None else None
-        return Completion(**{**d, "cached": True})
-
-    def put(self, key: str, c: Completion) -> None:
-        value = {
-            "text": c.text,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "logprobs": c.logprobs,
-        }
-        if c.price_factor != 1.0:
-            value["price_factor"] = c.price_factor
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?)",
-                (key, json.dumps(value), time.time()),
-            )
-            self._db.commit()
-
-    def execute(self, sql: str, params: tuple = (), *, many: bool = False) -> list[tuple]:
-        """Run one statement and commit (the batch bookkeeping's access)."""
-        with self._lock:
-            cur = self._db.executemany(sql, params) if many else self._db.execute(sql, params)
-            rows = cur.fetchall()
-            self._db.commit()
-        return rows
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.truncated = truncated  # the reply was cut at max_tokens (billed all the same)
+        self.usage = usage  # (prompt, completion) tokens the failed reply reported, if any
 
 
 def completion_from_json(data: dict) -> Completion:
@@ -274,15 +74,18 @@ def completion_from_json(data: dict) -> Completion:
     if not choices:
         raise LLMError("the LLM returned no choices", retryable=False)
     choice = choices[0]
+    usage = data.get("usage") or {}
     if choice.get("finish_reason") == "length":
         raise LLMError(
-            "the reply was cut at ALLABEL_LLM_MAX_TOKENS: raise it, or lower ALLABEL_MAX_PROMPT_TOKENS so long tasks are cut into smaller windows",
+            "the reply was cut at ALLABEL_LLM_MAX_TOKENS: raise it, or lower "
+            "ALLABEL_MAX_PROMPT_TOKENS so long tasks are cut into smaller windows",
             retryable=False,
+            truncated=True,
+            usage=(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
         )
     text = (choice.get("message") or {}).get("content") or ""
     content = (choice.get("logprobs") or {}).get("content")
     logprobs = [(t["token"], float(t["logprob"])) for t in content] if content else None
-    usage = data.get("usage") or {}
     return Completion(
         text=text,
         prompt_tokens=usage.get("prompt_tokens") or 0,
@@ -324,7 +127,12 @@ class LLMClient:
             base_url=c.base_url,
             timeout=c.timeout,
             max_retries=c.max_retries,
-            http_client=openai.DefaultHttpxClient(verify=self._ssl),
+            # Every attempt's bill is read in the transport (``alllabel.llm.billing``).
+            http_client=openai.DefaultHttpxClient(
+                transport=MeteredTransport(
+                    httpx2.HTTPTransport(verify=self._ssl, limits=DEFAULT_CONNECTION_LIMITS)
+                )
+            ),
         )
 
     def _pool(self) -> openai.OpenAI:
@@ -380,11 +188,17 @@ class LLMClient:
         *,
         schema: dict | None = None,
         cache_only: bool = False,
+        prompt_tokens: int | None = None,
     ) -> Completion:
         """One chat completion (cached). ``validate(text)`` may raise: the reply is then not
         cached, so a malformed answer is asked for again next time; what it returns is kept in
-        ``Completion.parsed`` (fresh answers only). ``cache_only``: never call
-        the endpoint (answers bought through the Batch API are read back this way)."""
+        ``Completion.parsed`` (fresh answers only). ``cache_only``: never call the endpoint
+        (answers bought through the Batch API are read back this way).
+
+        What the endpoint billed for the call (every attempt, ``alllabel.llm.billing``) is in
+        ``Completion.billed_usd``, or in the raised exception's ``billed_usd``: a truncated or
+        unparseable reply is billed too. ``prompt_tokens`` (the prompt as counted) prices an
+        attempt that reported nothing at its worst case."""
         key = self.cache_key(messages)
         if self.cache is not None:
             hit = self.cache.get(key)
@@ -396,19 +210,36 @@ class LLMClient:
                 "no answer for this prompt in the LLM cache (the batch did not return it)",
                 retryable=True,
             )
-        try:
-            result = self._call(messages, schema)
-        except LLMError:
-            self.usage.add(failures=1)
-            raise
+        with billing() as bill:
+            try:
+                result = self._call(messages, schema)
+            except Exception as e:
+                e.billed_usd = self._charge(bill, messages, prompt_tokens)
+                self.usage.add(failures=1)
+                raise
+        result.billed_usd = self._charge(bill, messages, prompt_tokens)
         self.usage.add(
             calls=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
         )
         if validate is not None:
-            result.parsed = validate(result.text)
+            try:
+                result.parsed = validate(result.text)
+            except Exception as e:
+                e.billed_usd = result.billed_usd  # an unparseable reply is billed all the same
+                raise
         if self.cache is not None:
             self.cache.put(key, result)
         return result
+
+    def _charge(self, bill: Bill, messages: list[dict], prompt_tokens: int | None) -> float:
+        """US$ billed for one call's attempts; added to ``usage.billed_usd``."""
+        if (
+            prompt_tokens is None
+        ):  # not counted by the caller: 2 characters a token, on the high side
+            prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 2 + 8
+        usd = bill.usd(self.config.prices(), prompt_tokens, self.config.max_tokens)
+        self.usage.add(billed_usd=usd)
+        return usd
 
     @staticmethod
     def _post(client: openai.OpenAI, params: dict):

@@ -82,6 +82,38 @@ class Projection:
     dropped: list[dict] = field(default_factory=list)
 
 
+def _land(ops: list, starts_a: list[int], pos: int, side: str) -> int:
+    """Where source position ``pos`` lands in the target (``side``: as a start or an end)."""
+    k = bisect.bisect_right(starts_a, pos) - 1
+    tag, i1, i2, j1, j2 = ops[max(k, 0)]
+    if tag == "equal" and i1 <= pos <= i2:
+        return j1 + (pos - i1)
+    if side == "end" and k > 0 and pos == i1:  # the end of the previous block
+        return ops[k - 1][4]
+    return j1 if pos <= i1 else j2
+
+
+def _refind(sp: dict, whole: bool, touching: list, source: str, target: str, land, place) -> bool:
+    """Rule 2: the span's string, found again near where it would land; True if placed."""
+    s, e = sp["start"], sp["end"]
+    value = source[s:e]
+    # Only near where the span would land: the changes around it plus its own length.
+    slack = len(value) + sum(max(c[2] - c[1], c[4] - c[3]) for c in touching)
+    lo, hi = land(s, "start") - slack, land(e, "end") + slack
+    want = land(s, "start")
+    cands = [
+        p
+        for p in exact_positions(target, value)
+        if lo <= p
+        and p + len(value) <= hi
+        and (not whole or is_whole_word(target, p, p + len(value)))
+    ]
+    return any(
+        place(sp, (p, p + len(value)), "refound")
+        for p in sorted(cands, key=lambda p: (abs(p - want), p))
+    )
+
+
 def project_spans(source: str, spans: Sequence[dict], target: str) -> Projection:
     """Spans ({start, end, label}) of ``source`` placed on ``target`` by the module's rule."""
     ops = align(source, target)
@@ -89,15 +121,7 @@ def project_spans(source: str, spans: Sequence[dict], target: str) -> Projection
     changes = [op for op in ops if op[0] != "equal"]
 
     def land(pos: int, side: str) -> int:
-        """Where source position ``pos`` lands in the target (``side``: as a start or an end)."""
-        k = bisect.bisect_right(starts_a, pos) - 1
-        tag, i1, i2, j1, j2 = ops[max(k, 0)]
-        if tag == "equal" and i1 <= pos <= i2:
-            return j1 + (pos - i1)
-        if side == "end" and k > 0 and pos == i1:  # the end of the previous block
-            p = ops[k - 1]
-            return p[4]
-        return j1 if pos <= i1 else j2
+        return _land(ops, starts_a, pos, side)
 
     out = Projection()
     placed: dict[str, list[tuple[int, int]]] = {}
@@ -135,23 +159,7 @@ def project_spans(source: str, spans: Sequence[dict], target: str) -> Projection
         if not place(sp, choice, kind):
             out.dropped.append(dict(sp))
     for sp, whole, touching in refind:
-        s, e = sp["start"], sp["end"]
-        value = source[s:e]
-        # Only near where the span would land: the changes around it plus its own length.
-        slack = len(value) + sum(max(c[2] - c[1], c[4] - c[3]) for c in touching)
-        lo, hi = land(s, "start") - slack, land(e, "end") + slack
-        want = land(s, "start")
-        cands = [
-            p
-            for p in exact_positions(target, value)
-            if lo <= p
-            and p + len(value) <= hi
-            and (not whole or is_whole_word(target, p, p + len(value)))
-        ]
-        for p in sorted(cands, key=lambda p: (abs(p - want), p)):
-            if place(sp, (p, p + len(value)), "refound"):
-                break
-        else:
+        if not _refind(sp, whole, touching, source, target, land, place):
             out.dropped.append(dict(sp))
     out.spans.sort(key=lambda x: (x.start, x.end, x.label))
     return out
@@ -172,7 +180,8 @@ def project_duplicates(
     ``duplicate``, score = the pair's Jaccard): the same shape ``annotators.prelabel`` returns,
     so a caller saves both alike and sends only the other queries to the LLM.
     """
-    from alllabel.prelabel.annotators import PreAnnotation, PrelabelResult
+    from alllabel.prelabel.annotation import PreAnnotation
+    from alllabel.prelabel.run import PrelabelResult
 
     out = {}
     for q in queries:

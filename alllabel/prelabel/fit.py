@@ -1,9 +1,9 @@
-"""Prompts that fit a token budget: windows for long tasks, demonstrations chosen within it.
+"""Prompts within the prompt limit (ALLABEL_MAX_PROMPT_TOKENS): windows for long tasks, demonstrations chosen within it.
 
-``PromptPlanner.plan(text, examples)`` returns the prompts one task needs (``TaskPlan``), each at
+``PromptFitter.fit(text, examples)`` returns the prompts one task needs (``TaskPrompts``), each at
 most ``max_prompt_tokens`` as counted by ``TokenCounter.messages`` (margin included):
 
-1. The instructions (system message) come first; if they alone leave too little room, the budget
+1. The instructions (system message) come first; if they alone leave too little room, the limit
    is too small and we say so.
 2. The task is never shortened. When its input message takes more than half of what is left after
    the instructions, or more than the reply can hold (``max_tokens``: at the demonstrations' ratio
@@ -18,7 +18,7 @@ most ``max_prompt_tokens`` as counted by ``TokenCounter.messages`` (margin inclu
    by short ones go to long ones); one above its share is shown as an excerpt: the sentences holding
    its entities, in text order, as many as fit; one whose first such sentence does not fit (or
    that has no entities) is skipped.
-4. The assembled prompt is counted exactly once more; it is never above the budget.
+4. The assembled prompt is counted exactly once more; it is never above the limit.
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ DEMO_INPUT_RATIO = 4
 DEMO_MIN_CAP = 2000
 
 
-class BudgetError(ValueError):
-    """The prompt budget cannot hold the instructions and a minimal input."""
+class PromptLimitError(ValueError):
+    """The prompt limit cannot hold the instructions and a minimal input."""
 
 
 @dataclass
 class Window:
     start: int
     end: int
-    prompt_tokens: int  # TokenCounter.messages(messages), <= the budget
+    prompt_tokens: int  # TokenCounter.messages(messages), <= the limit
     demos: list[int]  # positions (in the task's demonstration list) shown in this prompt
     trimmed: list[int]  # of those, shown as excerpts
     shown: list[Example] = field(repr=False)
@@ -62,12 +62,12 @@ class Window:
 
     @property
     def messages(self) -> list[dict]:
-        """The prompt, built on demand (plans of big runs stay small in memory)."""
+        """The prompt, built on demand (the prompts of big runs stay small in memory)."""
         return self.builder.messages(self.shown, self.text)
 
 
 @dataclass
-class TaskPlan:
+class TaskPrompts:
     windows: list[Window]
 
     @property
@@ -90,7 +90,7 @@ def _spans_of(ex: Example) -> list[dict]:
     ]
 
 
-class PromptPlanner:
+class PromptFitter:
     def __init__(
         self,
         builder: PromptBuilder,
@@ -101,14 +101,14 @@ class PromptPlanner:
     ):
         self.builder = builder
         self.counter = counter
-        self.budget = int(max_prompt_tokens)
+        self.limit = int(max_prompt_tokens)
         self.max_reply_tokens = max_reply_tokens
         system = builder.system()
         self._fixed = counter.message_cost(system) + math.ceil(REPLY_PRIMING * counter.margin)
-        room = self.budget - self._fixed
+        room = self.limit - self._fixed
         if room < 2 * MIN_WINDOW_TOKENS:
-            raise BudgetError(
-                f"a prompt budget of {self.budget} tokens leaves {room} after the instructions ({self._fixed} tokens): "
+            raise PromptLimitError(
+                f"a prompt limit of {self.limit} tokens leaves {room} after the instructions ({self._fixed} tokens): "
                 f"raise ALLABEL_MAX_PROMPT_TOKENS to at least {self._fixed + 2 * MIN_WINDOW_TOKENS} or shorten the label definitions"
             )
         self._units: dict[tuple, tuple[list[tuple[int, int]], list[dict]]] = {}
@@ -117,7 +117,7 @@ class PromptPlanner:
     # --- the task ----------------------------------------------------------------------------------
     def window_limit(self, examples: list[Example]) -> int:
         """Most tokens one input message may take (see the module doc, rule 2)."""
-        limit = (self.budget - self._fixed) // 2
+        limit = (self.limit - self._fixed) // 2
         if self.max_reply_tokens:
             text_tokens = sum(self.counter.raw(ex.text) for ex in examples)
             answer_tokens = sum(self.counter.raw(answer(ex)) for ex in examples if ex.entities)
@@ -207,21 +207,21 @@ class PromptPlanner:
                 n += 1
         return chosen
 
-    # --- the plan ----------------------------------------------------------------------------------
-    def plan(self, text: str, examples: list[Example]) -> TaskPlan:
+    # --- the prompts---------------------------------------------------------------------------------
+    def fit(self, text: str, examples: list[Example]) -> TaskPrompts:
         out = []
         for a, b in self._windows(text, self.window_limit(examples)):
             piece = text[a:b]
             input_tokens = self.counter.message_cost(INPUT_PREFIX + piece)
-            chosen = self._choose(examples, self.budget - self._fixed - input_tokens, input_tokens)
+            chosen = self._choose(examples, self.limit - self._fixed - input_tokens, input_tokens)
             while True:
                 messages = self.builder.messages([ex for _, ex, _ in chosen], piece)
                 tokens = self.counter.messages(messages)
-                if tokens <= self.budget:
+                if tokens <= self.limit:
                     break
                 if not chosen:  # cannot happen with the limits above; never send an oversize prompt
-                    raise BudgetError(
-                        f"a window of {tokens} tokens does not fit the budget of {self.budget}"
+                    raise PromptLimitError(
+                        f"a window of {tokens} tokens does not fit the prompt limit of {self.limit}"
                     )
                 chosen.pop()
             shown = [ex for _, ex, _ in chosen]
@@ -237,4 +237,4 @@ class PromptPlanner:
                     self.builder,
                 )
             )
-        return TaskPlan(out)
+        return TaskPrompts(out)

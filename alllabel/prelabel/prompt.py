@@ -148,7 +148,7 @@ class PromptBuilder:
 
     def fingerprint(self, *settings: object) -> str:
         """A short hash of the prompt's wording (instructions, labels, definitions, layout) and of
-        ``settings`` that change prompts (model, budget, ...): equal fingerprints, equal prompts
+        ``settings`` that change prompts (model, prompt limit, ...): equal fingerprints, equal prompts
         for equal inputs and demonstrations."""
         material = json.dumps(
             [PROMPT_FORMAT, self.system(), EXAMPLE_PREFIX, INPUT_PREFIX, *map(str, settings)],

@@ -9,7 +9,8 @@ What counts against the cap ``max_usd``:
   cap buys exactly the difference;
 * while a task is in flight, its worst case: its counted prompt tokens plus ``max_tokens`` of reply
   for each of its prompts, at the batch price for Batch API runs. When it ends, the worst case is
-  replaced by what it cost (or kept, if the task failed: a failed call may still have been billed).
+  replaced by what the endpoint billed for it (``alllabel.llm.billing``: failed, truncated and
+  unparseable replies and retries included; an attempt that reported nothing at its worst case).
 
 Admission happens in task order: the first task whose worst case does not fit stops the run, and
 it and every later task are *held* (not failed) - reported, and done by a later run with a higher
@@ -30,6 +31,9 @@ class SpendGuard:
         self.committed = float(spent_usd)  # settled costs (earlier runs + finished tasks)
         self.reserved: dict[int, float] = {}  # task -> worst case while in flight
         self.stopped_at: int | None = None  # the first held task (in admission order)
+        self.failed_usd = 0.0  # of ``committed``: what failed tasks were billed in this run
+        self.truncated = 0  # failed tasks whose reply was cut at max_tokens
+        self.succeeded = 0
         self._turn = 0
         self._cond = threading.Condition()
 
@@ -56,14 +60,17 @@ class SpendGuard:
                 self._turn += 1
                 self._cond.notify_all()
 
-    def settle(self, task: int, actual_usd: float | None) -> None:
-        """Replace the task's worst case by what it cost (``None``: keep the worst case)."""
+    def settle(
+        self, task: int, usd: float | None, *, failed: bool = False, truncated: bool = False
+    ) -> None:
+        """Replace the task's worst case by what it cost (``None``: keep the worst case). A failed
+        task's cost is also counted as spent on failures (``failed_usd``), for the hold's cause."""
         with self._cond:
             worst = self.reserved.pop(task, 0.0)
-            self.committed += worst if actual_usd is None else actual_usd
-
-    def reason(self) -> str:
-        return (
-            f"held: the cost cap of US${self.max_usd:.2f} would be exceeded (US${self.total:.4f} counted so far); "
-            "raise the cap and run again to continue"
-        )
+            cost = worst if usd is None else usd
+            self.committed += cost
+            if failed:
+                self.failed_usd += cost
+                self.truncated += truncated
+            else:
+                self.succeeded += 1

@@ -1,0 +1,118 @@
+"""How the LLM is called: ``LLMConfig``, read strictly from the environment (``alllabel.env``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import alllabel.env as env
+
+# US$ per million tokens (input, output); used for estimates only. Override with
+# ALLABEL_PRICE_INPUT / ALLABEL_PRICE_OUTPUT for other models or new prices.
+KNOWN_PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "deepseek-chat": (0.27, 1.10)}
+# Context windows (prompt + reply tokens) of models we know; others are the user's responsibility.
+KNOWN_CONTEXT = {"gpt-4o": 128_000, "gpt-4o-mini": 128_000, "deepseek-chat": 64_000}
+RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+
+
+def token_cost(
+    prompt_tokens: int, completion_tokens: int, prices: tuple[float, float] | None
+) -> float | None:
+    """US$ for a token count at (input, output) prices per million tokens; None if unknown."""
+    if prices is None:
+        return None
+    return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
+
+
+@dataclass
+class LLMConfig:
+    """Everything that decides how the LLM is called. ``from_env`` documents the variables."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+    model: str = "gpt-4o"
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    timeout: float = 60.0
+    max_retries: int = 5
+    concurrency: int = 4
+    response_format: str = "json_schema"
+    logprobs: bool = True
+    price_input: float | None = None
+    price_output: float | None = None
+    max_prompt_tokens: int = 8000
+    token_margin: float | None = None
+    batch: bool = False
+    batch_poll: float = 30.0
+    batch_price_factor: float = 0.5
+
+    @classmethod
+    def from_env(cls, **overrides) -> "LLMConfig":
+        """OPENAI_API_KEY, OPENAI_BASE_URL, ALLABEL_LLM_MODEL, ALLABEL_LLM_TEMPERATURE,
+        ALLABEL_LLM_MAX_TOKENS, ALLABEL_LLM_TIMEOUT, ALLABEL_LLM_MAX_RETRIES,
+        ALLABEL_LLM_CONCURRENCY, ALLABEL_LLM_RESPONSE_FORMAT (ALLABEL_LLM_JSON_MODE=0 means
+        "none"), ALLABEL_LLM_LOGPROBS, ALLABEL_PRICE_INPUT, ALLABEL_PRICE_OUTPUT,
+        ALLABEL_MAX_PROMPT_TOKENS, ALLABEL_TOKEN_MARGIN, ALLABEL_LLM_BATCH,
+        ALLABEL_LLM_BATCH_POLL. Keyword overrides win over the environment. A value that does
+        not parse (``ALLABEL_LLM_BATCH=ture``) raises ``env.SettingError`` naming the variable."""
+        default_fmt = "json_schema" if env.flag("ALLABEL_LLM_JSON_MODE", True) else "none"
+        cfg = cls(
+            api_key=env.text("OPENAI_API_KEY"),
+            base_url=env.text("OPENAI_BASE_URL"),
+            model=env.text("ALLABEL_LLM_MODEL", "gpt-4o"),
+            temperature=env.number("ALLABEL_LLM_TEMPERATURE", 0.0, minimum=0),
+            max_tokens=env.number("ALLABEL_LLM_MAX_TOKENS", 2048, integer=True, minimum=1),
+            timeout=env.number("ALLABEL_LLM_TIMEOUT", 60.0, above=0, unit=" s"),
+            max_retries=env.number("ALLABEL_LLM_MAX_RETRIES", 5, integer=True, minimum=0),
+            concurrency=env.number("ALLABEL_LLM_CONCURRENCY", 4, integer=True, minimum=1),
+            response_format=env.choice(
+                "ALLABEL_LLM_RESPONSE_FORMAT", RESPONSE_FORMATS, default_fmt
+            ),
+            logprobs=env.flag("ALLABEL_LLM_LOGPROBS", True),
+            price_input=env.number("ALLABEL_PRICE_INPUT", None, minimum=0),
+            price_output=env.number("ALLABEL_PRICE_OUTPUT", None, minimum=0),
+            max_prompt_tokens=env.number(
+                "ALLABEL_MAX_PROMPT_TOKENS", 8000, integer=True, minimum=1
+            ),
+            token_margin=env.number("ALLABEL_TOKEN_MARGIN", None, above=0),
+            batch=env.flag("ALLABEL_LLM_BATCH", False),
+            batch_poll=env.number("ALLABEL_LLM_BATCH_POLL", 30.0, above=0, unit=" s"),
+        )
+        names = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in names:
+                raise TypeError(f"unknown LLM setting {key!r}")
+            if value is not None:
+                setattr(cfg, key, value)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
+            raise ValueError("LLM concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(
+                f"ALLABEL_LLM_RESPONSE_FORMAT must be one of {', '.join(RESPONSE_FORMATS)}, "
+                f"got {self.response_format!r}"
+            )
+        context = KNOWN_CONTEXT.get(self.model)
+        if context and self.max_prompt_tokens + self.max_tokens > context:
+            raise ValueError(
+                f"{self.model} holds {context} tokens: ALLABEL_MAX_PROMPT_TOKENS "
+                f"({self.max_prompt_tokens}) plus ALLABEL_LLM_MAX_TOKENS ({self.max_tokens}) "
+                "must not exceed it"
+            )
+
+    @property
+    def configured(self) -> bool:
+        """An LLM is usable: a key, or a base URL (local servers often need no key)."""
+        return bool(self.api_key or self.base_url)
+
+    def prices(self) -> tuple[float, float] | None:
+        if self.price_input is not None and self.price_output is not None:
+            return self.price_input, self.price_output
+        return KNOWN_PRICES.get(self.model)
+
+    def worst_case_usd(self, prompt_tokens: int, *, batch: bool = False) -> float | None:
+        """At most what one call of ``prompt_tokens`` can be billed: a full ``max_tokens`` reply."""
+        c = token_cost(prompt_tokens, self.max_tokens, self.prices())
+        return None if c is None else c * (self.batch_price_factor if batch else 1.0)
