@@ -5,9 +5,9 @@ connected this backend, and a project whose model is removed stops being worked 
 import pytest
 import requests
 
+from alllabel.backend.webhook_auth import HEADER
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
-from alllabel.backend.webhook_auth import HEADER
 from tests.test_e2e_label_studio import CONFIG, LS, Backend, oracle, webhook_secret
 
 
