@@ -241,7 +241,7 @@ class BM25Similarity(_IntegerDotSimilarity):
         self._ws_t = w[:, rare].T.tocsr()  # postings: term -> (documents, weights)
         self._ws_t.sort_indices()
         self._ws_csc = self._ws_t.tocsc()
-        self._qs_t = self._ws_rows = None
+        self._qs_t = self._ws_rows = self._qd_t = None
         self._rowmax = np.full(n, np.nan)
         log.debug("BM25: %d texts, %d terms (%d dense), scale 2^%d", n, len(vocab), len(dense), q)
 
@@ -262,13 +262,17 @@ class BM25Similarity(_IntegerDotSimilarity):
         if self._qs_t is None:
             self._qs_t = self._qs.T.tocsr()
             self._ws_rows = self._ws_csc.T.tocsr()  # text -> (terms, weights)
-        out = (self._qd @ self._wd[j])[None, :]
+            self._qd_t = np.ascontiguousarray(self._qd.T)  # term -> every text's count
+        # Only the dense terms of text j, each a contiguous row: ~10x less than a full gemv.
+        wj = self._wd[j]
+        nz = np.flatnonzero(wj)
+        out = (wj[nz] @ self._qd_t[nz])[None, :]
         w, q = self._ws_rows, self._qs_t
         add_postings(w.indptr, w.indices, w.data, np.array([j]), q.indptr, q.indices, q.data, out)
         return out[0]
 
     def __getstate__(self):  # the column postings are rebuilt where they are needed
-        return {**self.__dict__, "_qs_t": None, "_ws_rows": None}
+        return {**self.__dict__, "_qs_t": None, "_ws_rows": None, "_qd_t": None}
 
     def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
         # In place (blocks are large); the same float operations for rows and columns.
