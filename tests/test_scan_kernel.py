@@ -30,10 +30,43 @@ def test_scan_rows_matches_numpy_on_ties_and_half_grid_values():
         lists = np.empty((b, width), dtype=np.int32)
         vals = np.empty((b, width))
         sums = np.empty(b, dtype=np.int64)
-        scan_rows(block, rows, excluded, grid, width, n, lists, vals, sums)
+        scan_rows(block, rows, excluded, grid, width, n, lists, vals, sums, np.empty(b), False)
         want_lists, want_sums = _numpy_scan(block, rows, excluded, grid, width, n)
         assert np.array_equal(lists, want_lists), trial
         assert np.array_equal(sums, want_sums), trial
         ok = lists < n
         got = np.take_along_axis(block, np.where(ok, lists, 0), axis=1)
         assert np.array_equal(vals[ok], got[ok]), trial
+
+
+def test_normalising_in_the_kernel_matches_bm25_normalise():
+    # Raw integer scores (negative ones and rows whose max is <= 0 included) normalised by the
+    # kernel give the bits of BM25Similarity._normalise followed by the plain kernel.
+    from alllabel.selection.similarity import BM25Similarity
+
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        n = int(rng.integers(2, 50))
+        b = int(rng.integers(1, n + 1))
+        rows = np.sort(rng.choice(n, size=b, replace=False))
+        raw = rng.integers(-3, 7, size=(b, n)).astype(float) * 3.0**20
+        raw[0] = np.minimum(raw[0], 0.0)
+        excluded = rng.random(n) < 0.2
+        width, grid = int(rng.integers(0, n)), 2.0**40
+        masked = raw.copy()
+        masked[np.arange(b), rows] = -np.inf
+        rowmax = masked.max(axis=1)
+        want = BM25Similarity._normalise(None, raw.copy(), rowmax[:, None])
+        outs = []
+        for block, fused in ((raw.copy(), True), (want, False)):
+            got = (np.empty((b, width), np.int32), np.empty((b, width)), np.empty(b, np.int64))
+            seen = np.full(b, np.nan)
+            scan_rows(block, rows, excluded, grid, width, n, *got, seen, fused)
+            outs.append((got, seen))
+        (lists_f, vals_f, sums_f), seen_f = outs[0]
+        (lists_p, vals_p, sums_p), _ = outs[1]
+        assert np.array_equal(lists_f, lists_p), trial
+        assert np.array_equal(sums_f, sums_p), trial
+        ok = lists_f < n  # padding has no value
+        assert np.array_equal(vals_f[ok], vals_p[ok]), trial
+        assert np.array_equal(seen_f, rowmax), trial

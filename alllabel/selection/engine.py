@@ -54,12 +54,19 @@ def _scan_block(sim, idx, width, sentinel, excluded, grid):
     """Top lists and row sums of a block in one pass over its rows (kernels.scan_rows).
 
     Row sums are on an int64 fixed-point grid: exact, so independent of summation order and of
-    the block size (mathematically tied means stay tied). Excluded items do not count."""
-    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
+    the block size (mathematically tied means stay tied). Excluded items do not count.
+    A backend that normalises rows by their max (BM25) hands over raw rows: the kernel
+    normalises them on the way, with the same float operations."""
+    buf = _buffer("rows", (len(idx), sim.n), np.float64)
+    fused = getattr(sim, "fused_rows", False)
+    block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
     lists = np.empty((len(idx), width), dtype=np.int32)
     rowsum = np.empty(len(idx), dtype=np.int64)
     vals = _buffer("vals", (len(idx), width), np.float64)
-    scan_rows(block, idx, excluded, grid, width, sentinel, lists, vals, rowsum)
+    rowmax = np.empty(len(idx))
+    scan_rows(block, idx, excluded, grid, width, sentinel, lists, vals, rowsum, rowmax, fused)
+    if fused:
+        sim._rowmax[idx] = rowmax
     return lists, rowsum, _row_max_of(sim, idx)
 
 

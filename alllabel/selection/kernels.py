@@ -59,7 +59,7 @@ def _sift_down(hv, hi, size, pos):  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def scan_rows(
-    block, rows, excluded, grid, width, sentinel, lists, vals, rowsum
+    block, rows, excluded, grid, width, sentinel, lists, vals, rowsum, rowmax, normalise
 ):  # pragma: no cover
     """One pass per row of a block of U: the row's top list and its sum on the integer grid.
 
@@ -67,6 +67,9 @@ def scan_rows(
     in ranking order (padded with ``sentinel``), ``vals[r]`` their values; ``rowsum[r]`` = sum of rint(U * grid) as int64,
     exact whatever the order. Columns are visited in ascending order, so a candidate equal to
     the heap's worst entry has a larger index and is rejected by the strict comparison.
+    ``normalise``: ``block`` holds raw BM25 scores; U = max(raw, 0) / (row max over j != i, or
+    inf when that is <= 0) - the float operations of ``BM25Similarity._normalise`` - and
+    ``rowmax[r]`` gets the row max, saving the separate max and divide passes over the block.
     """
     n = block.shape[1]
     hv = np.empty(max(width, 1), dtype=np.float64)
@@ -74,12 +77,20 @@ def scan_rows(
     for r in range(block.shape[0]):
         u = block[r]
         i = rows[r]
+        div = 1.0
+        if normalise:
+            top = -np.inf if n > 1 else 0.0
+            for j in range(n):
+                if j != i and u[j] > top:
+                    top = u[j]
+            rowmax[r] = top
+            div = top if top > 0 else np.inf
         acc = np.int64(0)
         size = 0
         for j in range(n):
             if j == i or excluded[j]:
                 continue
-            v = u[j]
+            v = max(u[j], 0.0) / div if normalise else u[j]
             acc += np.int64(np.rint(v * grid))
             if size < width:
                 hv[size] = v
@@ -106,6 +117,57 @@ def scan_rows(
             hv[0] = hv[size]
             hi[0] = hi[size]
             _sift_down(hv, hi, size, 0)
+
+
+@numba.njit(nogil=True, cache=True)
+def merge_columns(block, rows, cols, lists, vals, length, complete):  # pragma: no cover
+    """Merge new columns ``cols`` (ascending, all after every listed item) into top lists.
+
+    ``block[r, c]`` = U[rows[r], cols[c]]. A row's list is a prefix of its ranking of
+    ``length`` items (the whole ranking when ``complete[r]``); a new item enters when it ranks
+    before the list's last item (strictly greater value: equal values go to the older, smaller
+    index), or anywhere while a complete list has room. Lists stay at most ``lists.shape[1]``.
+    """
+    width = lists.shape[1]
+    cv = np.empty(block.shape[1], dtype=np.float64)
+    ci = np.empty(block.shape[1], dtype=np.int64)
+    mv = np.empty(width, dtype=np.float64)
+    mi = np.empty(width, dtype=np.int32)
+    for r in range(block.shape[0]):
+        i = rows[r]
+        size = length[i]
+        open_end = complete[r] and size < width
+        if size == 0 and not open_end:
+            continue
+        thr = vals[i, size - 1] if size > 0 else -np.inf
+        m = 0
+        for c in range(block.shape[1]):  # accepted candidates, insertion-sorted best first
+            v = block[r, c]
+            if open_end or v > thr:
+                p = m
+                while p > 0 and cv[p - 1] < v:  # equal values keep column (index) order
+                    cv[p] = cv[p - 1]
+                    ci[p] = ci[p - 1]
+                    p -= 1
+                cv[p] = v
+                ci[p] = cols[c]
+                m += 1
+        if m == 0:
+            continue
+        a = b = t = 0
+        while t < width and (a < size or b < m):
+            if b >= m or (a < size and vals[i, a] >= cv[b]):  # old index is smaller on ties
+                mv[t] = vals[i, a]
+                mi[t] = lists[i, a]
+                a += 1
+            else:
+                mv[t] = cv[b]
+                mi[t] = ci[b]
+                b += 1
+            t += 1
+        lists[i, :t] = mi[:t]
+        vals[i, :t] = mv[:t]
+        length[i] = t
 
 
 @numba.njit(nogil=True, cache=True)

@@ -197,6 +197,8 @@ class BM25Similarity(_IntegerDotSimilarity):
     exact; see the module docstring.
     """
 
+    fused_rows = True  # the scan kernel normalises raw rows itself (engine._scan_block)
+
     def __init__(
         self,
         texts: Sequence[str],
