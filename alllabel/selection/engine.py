@@ -136,7 +136,7 @@ class Engine:
         grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
         done = 0
         for idx, (lists, rowsum) in self._map(
-            _scan_block, np.arange(n), width, n, ~self.rankable, grid
+            _scan_block, np.arange(n), width, n, self.excluded, grid
         ):
             self.rowsum[idx] = rowsum
             self.lists[idx] = lists
@@ -151,7 +151,7 @@ class Engine:
         out = np.empty((len(rows), width), dtype=np.int32)
         pos = 0
         for idx, (lists,) in self._map(
-            _ranked_block, np.asarray(rows), width, self.n, ~self.rankable
+            _ranked_block, np.asarray(rows), width, self.n, self.excluded
         ):
             out[pos : pos + len(idx)] = lists
             pos += len(idx)

@@ -35,26 +35,94 @@ def add_postings(
                 o[w_doc[s]] += c * w_val[s]
 
 
-@numba.njit(inline="always")
-def _worse(va, ia, vb, ib):  # pragma: no cover - compiled
-    # Ranking order is U descending, index ascending: a ranks after b.
-    return va < vb or (va == vb and ia > ib)
+@numba.njit(nogil=True)
+def _compact(bv, bi, m, width):  # pragma: no cover - compiled
+    """Keep the best ``width`` of the ``m`` buffered candidates (appended in index order), in
+    index order; returns the value of the width-th best (the new acceptance threshold)."""
+    kth = np.partition(bv[:m], m - width)[m - width]  # the width-th largest value
+    above = 0
+    for p in range(m):
+        if bv[p] > kth:
+            above += 1
+    ties = width - above  # candidates equal to kth that stay: the smallest indices
+    t = 0
+    for p in range(m):
+        v = bv[p]
+        if v > kth or (v == kth and ties > 0):
+            if v == kth:
+                ties -= 1
+            bv[t] = v
+            bi[t] = bi[p]
+            t += 1
+    return kth
 
 
-@numba.njit(inline="always")
-def _sift_down(hv, hi, size, pos):  # pragma: no cover - compiled
-    # hv/hi is a heap whose root is the worst entry.
-    while True:
-        c = 2 * pos + 1
-        if c >= size:
-            return
-        if c + 1 < size and _worse(hv[c + 1], hi[c + 1], hv[c], hi[c]):
-            c += 1
-        if not _worse(hv[c], hi[c], hv[pos], hi[pos]):
-            return
-        hv[c], hv[pos] = hv[pos], hv[c]
-        hi[c], hi[pos] = hi[pos], hi[c]
-        pos = c
+@numba.njit(nogil=True)
+def _guess(u, width, buf):  # pragma: no cover - compiled
+    """A threshold below the width-th best value with high probability: from every 16th item,
+    the value that ~1.5 x width items of the row would exceed (-inf: no useful guess)."""
+    stride = min(16, width // 32)
+    if stride < 2:
+        return -np.inf
+    ns = 0
+    for j in range(0, u.shape[0], stride):
+        if ns < buf.shape[0]:
+            buf[ns] = u[j]
+            ns += 1
+    k = (3 * width) // (2 * stride)
+    if k >= ns:
+        return -np.inf
+    return np.partition(buf[:ns], ns - k)[ns - k]
+
+
+@numba.njit(nogil=True)
+def _filter(u, width, thr, bv, bi):  # pragma: no cover - compiled
+    """Buffer the row's items above ``thr`` in index order, compacted to the best ``width``
+    whenever the buffer fills (which raises ``thr``); returns how many are buffered."""
+    m = 0
+    cap = bv.shape[0]
+    for j in range(u.shape[0]):
+        if u[j] > thr:
+            bv[m] = u[j]
+            bi[m] = j
+            m += 1
+            if m == cap:
+                thr = _compact(bv, bi, m, width)
+                m = width
+    return m
+
+
+@numba.njit(nogil=True)
+def _row_to_u(u, i, excluded, grid, normalise, rowmax, r):  # pragma: no cover - compiled
+    """Turn row ``u`` into U in place (BM25's raw scores normalised when ``normalise``) and
+    return its grid sum over j != i, j not excluded; then mark those cells -inf (unrankable).
+
+    Plain loops over the whole row (SIMD), the self cell zeroed and excluded cells subtracted
+    after, as the numpy version did."""
+    n = u.shape[0]
+    div = 1.0
+    if normalise:
+        u[i] = -np.inf
+        top = -np.inf if n > 1 else 0.0
+        for j in range(n):
+            top = max(top, u[j])
+        rowmax[r] = top
+        div = top if top > 0 else np.inf
+    u[i] = 0.0
+    acc = np.int64(0)
+    if normalise:
+        for j in range(n):
+            v = max(u[j], 0.0) / div
+            u[j] = v
+            acc += np.int64(np.rint(v * grid))
+    else:
+        for j in range(n):
+            acc += np.int64(np.rint(u[j] * grid))
+    for j in excluded:
+        acc -= np.int64(np.rint(u[j] * grid))
+        u[j] = -np.inf
+    u[i] = -np.inf
+    return acc
 
 
 @numba.njit(nogil=True, cache=True)
@@ -63,60 +131,39 @@ def scan_rows(
 ):  # pragma: no cover
     """One pass per row of a block of U: the row's top list and its sum on the integer grid.
 
-    Cells j == rows[r] and excluded[j] are skipped. ``lists[r]`` gets the first ``width`` items
-    in ranking order (padded with ``sentinel``), ``vals[r]`` their values; ``rowsum[r]`` = sum of rint(U * grid) as int64,
-    exact whatever the order. Columns are visited in ascending order, so a candidate equal to
-    the heap's worst entry has a larger index and is rejected by the strict comparison.
+    Cells j == rows[r] and j in ``excluded`` (indices) are skipped. ``lists[r]`` gets the first
+    ``width`` items in ranking order (padded with ``sentinel``), ``vals[r]`` their values;
+    ``rowsum[r]`` = sum of rint(U * grid) as int64, exact whatever the order. The block is
+    overwritten. Candidates above a threshold are buffered in index order; a full buffer keeps
+    its best ``width`` (a selection, not a sort) and raises the threshold to the width-th best
+    value. A later item equal to it has a larger index, so it ranks after all kept ones: the
+    strict comparison is exact. The first threshold is guessed from a sample; if fewer than
+    ``width`` items exceed it, the row is filtered again from -inf.
     ``normalise``: ``block`` holds raw BM25 scores; U = max(raw, 0) / (row max over j != i, or
     inf when that is <= 0) - the float operations of ``BM25Similarity._normalise`` - and
     ``rowmax[r]`` gets the row max, saving the separate max and divide passes over the block.
     """
-    n = block.shape[1]
-    hv = np.empty(max(width, 1), dtype=np.float64)
-    hi = np.empty(max(width, 1), dtype=np.int64)
+    cap = max(4 * width, 256)
+    bv = np.empty(cap, dtype=np.float64)
+    bi = np.empty(cap, dtype=np.int64)
     for r in range(block.shape[0]):
         u = block[r]
-        i = rows[r]
-        div = 1.0
-        if normalise:
-            top = -np.inf if n > 1 else 0.0
-            for j in range(n):
-                if j != i and u[j] > top:
-                    top = u[j]
-            rowmax[r] = top
-            div = top if top > 0 else np.inf
-        acc = np.int64(0)
-        size = 0
-        for j in range(n):
-            if j == i or excluded[j]:
-                continue
-            v = max(u[j], 0.0) / div if normalise else u[j]
-            acc += np.int64(np.rint(v * grid))
-            if size < width:
-                hv[size] = v
-                hi[size] = j
-                size += 1
-                if size == width:  # heapify once full
-                    for p in range(width // 2 - 1, -1, -1):
-                        _sift_down(hv, hi, width, p)
-            elif v > hv[0]:
-                hv[0] = v
-                hi[0] = j
-                _sift_down(hv, hi, width, 0)
-        rowsum[r] = acc
-        out = lists[r]
-        for p in range(size, width):
-            out[p] = sentinel
-        if size < width:  # never heapified: do it now, then drain worst-first
-            for p in range(size // 2 - 1, -1, -1):
-                _sift_down(hv, hi, size, p)
-        while size > 0:
-            out[size - 1] = hi[0]
-            vals[r, size - 1] = hv[0]
-            size -= 1
-            hv[0] = hv[size]
-            hi[0] = hi[size]
-            _sift_down(hv, hi, size, 0)
+        rowsum[r] = _row_to_u(u, rows[r], excluded, grid, normalise, rowmax, r)
+        m = 0
+        if width > 0:
+            guess = _guess(u, width, bv)
+            m = _filter(u, width, guess, bv, bi)
+            if m < width and guess > -np.inf:  # the guess was too high: filter again, exactly
+                m = _filter(u, width, -np.inf, bv, bi)
+        if m > width:
+            _compact(bv, bi, m, width)
+            m = width
+        order = np.argsort(-bv[:m], kind="mergesort")  # stable: equal values in index order
+        for p in range(m):
+            lists[r, p] = bi[order[p]]
+            vals[r, p] = bv[order[p]]
+        for p in range(m, width):
+            lists[r, p] = sentinel
 
 
 @numba.njit(nogil=True, cache=True)

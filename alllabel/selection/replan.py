@@ -109,12 +109,13 @@ class Planner:
         sums = np.empty(len(rows), dtype=np.int64)
         step = self.block_rows or default_block_rows(n)
         buf = np.empty((min(step, max(len(rows), 1)), n))
+        excluded = np.flatnonzero(~self.rankable)
         for s in range(0, len(rows), step):
             idx = rows[s : s + step]
             block = self.sim.rows(idx, out=buf[: len(idx)])
             sl = slice(s, s + len(idx))
             args = (lists[sl], vals[sl], sums[sl], np.empty(len(idx)), False)
-            scan_rows(block, idx, ~self.rankable, grid, width, n, *args)
+            scan_rows(block, idx, excluded, grid, width, n, *args)
         return lists, vals, sums
 
     def _complete(self, rows: np.ndarray) -> np.ndarray:
