@@ -36,6 +36,7 @@ def run(kind: str, n: int, add: int, m: int) -> None:
     first = time.perf_counter() - t
     t = time.perf_counter()
     p.add(texts[n:], embeddings=None if vec is None else vec[n:])
+    t_add = time.perf_counter() - t
     inc_sel = p.select(m)
     inc = time.perf_counter() - t
     t = time.perf_counter()
@@ -45,6 +46,7 @@ def run(kind: str, n: int, add: int, m: int) -> None:
     same = (inc_sel.indices, inc_sel.stages) == (full_sel.indices, full_sel.stages)
     print(
         f"{kind:>5} N={n}+{add} M={m}: first plan {first:.1f}s, add+select {inc:.1f}s "
+        f"(add {t_add:.1f}s, select {inc - t_add:.1f}s) "
         f"(rescan: {p.last_rescan or 'no'}), full re-plan {full:.1f}s = {full / inc:.1f}x, "
         f"load {load:.1f}-{os.getloadavg()[0]:.1f}, same picks: {same}",
         flush=True,
