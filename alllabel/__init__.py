@@ -1,5 +1,6 @@
 """alllabel: ALLabel active-learning selection and LLM pre-annotation for Label Studio."""
 
+from alllabel.selection.replan import Planner
 from alllabel.selection.similarity import (
     BM25Similarity,
     DenseSimilarity,
@@ -16,4 +17,5 @@ __all__ = [
     "SBERTSimilarity",
     "DenseSimilarity",
     "make_similarity",
+    "Planner",
 ]

@@ -1,6 +1,7 @@
 """Selection speed and memory at scale (BM25, budget M).
 
-Prints one line per size: N, M, seconds (similarity build + selection), peak MiB of the process
+Prints one line per size: N, M, seconds (similarity build + selection) and the CPU seconds they
+took (all threads; on C free cores the wall time is at least cpu / C), peak MiB of the process
 that ran it, the 1-minute load average before and after (the machine may be shared), and a
 fingerprint of the picks (SHA-1 of the queue with its stages) to compare implementations. At sizes up to --naive-max it also runs the naive path in the same process - rank-bm25
 scoring every query one by one into a dense N x N matrix, then select() on that matrix - and
@@ -64,6 +65,13 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    # CPU time (user + system, all threads) is less sensitive than wall time to other jobs
+    # on a shared machine: on C free cores the wall time is at least cpu / C.
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000, 100000])
@@ -74,6 +82,7 @@ def main() -> None:
     if a.one:
         m = min(a.budget, max(1, a.one // 20))
         load = os.getloadavg()[0]
+        cpu0 = cpu_seconds()
         secs, sel = ours_full(a.one, m)
         print(
             json.dumps(
@@ -82,6 +91,7 @@ def main() -> None:
                     "m": m,
                     "seconds": secs,
                     "peak_mib": peak_mib(),
+                    "cpu": cpu_seconds() - cpu0,
                     "head": sel.indices[:5],
                     "picks": fingerprint(sel),
                     "load": [load, os.getloadavg()[0]],
@@ -89,7 +99,9 @@ def main() -> None:
             )
         )
         return
-    print(f"{'N':>7} {'M':>5} {'seconds':>8} {'peak MiB':>9} {'load':>9} {'picks':>12}  naive")
+    print(
+        f"{'N':>7} {'M':>5} {'seconds':>8} {'cpu s':>7} {'peak MiB':>9} {'load':>9} {'picks':>12}  naive"
+    )
     for n in a.sizes:
         # Each size in a fresh process, so its peak memory is its own.
         out = subprocess.run(
@@ -106,7 +118,7 @@ def main() -> None:
             extra = f"{t_naive:.1f}s = {t_naive / t_ours:.0f}x ours ({t_ours:.2f}s in this process), same tasks: {idx_naive == idx_ours}"
         load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
         print(
-            f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['peak_mib']:>9.0f} {load:>9} {r['picks']:>12}  {extra}",
+            f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {r['peak_mib']:>9.0f} {load:>9} {r['picks']:>12}  {extra}",
             flush=True,
         )
 

@@ -18,6 +18,7 @@ from fractions import Fraction
 import numpy as np
 
 from alllabel.selection.blocks import BlockRunner
+from alllabel.selection.kernels import scan_rows, sumrank_add
 from alllabel.selection.similarity import Similarity, default_block_rows
 
 log = logging.getLogger(__name__)
@@ -35,36 +36,6 @@ def _buffer(name: str, shape: tuple[int, int], dtype) -> np.ndarray:
     return buf[: shape[0]]
 
 
-def _top_lists(block: np.ndarray, width: int, full: bool, sentinel: int) -> np.ndarray:
-    """Per row, the first ``width`` items in ranking order (U descending, index ascending).
-
-    Items that must not appear (the row itself, excluded columns) are -inf in ``block``.
-    ``full``: some rows may have fewer than ``width`` rankable items; their lists end in
-    ``sentinel``. Otherwise every row has at least ``width`` finite values.
-    """
-    b, n = block.shape
-    if full:
-        order = np.argsort(-block, axis=1, kind="stable")[:, :width]
-        order[np.isneginf(np.take_along_axis(block, order, axis=1))] = sentinel
-        return order.astype(np.int32)
-    part = _buffer("part", (b, n), np.float64)
-    np.copyto(part, block)
-    part.partition(n - width, axis=1)
-    kth = part[:, n - width : n - width + 1].copy()  # the width-th largest value of each row
-    take = np.greater_equal(block, kth, out=_buffer("take", (b, n), np.bool_))
-    count = np.count_nonzero(take, axis=1)
-    for r in np.flatnonzero(
-        count != width
-    ):  # ties at the boundary (rare): keep the smallest indices
-        eq = np.flatnonzero(block[r] == kth[r, 0])
-        take[r, eq[width - (count[r] - len(eq)) :]] = False
-    cols = np.nonzero(take)[1].reshape(b, width)  # ascending indices per row
-    vals = np.take_along_axis(block, cols, axis=1)
-    np.negative(vals, out=vals)
-    order = np.argsort(vals, axis=1, kind="stable")  # stable: equal values keep index order
-    return np.take_along_axis(cols, order, axis=1).astype(np.int32)
-
-
 def _mask_block(block: np.ndarray, idx: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     """The row itself and the excluded items can never be ranked: -inf."""
     block[np.arange(len(idx)), idx] = -np.inf
@@ -79,26 +50,29 @@ def _row_max_of(sim, idx: np.ndarray):
 
 
 # Block functions: module level, so a Dask worker can run them on its copy of the similarity.
-def _scan_block(sim, idx, width, full, sentinel, excluded, grid):
-    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
-    # Row sums on an int64 fixed-point grid: exact, so independent of summation order and of
-    # the block size (mathematically tied means stay tied). Excluded items do not count.
-    block[np.arange(len(idx)), idx] = 0.0
-    scaled = _buffer("part", block.shape, np.float64)
-    np.multiply(block, grid, out=scaled)
-    np.rint(scaled, out=scaled)
-    rowsum = scaled.sum(axis=1, dtype=np.int64)
-    if len(excluded):
-        rowsum -= np.rint(block[:, excluded] * grid).sum(axis=1, dtype=np.int64)
-    lists = _top_lists(_mask_block(block, idx, excluded), width, full, sentinel) if width else None
+def _scan_block(sim, idx, width, sentinel, excluded, grid):
+    """Top lists and row sums of a block in one pass over its rows (kernels.scan_rows).
+
+    Row sums are on an int64 fixed-point grid: exact, so independent of summation order and of
+    the block size (mathematically tied means stay tied). Excluded items do not count.
+    A backend that normalises rows by their max (BM25) hands over raw rows: the kernel
+    normalises them on the way, with the same float operations."""
+    buf = _buffer("rows", (len(idx), sim.n), np.float64)
+    fused = getattr(sim, "fused_rows", False)
+    block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
+    lists = np.empty((len(idx), width), dtype=np.int32)
+    rowsum = np.empty(len(idx), dtype=np.int64)
+    vals = _buffer("vals", (len(idx), width), np.float64)
+    rowmax = np.empty(len(idx))
+    scan_rows(block, idx, excluded, grid, width, sentinel, lists, vals, rowsum, rowmax, fused)
+    if fused:
+        sim._rowmax[idx] = rowmax
     return lists, rowsum, _row_max_of(sim, idx)
 
 
-def _ranked_block(sim, idx, width, full, sentinel, excluded):
-    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
-    return _top_lists(_mask_block(block, idx, excluded), width, full, sentinel), _row_max_of(
-        sim, idx
-    )
+def _ranked_block(sim, idx, width, sentinel, excluded):
+    lists, _, rowmax = _scan_block(sim, idx, width, sentinel, excluded, 1.0)
+    return lists, rowmax
 
 
 def _depth_block(sim, idx, in_d1, excluded):
@@ -147,37 +121,37 @@ class Engine:
                 self.sim._rowmax[idx] = rowmax
             yield idx, result
 
-    def _width(self, length: int) -> tuple[int, bool]:
-        width = max(0, min(length, self.n_rankable))
-        return width, width >= self.n_rankable - 1
+    def _width(self, length: int) -> int:
+        return max(0, min(length, self.n_rankable))
 
     # --- one pass over all rows -------------------------------------------------------------
     def scan(self, length: int) -> None:
         n = self.n
-        width, full = self._width(max(1, length) if n > 1 else 0)
+        width = self._width(max(1, length) if n > 1 else 0)
+        if self.lists is not None and self.lists.shape[1] >= width:
+            return  # kept from an earlier scan of the same U (replan.Planner)
         self.lists = np.empty((n, width), dtype=np.int32)
         self.rowsum = np.empty(n, dtype=np.int64)
         bound = max(float(getattr(self.sim, "bound", 1.0)), 1e-300) * n
         grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
         done = 0
         for idx, (lists, rowsum) in self._map(
-            _scan_block, np.arange(n), width, full, n, self.excluded, grid
+            _scan_block, np.arange(n), width, n, self.excluded, grid
         ):
             self.rowsum[idx] = rowsum
-            if lists is not None:
-                self.lists[idx] = lists
+            self.lists[idx] = lists
             done += len(idx)
             self.progress("scan", done, n)
 
     def ranked(self, rows: np.ndarray, length: int) -> np.ndarray:
         """Top lists for ``rows`` (from the scan when long enough, else recomputed)."""
-        width, full = self._width(length)
+        width = self._width(length)
         if self.lists is not None and self.lists.shape[1] >= width:
             return self.lists[rows, :width]
         out = np.empty((len(rows), width), dtype=np.int32)
         pos = 0
         for idx, (lists,) in self._map(
-            _ranked_block, np.asarray(rows), width, full, self.n, self.excluded
+            _ranked_block, np.asarray(rows), width, self.n, self.excluded
         ):
             out[pos : pos + len(idx)] = lists
             pos += len(idx)
@@ -218,20 +192,31 @@ class Engine:
         # Enough list entries to see `depth` candidates: the others in a list are chosen items.
         need = depth + int((self.rankable & ~candidate).sum())
         cand = self._ext(candidate)
+        weight = _weights(np.arange(depth + 1), k)  # the same float per rank as elementwise
+        sums = np.zeros(self.n + 1)
+        none = np.zeros(self.n + 1, dtype=bool)
+        self._walk(queries, need, cand, depth, weight, sums, none)
+
+        def exact(members: np.ndarray) -> dict[int, Fraction]:
+            mask = np.zeros(self.n + 1, dtype=bool)
+            mask[members] = True
+            items, ranks = self._walk(queries, need, cand, depth, weight, np.zeros_like(sums), mask)
+            return _exact_sums(members, items, ranks, k)
+
+        return best(sums[: self.n], candidate, count, exact)
+
+    def _walk(self, queries, need, cand, depth, weight, sums, members):
+        """Rule (2) over the queries' lists in blocks; the (item, rank) entries of ``members``."""
         items_all, ranks_all = [], []
         step = max(1, (self.block_rows or 4096))
         for start in range(0, len(queries), step):
-            q = queries[start : start + step]
-            lists = self.ranked(q, need)
-            is_cand = cand[lists]
-            ranks = np.cumsum(is_cand, axis=1, dtype=np.int32)
-            keep = is_cand & (ranks <= depth)
-            items_all.append(lists[keep])
-            ranks_all.append(ranks[keep])
-        items = np.concatenate(items_all) if items_all else np.empty(0, np.int32)
-        ranks = np.concatenate(ranks_all) if ranks_all else np.empty(0, np.int32)
-        sums = np.bincount(items, weights=_weights(ranks, k), minlength=self.n)
-        return best(sums, candidate, count, lambda members: _exact_sums(members, items, ranks, k))
+            lists = self.ranked(queries[start : start + step], need)
+            cap = lists.size if members.any() else 0
+            items, ranks = np.empty(cap, np.int32), np.empty(cap, np.int32)
+            m = sumrank_add(lists, cand, depth, weight, sums, members, items, ranks)
+            items_all.append(items[:m])
+            ranks_all.append(ranks[:m])
+        return np.concatenate(items_all), np.concatenate(ranks_all)
 
     def uncertainty(self, d1: list[int], count: int) -> list[int]:
         if count <= 0:

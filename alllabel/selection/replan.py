@@ -1,0 +1,279 @@
+"""Incremental re-plans: the scan's statistics kept between plans and updated per change.
+
+``Planner`` holds what the stages need from U - every row's top list (with its values), the
+exact row sums on the integer grid - and keeps it equal, bit for bit, to what a full scan of
+the current corpus would give, so ``select`` returns the same picks as ``stages.select`` on the
+same data:
+
+* new annotations change no statistic; a row whose list holds too few unchosen items for the
+  similarity stage is recomputed alone (its row of U), never the corpus;
+* with a similarity whose scores do not depend on the corpus (SBERT cosine), ``add`` computes
+  the new rows and the block old rows x new columns and merges it into the lists, ``remove``
+  subtracts the removed columns from the row sums and drops them from the lists: time
+  proportional to (change) x N;
+* BM25 cannot be updated exactly: idf and avgdl depend on N and the document lengths, so one new
+  text changes every weight, every score and every row maximum. ``add``/``remove`` then rebuild
+  and rescan (``last_rescan`` says why), as does a change of the row-sum grid (N crossing a
+  power of two) or a list width that more annotations outgrow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from alllabel.selection.blocks import BlockRunner, LocalRunner
+from alllabel.selection.engine import BUFFERS, Engine
+from alllabel.selection.kernels import merge_columns, scan_rows
+from alllabel.selection.similarity import (
+    BM25Similarity,
+    SBERTSimilarity,
+    Similarity,
+    default_block_rows,
+)
+from alllabel.selection.stages import STAGE_ORDERS, Selection, _run, _validate, stage_sizes
+
+log = logging.getLogger(__name__)
+
+
+def _grid(sim: Similarity) -> float:
+    bound = max(float(getattr(sim, "bound", 1.0)), 1e-300) * sim.n
+    return 2.0 ** min(100, math.floor(62 - math.log2(bound)))
+
+
+class Planner:
+    """A project's selection state: ``add(texts)``, ``remove(indices)``, ``select(budget, ...)``.
+
+    ``kind`` is ``bm25`` or ``sbert`` (``embeddings``: the texts' vectors, else the model
+    embeds them). ``width`` is the list width kept (default: what ``budget`` needs plus
+    ``slack``, room for later annotations and deletions). ``exclude`` as in ``stages.select``.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: str = "bm25",
+        embeddings=None,
+        budget: int = 1000,
+        k: int = 3,
+        ratios: Sequence[float] = (1, 3, 1),
+        order: str = "DSU",
+        exclude: Iterable[int] | None = None,
+        slack: int = 64,
+        block_rows: int | None = None,
+        runner: BlockRunner | None = None,
+    ):
+        if kind not in ("bm25", "sbert"):
+            raise ValueError(f"unknown similarity {kind!r}; use 'bm25' or 'sbert'")
+        self.kind, self.k, self.ratios, self.order = kind, int(k), tuple(ratios), order
+        self.texts = list(texts)
+        self.vectors = None if embeddings is None else np.asarray(embeddings, dtype=np.float64)
+        self.block_rows, self.runner = block_rows, runner or LocalRunner()
+        self.slack = slack
+        self.rankable = np.ones(len(self.texts), dtype=bool)
+        if exclude is not None:
+            self.rankable[np.asarray(list(exclude), dtype=np.int64)] = False
+        self.width = self._need(budget, 0) + slack
+        self.last_rescan: str | None = None
+        self._build()
+        self._rescan("first plan")
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.texts)
+
+    def _build(self) -> None:
+        if self.kind == "bm25":
+            self.sim: Similarity = BM25Similarity(self.texts)
+        else:
+            self.sim = SBERTSimilarity(self.texts, embeddings=self.vectors)
+            if self.vectors is None:
+                self.vectors = self.sim.embeddings.copy()
+
+    def _need(self, budget: int, n_pre: int) -> int:
+        sizes = stage_sizes(budget, self.ratios)
+        key = str(self.order).upper().replace("-", "")
+        before = n_pre + (sizes["diversity"] if key.index("D") < key.index("S") else 0)
+        return max(self.k, sizes["similarity"]) + before + 1
+
+    def _rows(self, rows: np.ndarray, width: int):
+        """Top lists, their values and row sums of ``rows`` (a scan of those rows only)."""
+        n, grid = self.n, self.grid
+        lists = np.empty((len(rows), width), dtype=np.int32)
+        vals = np.empty((len(rows), width))
+        sums = np.empty(len(rows), dtype=np.int64)
+        step = self.block_rows or default_block_rows(n)
+        buf = np.empty((min(step, max(len(rows), 1)), n))
+        excluded = np.flatnonzero(~self.rankable)
+        for s in range(0, len(rows), step):
+            idx = rows[s : s + step]
+            block = self.sim.rows(idx, out=buf[: len(idx)])
+            sl = slice(s, s + len(idx))
+            args = (lists[sl], vals[sl], sums[sl], np.empty(len(idx)), False)
+            scan_rows(block, idx, excluded, grid, width, n, *args)
+        return lists, vals, sums
+
+    def _complete(self, rows: np.ndarray) -> np.ndarray:
+        """Rows whose list can hold their whole ranking (every other rankable item)."""
+        others = int(self.rankable.sum()) - self.rankable[rows]
+        return others <= self.width
+
+    def _rescan(self, why: str) -> None:
+        log.info("full rescan: %s", why)
+        self.last_rescan = why
+        self.grid = _grid(self.sim)
+        rows = np.arange(self.n)
+        self.lists, self.vals, self.rowsum = self._rows(rows, self.width)
+        self.complete = self._complete(rows)
+        self.length = np.minimum(self.width, int(self.rankable.sum()) - self.rankable)
+
+    # --- changes ----------------------------------------------------------------------------
+    def add(self, texts: Sequence[str], embeddings=None, exclude: Iterable[int] = ()) -> None:
+        """Append tasks (their indices follow the existing ones); ``exclude``: new-item offsets."""
+        texts = list(texts)
+        if not texts:
+            return
+        n0 = self.n
+        self.texts += texts
+        new_ok = np.ones(len(texts), dtype=bool)
+        new_ok[np.asarray(list(exclude), dtype=np.int64)] = False
+        self.rankable = np.concatenate([self.rankable, new_ok])
+        if self.kind == "sbert":
+            new = embeddings if embeddings is not None else SBERTSimilarity(texts).embeddings
+            self.vectors = np.vstack([self.vectors, np.asarray(new, dtype=np.float64)])
+        self._build()
+        if self.kind == "bm25":
+            return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
+        if _grid(self.sim) != self.grid:
+            return self._rescan("the row-sum grid changed with N")
+        self.last_rescan = None
+        self._grow(n0)
+
+    def _grow(self, n0: int) -> None:
+        n, w = self.n, self.width
+        old, new = np.arange(n0), np.arange(n0, n)
+        self.lists = np.vstack([self.lists, np.empty((len(new), w), np.int32)])
+        self.vals = np.vstack([self.vals, np.empty((len(new), w))])
+        self.rowsum = np.concatenate([self.rowsum, np.empty(len(new), np.int64)])
+        self.length = np.concatenate([self.length, np.empty(len(new), self.length.dtype)])
+        self.complete = np.concatenate([self.complete, np.empty(len(new), bool)])
+        was_complete = self.complete[old].copy()
+        lists, vals, sums = self._rows(new, w)
+        self.lists[new], self.vals[new], self.rowsum[new] = lists, vals, sums
+        self.complete[new] = self._complete(new)
+        self.length[new] = np.minimum(w, int(self.rankable.sum()) - self.rankable[new])
+        cols = new[self.rankable[new]]
+        step = max(1, (self.block_rows or default_block_rows(n)) * n // max(len(cols), 1))
+        for s in range(0, n0, step):
+            idx = old[s : s + step]
+            block = np.ascontiguousarray(self.sim.scores(idx, cols))
+            merge_columns(block, idx, cols, self.lists, self.vals, self.length, was_complete[idx])
+            self.rowsum[idx] += np.rint(block * self.grid).astype(np.int64).sum(axis=1)
+        self.complete[old] = was_complete & self._complete(old)
+
+    def remove(self, indices: Iterable[int]) -> None:
+        """Delete tasks; the others keep their order (indices above a removed one shift down)."""
+        gone = np.unique(np.asarray(list(indices), dtype=np.int64))
+        if not len(gone):
+            return
+        keep = np.ones(self.n, dtype=bool)
+        keep[gone] = False
+        old_grid, old_sim = self.grid, self.sim
+        self.texts = [t for t, k in zip(self.texts, keep) if k]
+        if self.kind == "sbert":
+            self.vectors = self.vectors[keep]
+        ranked_gone = gone[self.rankable[gone]]
+        self.rankable = self.rankable[keep]
+        self._build()
+        if self.kind == "bm25":
+            return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
+        if _grid(self.sim) != old_grid:
+            return self._rescan("the row-sum grid changed with N")
+        self.last_rescan = None
+        for j in ranked_gone:  # a removed column no longer counts in any row's sum
+            col = np.rint(old_sim.column(int(j)) * old_grid).astype(np.int64)
+            col[j] = 0
+            self.rowsum -= col
+        self._shrink(keep)
+
+    def _shrink(self, keep: np.ndarray) -> None:
+        n_old = len(keep)
+        remap = np.full(n_old + 1, -1, dtype=np.int64)
+        remap[np.flatnonzero(keep)] = np.arange(int(keep.sum()))
+        lists, vals = self.lists[keep], self.vals[keep]
+        length = self.length[keep]
+        mapped = remap[np.where(lists < n_old, lists, n_old)]  # padding maps to -1 too
+        valid = (mapped >= 0) & (np.arange(self.width)[None, :] < length[:, None])
+        order = np.argsort(~valid, axis=1, kind="stable")  # survivors first, in ranking order
+        self.lists = np.take_along_axis(mapped, order, axis=1).astype(np.int32)
+        self.vals = np.take_along_axis(vals, order, axis=1)
+        self.length = valid.sum(axis=1)
+        self.rowsum, self.complete = self.rowsum[keep], self.complete[keep]
+
+    # --- planning ---------------------------------------------------------------------------
+    def select(self, budget: int, *, pre_chosen: Iterable[int] = (), **kwargs) -> Selection:
+        """The plan for the current corpus: identical to ``stages.select`` on the same data."""
+        pre = [int(i) for i in pre_chosen]
+        exclude = np.flatnonzero(~self.rankable)
+        pre, rankable = _validate(self.n, budget, self.k, pre, exclude)
+        if (rankable != self.rankable).any():  # a pre-chosen item was excluded: columns change
+            self.rankable = rankable
+            self._rescan("a pre-chosen item was excluded")
+        n_rankable = int(self.rankable.sum())
+        need = min(self._need(int(budget), len(pre)), n_rankable)
+        if need > self.width:  # more annotations than the slack: wider arrays, same prefixes
+            self._widen(need + self.slack)
+        self._refresh(self._short_rows(pre, need, self._need(int(budget), 0), n_rankable))
+        return self._select(int(budget), pre, need, **kwargs)
+
+    def _short_rows(self, pre: list[int], need: int, need0: int, n_rankable: int) -> np.ndarray:
+        """Rows whose known prefix may hold too few unchosen items for this plan.
+
+        The engine reads ``need`` entries per row; a prefix of L items holding c pre-chosen
+        ones still has L - c - n_D >= max(k, n_S) + 1 candidates when L >= need0 + c, so its
+        picks are the same as with a full-width list. When ``need`` covers (nearly) every
+        item, the engine takes a list of that width for the whole ranking: require it all.
+        """
+        if need >= n_rankable - 1:
+            target = np.full(self.n, need)
+        else:
+            in_pre = np.zeros(self.n + 1, dtype=bool)
+            in_pre[pre] = True
+            known = np.arange(self.width)[None, :] < self.length[:, None]
+            c = (in_pre[np.where(known, self.lists, self.n)] & known).sum(axis=1)
+            target = np.minimum(need0 + c, need)
+        return np.flatnonzero((self.length < target) & ~self.complete)
+
+    def _refresh(self, rows: np.ndarray) -> None:
+        """Recompute these rows' lists at the current width (their rows of U only)."""
+        if not len(rows):
+            return
+        self.lists[rows], self.vals[rows], self.rowsum[rows] = self._rows(rows, self.width)
+        others = int(self.rankable.sum()) - self.rankable[rows]
+        self.length[rows] = np.minimum(self.width, others)
+        self.complete[rows] = self._complete(rows)
+
+    def _widen(self, width: int) -> None:
+        pad = width - self.width
+        self.lists = np.hstack([self.lists, np.full((self.n, pad), -1, np.int32)])
+        self.vals = np.hstack([self.vals, np.zeros((self.n, pad))])
+        self.width = width
+
+    def _select(self, budget: int, pre: list[int], need: int, seed: int = 0) -> Selection:
+        key = str(self.order).upper().replace("-", "")
+        if key not in STAGE_ORDERS:
+            raise ValueError(f"unknown stage order {self.order!r}")
+        engine = Engine(self.sim, self.k, self.block_rows, None, self.rankable, self.runner)
+        lists = self.lists[:, :need].copy()
+        lists[np.arange(need)[None, :] >= self.length[:, None]] = self.n  # end of a ranking
+        engine.lists, engine.rowsum = lists, self.rowsum.copy()
+        rng = np.random.default_rng(seed)
+        try:
+            return _run(engine, "allabel", key, pre, budget, self.k, self.ratios, rng)
+        finally:
+            BUFFERS.__dict__.clear()
