@@ -27,6 +27,7 @@ from alllabel.backend.picks import Picker
 from alllabel.backend.runner import pre_annotate
 from alllabel.backend.snapshot import read_snapshot
 from alllabel.backend.state import State
+from alllabel.backend.status import LAST_ERRORS
 
 log = logging.getLogger("alllabel")
 
@@ -56,6 +57,7 @@ class ProjectController:
         self._retry_at = 0.0
         self._backoff = 0.0
         self.error: str | None = None
+        self.errors: list[dict] = []  # the last few errors, for /status
         self._run_thread: threading.Thread | None = None
         self.runs_finished = 0
         self.blocker: str | None = None  # a problem only the user can fix: /setup reports it
@@ -167,6 +169,7 @@ class ProjectController:
             msg = f"{type(e).__name__}: {e}"
             log.exception("project %d: step failed", self.pid)
         self.error = f"{msg} (retrying in {self._backoff:.0f}s)"
+        self.errors = [*self.errors, {"at": time.time(), "error": self.error}][-LAST_ERRORS:]
         log.warning("project %d: %s", self.pid, self.error)
 
     # --- one step: snapshot -> decide -> apply, until nothing is left ----------------------------
