@@ -117,9 +117,7 @@ class ProjectController:
         m = self.memory
         if self._busy or m.probe_now or m.audit_needed or self.error or self._wake.is_set():
             return False
-        if self._running():
-            return False
-        return (
+        return not self._running() and (
             not self.state.claims(self.pid)
             and self.state.pending_summary(self.pid)[0] == 0
             and self.state.unsure_pushes(self.pid) == 0
@@ -344,6 +342,7 @@ class ProjectController:
 
     def _do_LiftHold(self, a: A.LiftHold) -> None:
         self.memory.hold = None  # only the loop lifts; the run thread sets it when no run goes
+        self.memory.live_accepted |= a.accept_live
 
     def _do_StartRun(self, a: A.StartRun) -> None:
         with self._lock:
@@ -373,6 +372,7 @@ class ProjectController:
                 report=self.report,
                 saved=self._wake.set,
                 stop=self._stop,
+                live_accepted=self.memory.live_accepted,
             )
             failed = end.failed
         except Exception as e:  # noqa: BLE001 - reported in /status, retried with backoff

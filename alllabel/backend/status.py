@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from alllabel.backend.label_config import parse_label_config
+from alllabel.backend.live import live_accuracy
 from alllabel.backend.state import State
 
 LAST_ERRORS = 5  # errors shown in /status and on the page
@@ -40,6 +41,7 @@ def project_status(state: State, pid: int, controller=None) -> dict:
         "skipped_tasks": len(state.skipped(pid)),
         "detached": c.memory.detached if c else None,
         "warnings": config_warnings(p["label_config"]) + (list(c.memory.warnings) if c else []),
+        "live_accuracy": live_accuracy(state.reviewed(pid)),
         "errors": last_errors(preds.values(), c.errors if c else []),
     }
     if p["phase"] in ("prelabeling", "done") or (c and c.report):
