@@ -23,12 +23,13 @@ USER, PASS = "lead", "pw-page-123"
 ANSWERED = BUDGET + 5  # the quality check's calls, then five bulk calls; the rest wait
 
 
-def gated(respond, gate: threading.Event):
+def gated(respond, gate: threading.Event, answered: int = ANSWERED):
+    """``respond``, but calls after the first ``answered`` wait for ``gate``."""
     calls = []
 
     def answer(request):
         calls.append(1)
-        if len(calls) > ANSWERED:
+        if len(calls) > answered:
             gate.wait(120)
         return respond(request)
 
