@@ -53,6 +53,8 @@ def test_corrections_score_our_pre_annotations_and_a_low_live_f1_holds_the_run(
         try:
             pid, rec_of = api.new_project("live accuracy", records)
             assert api.connect(pid, b.url).status_code == 201
+            # On a loaded machine the queue may come after the connect dialog's 3 s.
+            b.wait_for(pid, lambda st: st["queue"]["pushed"] >= BUDGET, what="the queue")
             human = annotate_budget(api, b, pid, rec_of)
             b.wait_for(pid, lambda st: st["prelabels"]["pushed"] >= 6, what="pre-annotations")
             preds = [p for p in api.predictions(pid) if p.task not in human and len(p.result) >= 2][

@@ -105,6 +105,8 @@ def test_the_status_page_in_chromium_during_a_run(label_studio, browser, tmp_pat
                 pid, b.url, auth_method="BASIC_AUTH", basic_auth_user=USER, basic_auth_pass=PASS
             )
             assert r.status_code == 201, r.text
+            # On a loaded machine the queue may come after the connect dialog's 3 s.
+            b.wait_for(pid, lambda st: st["queue"]["pushed"] >= BUDGET, what="the queue")
             annotate_budget(api, b, pid, rec_of)
             st = settled(b, pid)
             assert st["phase"] == "prelabeling" and 0 < st["run"]["progress"]["done"] < 24

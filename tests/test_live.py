@@ -5,6 +5,7 @@ import sqlite3
 import threading
 
 from alllabel.backend.live import live_accuracy, live_gate, score, spans_of, version_key
+from alllabel.backend.lsops import link_parent
 from alllabel.backend.runner import LiveCheck
 from alllabel.backend.settings import Settings
 from alllabel.backend.state import State
@@ -126,3 +127,34 @@ def test_corrections_below_the_minimum_stop_the_run_with_a_hold(tmp_path):
     assert "ALLABEL_MIN_LIVE_F1" in check.hold.reason and "Start Training" in check.hold.reason
     accepted = LiveCheck(s, 1, settings, stop, frozenset({version_key(V1)}))
     assert not accepted.is_set()  # Start Training let that version go on
+
+
+class OneLS:
+    """Label Studio as link_parent reads it: one prediction by id."""
+
+    def __init__(self, prediction: dict):
+        self.p, self.reads = prediction, 0
+
+    def prediction(self, pid):
+        self.reads += 1
+        return self.p if pid == self.p["id"] else None
+
+
+def test_a_bulk_imported_prediction_is_known_by_the_parent_id_of_its_correction(tmp_path):
+    s = State(tmp_path)
+    s.register(1, NER)
+    ours = [region(0, 3, "A")]
+    s.save_prelabel(1, 10, ours, 0.9, "llm-m1", V1, None)
+    want = s.pending_pushes(1)[10][2]
+    s.finish_push(1, {10: want})  # a bulk import: Label Studio's id unknown
+    stored = {"id": 700, "task": 10, "result": ours, "score": 0.9}
+    ann = {"id": 1, "task": 10, "result": [], "parent_prediction": 700}
+    link_parent(s, OneLS({**stored, "result": [region(0, 4, "A")]}), 1, ann)  # not ours
+    assert s.predictions(1)[10].ls_id is None
+    ls = OneLS(stored)
+    link_parent(s, ls, 1, ann)
+    assert s.predictions(1)[10].ls_id == 700 and ls.reads == 1
+    link_parent(s, ls, 1, ann)  # known now: no more reads
+    assert ls.reads == 1
+    s.record_annotation(1, ann, s.tick())
+    assert s.reviewed(1) == {10: (ours, V1, [])}

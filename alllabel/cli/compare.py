@@ -125,7 +125,7 @@ def compare(args, variants: list[dict]) -> list[Outcome]:
 def table(outcomes: list[Outcome], labels: list[str]) -> str:
     """Labels down, variants across: F1 per label, then the totals, cost and latency."""
     width = max(12, *(len(o.name) for o in outcomes))
-    first = max(len("US$ per task"), *map(len, labels))
+    first = max(len("US$ per task"), *(len(f"F1 {lab}") for lab in labels))
 
     def row(name: str, cells: list[str]) -> str:
         return f"{name:<{first}}  " + "  ".join(f"{c:>{width}}" for c in cells)
