@@ -6,10 +6,9 @@ import os
 import threading
 from pathlib import Path
 
-import requests
-
 from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
+from tests.test_e2e_browser import browser  # noqa: F401 - the fixture
 from tests.test_e2e_bulk import annotate_budget
 from tests.test_e2e_label_studio import BUDGET, LS, Backend, oracle
 from tests.test_e2e_page import gated
@@ -39,8 +38,31 @@ def f1_of(pairs):
     return round(2 * p * r / (p + r), 4) if p + r else 0.0
 
 
+def correct_some(api, b, pid) -> list[tuple[list, list]]:
+    """An annotator corrects REVIEWED of the LLM's pre-annotations (a near-duplicate gets a
+    projection: another version), starting from them as the editor does; (ours, theirs) pairs."""
+    by_llm = {t for t, x in b.orch.state.predictions(pid).items() if x.annotator == "llm-gpt-4o"}
+    preds = [p for p in api.predictions(pid) if p.task in by_llm and len(p.result) >= 2]
+    assert len(preds) >= REVIEWED
+    pairs = []
+    for p in preds[:REVIEWED]:
+        fixed = corrected(p.result)
+        r = api.send(
+            "POST",
+            f"/api/tasks/{p.task}/annotations/",
+            {"result": fixed, "parent_prediction": p.id},
+        )
+        assert r.status_code == 201, r.text
+        # What Label Studio 1.23 stores: the link to the prediction the annotation started from.
+        assert api.get(f"/api/annotations/{r.json()['id']}")["parent_prediction"] == p.id
+        pairs.append((p.result, fixed))
+    return pairs
+
+
 def test_corrections_score_our_pre_annotations_and_a_low_live_f1_holds_the_run(
-    label_studio, tmp_path
+    label_studio,
+    browser,  # noqa: F811
+    tmp_path,
 ):
     ls, api = label_studio, LS(label_studio)
     records = mof_records()[240:270]
@@ -55,23 +77,9 @@ def test_corrections_score_our_pre_annotations_and_a_low_live_f1_holds_the_run(
             assert api.connect(pid, b.url).status_code == 201
             # On a loaded machine the queue may come after the connect dialog's 3 s.
             b.wait_for(pid, lambda st: st["queue"]["pushed"] >= BUDGET, what="the queue")
-            human = annotate_budget(api, b, pid, rec_of)
+            annotate_budget(api, b, pid, rec_of)
             b.wait_for(pid, lambda st: st["prelabels"]["pushed"] >= 6, what="pre-annotations")
-            preds = [p for p in api.predictions(pid) if p.task not in human and len(p.result) >= 2][
-                :REVIEWED
-            ]
-            assert len(preds) == REVIEWED
-            pairs = []
-            for p in preds:  # as the editor does: the annotation starts from the prediction
-                fixed = corrected(p.result)
-                r = api.send(
-                    "POST",
-                    f"/api/tasks/{p.task}/annotations/",
-                    {"result": fixed, "parent_prediction": p.id},
-                )
-                assert r.status_code == 201, r.text
-                assert api.get(f"/api/annotations/{r.json()['id']}")["parent_prediction"] == p.id
-                pairs.append((p.result, fixed))
+            pairs = correct_some(api, b, pid)
             st = b.wait_for(
                 pid,
                 lambda st: st["live_accuracy"]["reviewed_tasks"] == REVIEWED,
@@ -93,10 +101,15 @@ def test_corrections_score_our_pre_annotations_and_a_low_live_f1_holds_the_run(
             assert st["prelabels"]["done"] < len(records) - BUDGET, st  # the rest waits
             (ml,) = api.get("/api/ml/", project=pid)  # LS calls /setup: the card says why
             assert ml["readable_state"] == "Error" and "ALLABEL_MIN_LIVE_F1" in ml["error_message"]
-            shots = os.environ.get("ALLABEL_SCREENSHOTS")
-            if shots:
-                page = requests.get(f"{b.url}/").text
-                Path(shots, "status-live.html").write_text(page)
+            # The page shows the live F1 and the hold with what to do (README screenshot).
+            page = browser.new_page()
+            page.goto(f"{b.url}/")
+            assert page.locator('[data-k="run.hold_kind"]').inner_text() == "min_live_f1"
+            key = f"live_accuracy.versions.{next(iter(st['live_accuracy']['versions']))}.f1"
+            shown = page.locator(f'[data-k="{key}"]').inner_text()
+            assert shown == f"{100 * version['f1']:.1f}"
+            shots = Path(os.environ.get("ALLABEL_SCREENSHOTS") or tmp_path)
+            page.screenshot(path=str(shots / "status-page-held.png"), full_page=True)
 
             api.start_training(pid)  # reviewed: go on with this version
             b.wait_for(pid, lambda st: st["phase"] == "done", timeout=120, what="the run's end")

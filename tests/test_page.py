@@ -55,7 +55,13 @@ def status(phase="prelabeling", **run) -> dict:
             "hold": "held: the cost cap " + EVIL,
             "hold_kind": "cost_cap",
             "estimate": {"tasks": 108, "prompt_tokens": 9000, "completion_tokens": 700},
-            "progress": {"total": 108, "done": 40, "failed": 2, "rate_per_min": 12.5},
+            "progress": {
+                "total": 108,
+                "done": 40,
+                "failed": 2,
+                "rate_per_min": 12.5,
+                "seconds_left": 300,
+            },
             "quality": {"k": 3, "f1": 0.8, "per_label": {EVIL: {"precision": 1, "f1": 0.5}}},
             **run,
         },
@@ -76,6 +82,9 @@ def test_the_page_shows_the_status_figures_and_escapes_everything_users_wrote():
     assert f["run.progress.rate_per_min"] == "12.5" and f["run.progress.done"] == "40"
     assert f[f"run.quality.per_label.{EVIL}.f1"] == "50.0"
     assert "Raise ALLABEL_MAX_COST_USD" in page  # what to do about the hold
+    assert f["run.progress.seconds_left"] == "held, so no time"  # not at its rate
+    unheld = status(hold=None, hold_kind=None)
+    assert Figures(render(unheld, now=0)).figures["run.progress.seconds_left"] == "5m 00s"
     assert f'content="{RUN_REFRESH}"' in page
     assert f'content="{IDLE_REFRESH}"' in render(status(phase="done"), now=0)
 

@@ -99,7 +99,12 @@ def project_html(p: dict) -> str:
     return (
         f'<section data-project="{v(p["project"])}"><h2>Project {v(p["project"])} '
         f'<span class="phase">{fig("phase", p["phase"])}</span></h2>'
-        + (f"<p>{fig('message', p['message'])}</p>" if p.get("message") else "")
+        # The message may repeat the hold, shown below with what to do about it.
+        + (
+            f"<p>{fig('message', p['message'])}</p>"
+            if p.get("message") and p["message"] != run.get("hold")
+            else ""
+        )
         + problems_html(p, run)
         + budget_html(p)
         + run_html(run)
@@ -116,6 +121,7 @@ def budget_html(p: dict) -> str:
     return (
         "<h3>Human annotations</h3>"
         + bar([("a", from_queue), ("b", n - from_queue)], max(budget or 0, n))
+        + '<p class="muted">green: from the ALLabel queue; blue: outside it</p>'
         + f"<p>{fig('annotated_tasks', n)} annotated of a budget of {fig('budget', budget)} "
         f"({fig('annotated_from_queue', from_queue)} from the queue, "
         f"{fig('annotated_outside_queue', n - from_queue)} outside it); "
@@ -148,29 +154,31 @@ def run_html(run: dict) -> str:
     spent, cap = run.get("spent_usd", 0.0), run.get("cap_usd")
     out += (
         (bar([("c", spent)], cap) if cap else "")
-        + f"<p>Spent {fig('run.spent_usd', spent, usd(spent))} of a cap of "
+        + f"<p>Spent {fig('run.spent_usd', spent, usd(spent))}"
         + (
-            fig("run.cap_usd", cap, usd(cap))
+            f" of a cap of {fig('run.cap_usd', cap, usd(cap))}.</p>"
             if cap is not None
-            else "none (no ALLABEL_MAX_COST_USD)"
+            else "; no cost cap (ALLABEL_MAX_COST_USD is not set).</p>"
         )
-        + ".</p>"
     )
-    return out + progress_html(run.get("progress")) + quality_html(run.get("quality"))
+    progress = progress_html(run.get("progress"), held=bool(run.get("hold") or run.get("blocked")))
+    return out + progress + quality_html(run.get("quality"))
 
 
-def progress_html(pr: dict | None) -> str:
+def progress_html(pr: dict | None, held: bool) -> str:
     if not pr:
         return ""
     total, done, failed = pr.get("total", 0), pr.get("done", 0), pr.get("failed", 0)
-    rate = pr.get("rate_per_min")
+    rate, left = pr.get("rate_per_min"), pr.get("seconds_left")
+    # A held run does not finish at its rate: say so rather than show a time.
+    shown = "held, so no time" if held and left else duration(left) or "unknown time"
     return (
         bar([("a", done), ("c", failed)], total)
         + f"<p>Progress: {fig('run.progress.done', done)} done, "
         f"{fig('run.progress.failed', failed)} failed of {fig('run.progress.total', total)} "
         f"with {v(pr.get('annotator'))}; "
         f"{fig('run.progress.rate_per_min', rate)} tasks a minute, "
-        f"{fig('run.progress.seconds_left', pr.get('seconds_left'), duration(pr.get('seconds_left')) or 'unknown')}"
+        f"{fig('run.progress.seconds_left', left, shown)}"
         " left.</p>"
     )
 
@@ -211,6 +219,8 @@ def live_html(live: dict | None) -> str:
     if not live:
         return ""
     out = "<h3>Live accuracy (human corrections of our pre-annotations)</h3>"
+    if not live.get("versions"):
+        return out + '<p class="muted">No pre-annotated task has been reviewed yet.</p>'
     for version, m in live.get("versions", {}).items():
         out += (
             f"<p>Model version {v(version)}: span F1 "

@@ -107,20 +107,7 @@ def pre_annotate(
     sim = similarity(corpus.texts)
     if rerun:
         order = _with_stale(state, pid, settings, corpus, annotator, sim, order, report)
-    report["progress"] = {
-        "total": len(order),
-        "done": 0,
-        "failed": 0,
-        "started": time.time(),
-        "annotator": annotator.name,
-    }
-    log.info(
-        "project %d: pre-annotating %d task(s) with %s from %d demonstration(s)",
-        pid,
-        len(order),
-        annotator.name,
-        len(corpus.gold),
-    )
+    _started(report, pid, len(order), annotator.name, len(corpus.gold))
 
     def publish(name, value):
         if name == "estimate":
@@ -147,6 +134,24 @@ def pre_annotate(
     end.hold, end.blocker, end.failed, end.approval = out.hold, out.blocker, out.failed, gate.used
     end.hold = live.hold or end.hold  # held by live accuracy rather than merely stopped
     return end
+
+
+def _started(report: dict, pid: int, tasks: int, annotator: str, demos: int) -> None:
+    """The run's progress starts (its rate counts from now)."""
+    report["progress"] = {
+        "total": tasks,
+        "done": 0,
+        "failed": 0,
+        "started": time.time(),
+        "annotator": annotator,
+    }
+    log.info(
+        "project %d: pre-annotating %d task(s) with %s from %d demonstration(s)",
+        pid,
+        tasks,
+        annotator,
+        demos,
+    )
 
 
 def _with_stale(
