@@ -1,7 +1,7 @@
 """WSGI app speaking the Label Studio ML backend protocol: ``gunicorn _wsgi:app``.
 
-GET /health, POST /setup, POST /predict, POST /webhook, GET /versions, and GET /status
-(our progress report). Who may call what: the README's threat model. In short: HTTP basic auth
+GET /health, POST /setup, POST /predict, POST /webhook, GET /versions, GET /status (our progress
+report, JSON) and GET / (the same as an HTML page for people). Who may call what: the README's threat model. In short: HTTP basic auth
 (BASIC_AUTH_USER and BASIC_AUTH_PASS) on every endpoint, required beyond loopback; /webhook also
 needs the project's webhook secret (``webhook_auth``); bodies are limited (413).
 """
@@ -13,10 +13,11 @@ import logging
 import os
 import uuid
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 from alllabel.backend.label_config import UnsupportedConfig
 from alllabel.backend.orchestrator import SetupError
+from alllabel.backend.page import render as render_page
 from alllabel.backend.security import (
     CREDENTIALS,
     check_credentials,
@@ -105,6 +106,13 @@ def body() -> dict:
 
 def add_routes(app: Flask, backend: ALLabelBackend) -> None:
     @app.get("/")
+    def page():
+        # The status page for people; Label Studio reads /health.
+        r = Response(render_page(backend.status(None)), mimetype="text/html")
+        # Nothing runs or loads from elsewhere, even if escaping were ever missed.
+        r.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+        return r
+
     @app.get("/health")
     def health():
         return jsonify(

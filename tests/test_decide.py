@@ -429,6 +429,24 @@ CASES = [
         ["LiftHold"],
     ),
     (
+        "live F1 hold: waits for Start Training",
+        prelabeling(mem(hold=Hold("min_live_f1", "low", key=frozenset({"v"})), hold_since=NOW - 5)),
+        S,
+        ["SetMessage"],
+    ),
+    (
+        "live F1 hold: Start Training after it lets that version go on",
+        prelabeling(
+            mem(
+                hold=Hold("min_live_f1", "low", key=frozenset({"v"})),
+                hold_since=NOW - 5,
+                start_training_at=NOW - 1,
+            )
+        ),
+        S,
+        ["LiftHold"],
+    ),
+    (
         "cost cap hold: same cap, held",
         prelabeling(mem(hold=Hold("cost_cap", "cap", key=None))),
         S,
@@ -464,6 +482,12 @@ CASES = [
 @pytest.mark.parametrize("name,snapshot,settings,expected", CASES, ids=[c[0] for c in CASES])
 def test_decide(name, snapshot, settings, expected):
     assert kinds(decide(snapshot, settings, NOW)) == expected
+
+
+def test_start_training_accepts_the_versions_a_live_hold_named():
+    held = mem(hold=Hold("min_live_f1", "low", key=frozenset({"v"})), hold_since=NOW - 5)
+    out = decide(prelabeling(replace(held, start_training_at=NOW - 1)), S, NOW)
+    assert out == [A.LiftHold(accept_live=frozenset({"v"}))]
 
 
 def test_forged_claims_change_no_queue_entry():

@@ -767,6 +767,7 @@ def test_basic_auth_backend_gets_its_webhooks(ls, tmp_path):
             assert b.status(pid)["queue"] == {
                 "selected": 10,
                 "pushed": 10,
+                "reserve": RESERVE,
             }  # budget 6 and a reserve of 4: every task
             # LS creates the backend's webhook without credentials; the backend adds them.
             deadline = time.monotonic() + 20
@@ -805,6 +806,7 @@ def test_personal_access_token(ls, tmp_path):
             assert b.status(pid)["queue"] == {
                 "selected": BUDGET + RESERVE,
                 "pushed": BUDGET + RESERVE,
+                "reserve": RESERVE,
             }
             assert api.project(pid)["sampling"] == "Uncertainty sampling"
         finally:

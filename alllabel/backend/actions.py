@@ -57,6 +57,7 @@ class Memory:
     warnings: tuple[str, ...] = ()
     hold: Hold | None = None
     hold_since: float = 0.0
+    live_accepted: frozenset = frozenset()  # versions let go on below ALLABEL_MIN_LIVE_F1
     start_training_at: float | None = None
     shown: Shown | None = None
     approval: Approval | None = None
@@ -210,7 +211,7 @@ class Approve:
 
 @dataclass(frozen=True)
 class LiftHold:
-    pass
+    accept_live: frozenset = frozenset()  # Start Training lets these versions go on
 
 
 @dataclass(frozen=True)

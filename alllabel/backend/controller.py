@@ -27,6 +27,7 @@ from alllabel.backend.picks import Picker
 from alllabel.backend.runner import pre_annotate
 from alllabel.backend.snapshot import read_snapshot
 from alllabel.backend.state import State
+from alllabel.backend.status import LAST_ERRORS
 
 log = logging.getLogger("alllabel")
 
@@ -56,6 +57,7 @@ class ProjectController:
         self._retry_at = 0.0
         self._backoff = 0.0
         self.error: str | None = None
+        self.errors: list[dict] = []  # the last few errors, for /status
         self._run_thread: threading.Thread | None = None
         self.runs_finished = 0
         self.blocker: str | None = None  # a problem only the user can fix: /setup reports it
@@ -115,9 +117,7 @@ class ProjectController:
         m = self.memory
         if self._busy or m.probe_now or m.audit_needed or self.error or self._wake.is_set():
             return False
-        if self._running():
-            return False
-        return (
+        return not self._running() and (
             not self.state.claims(self.pid)
             and self.state.pending_summary(self.pid)[0] == 0
             and self.state.unsure_pushes(self.pid) == 0
@@ -167,6 +167,7 @@ class ProjectController:
             msg = f"{type(e).__name__}: {e}"
             log.exception("project %d: step failed", self.pid)
         self.error = f"{msg} (retrying in {self._backoff:.0f}s)"
+        self.errors = [*self.errors, {"at": time.time(), "error": self.error}][-LAST_ERRORS:]
         log.warning("project %d: %s", self.pid, self.error)
 
     # --- one step: snapshot -> decide -> apply, until nothing is left ----------------------------
@@ -341,6 +342,7 @@ class ProjectController:
 
     def _do_LiftHold(self, a: A.LiftHold) -> None:
         self.memory.hold = None  # only the loop lifts; the run thread sets it when no run goes
+        self.memory.live_accepted |= a.accept_live
 
     def _do_StartRun(self, a: A.StartRun) -> None:
         with self._lock:
@@ -370,6 +372,7 @@ class ProjectController:
                 report=self.report,
                 saved=self._wake.set,
                 stop=self._stop,
+                live_accepted=self.memory.live_accepted,
             )
             failed = end.failed
         except Exception as e:  # noqa: BLE001 - reported in /status, retried with backoff

@@ -352,6 +352,10 @@ def _hold(s: Snapshot, settings, now: float) -> list:
             approval = Approval(m.shown.tasks, m.shown.cost_usd, m.shown.at, pressed)
             return [Approve(approval), LiftHold()]
         lifted = False
+    elif h.kind == "min_live_f1":  # the user reviewed it and goes on
+        if pressed is not None and pressed > m.hold_since:
+            return [LiftHold(accept_live=frozenset(h.key or ()))]
+        lifted = False
     elif h.kind == "min_f1":  # more (or changed) human annotations: check again
         lifted = s.gold_key is not None and s.gold_key != h.key
     elif h.kind == "cost_cap":

@@ -234,6 +234,15 @@ class LabelStudioAPI:
         )
 
     # --- predictions -----------------------------------------------------------------------------
+    def prediction(self, prediction_id: int) -> dict | None:
+        """One prediction, or None if Label Studio has no such prediction."""
+        return self._json(
+            "GET",
+            f"/api/predictions/{prediction_id}/",
+            what=f"read prediction {prediction_id}",
+            ok404=True,
+        )
+
     def predictions(self, project_id: int, model_version: str | None = None) -> list[LSPrediction]:
         rows = (
             self._json(

@@ -31,6 +31,7 @@ def confirm_claims(
         if a is not None and a.get("project") not in (None, pid):
             a = None  # an annotation of another project: not ours to count
         if a is not None:
+            link_parent(state, ls, pid, a)
             state.record_annotation(pid, a, seq)
             changed = True
         elif status != "claimed" or checks + 1 >= CLAIM_CHECKS:
@@ -49,6 +50,24 @@ def confirm_claims(
             state.failed_check(pid, aid)  # maybe not committed yet: read again shortly
             retry = True
     return changed, retry
+
+
+def link_parent(state: State, ls: LabelStudioAPI, pid: int, annotation: dict) -> None:
+    """Learn the Label Studio id of our pre-annotation an annotation started from, when a bulk
+    import left it unknown (one read): so the correction is scored (live accuracy)."""
+    parent, task = annotation.get("parent_prediction"), annotation.get("task")
+    if parent is None:
+        return
+    row = state.predictions(pid, [task]).get(task)
+    if row is None or row.result is None or row.pushed is None or row.ls_id is not None:
+        return
+    p = ls.prediction(parent)
+    if (
+        p
+        and p.get("task") == task
+        and ls_format.digest(p.get("result") or [], p.get("score")) == row.pushed
+    ):
+        state.learn_ls_id(pid, task, parent)
 
 
 def sync(state: State, ls: LabelStudioAPI, pid: int, cfg: NERConfig, *, full: bool) -> None:
@@ -77,7 +96,9 @@ def sync(state: State, ls: LabelStudioAPI, pid: int, cfg: NERConfig, *, full: bo
     present = set()
     for anns in listed.values():
         for a in anns:
-            state.record_annotation(pid, {**a, "task": a.get("task") or a.get("task_id")}, seq)
+            a = {**a, "task": a.get("task") or a.get("task_id")}
+            link_parent(state, ls, pid, a)
+            state.record_annotation(pid, a, seq)
             present.add(a["id"])
     known = state.annotation_ids(pid, scope)
     state.record_absent(pid, [a for a in known if a not in present], seq)

@@ -211,6 +211,8 @@ class Orchestrator:
         c = self.controllers.get(pid)
         if c is not None and c.blocker:  # shown on the model's card in Label Studio
             raise SetupError(f"pre-annotation is blocked: {c.blocker}")
+        if c is not None and c.memory.hold is not None and c.memory.hold.kind == "min_live_f1":
+            raise SetupError(c.memory.hold.reason)
 
     def predict(self, project_key, tasks: list[dict]) -> list:
         """One item per task, in order: our prediction for it, or [] (none, or already in Label Studio)."""

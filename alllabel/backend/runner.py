@@ -12,9 +12,12 @@ from alllabel.backend import bulk
 from alllabel.backend.actions import Approval
 from alllabel.backend.decide import approval_covers, approval_used
 from alllabel.backend.label_config import parse_label_config
+from alllabel.backend.live import live_accuracy, live_gate
 from alllabel.backend.state import State
+from alllabel.prelabel import holds
 
 log = logging.getLogger("alllabel")
+LIVE_CHECK_EVERY = 2.0  # seconds between reads of the live accuracy while a run goes
 
 
 @dataclass
@@ -47,6 +50,33 @@ class Gate:
         return ok
 
 
+class LiveCheck:
+    """The run's stop signal, also set once human corrections score a version below
+    ALLABEL_MIN_LIVE_F1 (``hold`` then says why): the rest of the run waits."""
+
+    def __init__(self, state: State, pid: int, settings, stop, accepted: frozenset):
+        self.state, self.pid, self.settings, self.stop = state, pid, settings, stop
+        self.accepted, self.hold, self._next = accepted, None, 0.0
+
+    def check(self) -> holds.Hold | None:
+        s = self.settings
+        live = live_accuracy(self.state.reviewed(self.pid))
+        failing = live_gate(live, s.min_live_f1, s.min_live_tasks, self.accepted)
+        if failing and self.hold is None:
+            version, m = failing[0]
+            keys = frozenset(k for k, _ in failing)
+            self.hold = holds.live_f1(version, m["f1"], s.min_live_f1, m["tasks"], keys)
+        return self.hold
+
+    def is_set(self) -> bool:
+        if self.stop.is_set():
+            return True
+        if self.hold is None and time.monotonic() >= self._next:
+            self._next = time.monotonic() + LIVE_CHECK_EVERY
+            self.check()
+        return self.hold is not None
+
+
 def pre_annotate(
     state: State,
     pid: int,
@@ -61,9 +91,14 @@ def pre_annotate(
     report: dict,
     saved: Callable[[], None],
     stop: threading.Event,
+    live_accepted: frozenset = frozenset(),
 ) -> RunEnd:
     """One bulk run over ``order`` (task ids); results are saved one by one and pushed by the loop."""
     end = RunEnd(approval=approval, quality_key=quality_done)
+    live = LiveCheck(state, pid, settings, stop, live_accepted)
+    if live.check():  # corrections already below the minimum: nothing starts
+        end.hold = live.hold
+        return end
     cfg = parse_label_config(state.project(pid)["label_config"])
     corpus = bulk.Corpus.load(state, pid, cfg)
     if not corpus.gold:
@@ -72,20 +107,7 @@ def pre_annotate(
     sim = similarity(corpus.texts)
     if rerun:
         order = _with_stale(state, pid, settings, corpus, annotator, sim, order, report)
-    report["progress"] = {
-        "total": len(order),
-        "done": 0,
-        "failed": 0,
-        "started": time.time(),
-        "annotator": annotator.name,
-    }
-    log.info(
-        "project %d: pre-annotating %d task(s) with %s from %d demonstration(s)",
-        pid,
-        len(order),
-        annotator.name,
-        len(corpus.gold),
-    )
+    _started(report, pid, len(order), annotator.name, len(corpus.gold))
 
     def publish(name, value):
         if name == "estimate":
@@ -105,12 +127,31 @@ def pre_annotate(
         quality_done=quality_done,
         report=publish,
         saved=saved,
-        stop=stop,
+        stop=live,
     )
     if out.quality:
         end.quality_key = out.quality["gold_key"]
     end.hold, end.blocker, end.failed, end.approval = out.hold, out.blocker, out.failed, gate.used
+    end.hold = live.hold or end.hold  # held by live accuracy rather than merely stopped
     return end
+
+
+def _started(report: dict, pid: int, tasks: int, annotator: str, demos: int) -> None:
+    """The run's progress starts (its rate counts from now)."""
+    report["progress"] = {
+        "total": tasks,
+        "done": 0,
+        "failed": 0,
+        "started": time.time(),
+        "annotator": annotator,
+    }
+    log.info(
+        "project %d: pre-annotating %d task(s) with %s from %d demonstration(s)",
+        pid,
+        tasks,
+        annotator,
+        demos,
+    )
 
 
 def _with_stale(

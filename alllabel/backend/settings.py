@@ -99,6 +99,9 @@ class Settings:
     prelabel_start: str = "auto"  # auto | manual (waits for Start Training)
     quality_check: bool = True
     min_f1: float | None = None
+    # Live accuracy (backend/live.py): a version this far below, over this many reviewed tasks, holds.
+    min_live_f1: float | None = None
+    min_live_tasks: int = 5
     max_cost_usd: float | None = None
     min_span_score: float | None = None
 
@@ -145,6 +148,8 @@ class Settings:
             prelabel_start=env.choice("ALLABEL_PRELABEL_START", ("auto", "manual"), "auto", e),
             quality_check=env.flag("ALLABEL_QUALITY_CHECK", True, e),
             min_f1=env.fraction("ALLABEL_MIN_F1", None, e),
+            min_live_f1=env.fraction("ALLABEL_MIN_LIVE_F1", None, e),
+            min_live_tasks=env.number("ALLABEL_MIN_LIVE_TASKS", 5, e, minimum=1, integer=True),
             max_cost_usd=env.number("ALLABEL_MAX_COST_USD", None, e, minimum=0, unit=" (US$)"),
             min_span_score=env.fraction("ALLABEL_MIN_SPAN_SCORE", None, e),
         )

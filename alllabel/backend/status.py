@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from alllabel.backend.label_config import parse_label_config
+from alllabel.backend.live import live_accuracy
 from alllabel.backend.state import State
+
+LAST_ERRORS = 5  # errors shown in /status and on the page
 
 
 def project_status(state: State, pid: int, controller=None) -> dict:
@@ -23,7 +28,11 @@ def project_status(state: State, pid: int, controller=None) -> dict:
         "annotated_tasks": len(annotated),
         "annotated_from_queue": len(annotated & queue_ids),
         "unconfirmed_claims": len(state.claims(pid)),
-        "queue": {"selected": len(queue), "pushed": sum(q.pushed is not None for q in queue)},
+        "queue": {
+            "selected": len(queue),
+            "pushed": sum(q.pushed is not None for q in queue),
+            "reserve": c.settings.queue_reserve if c else None,
+        },
         "prelabels": {
             "done": sum(x.result is not None for x in preds.values()),
             "failed": sum(x.result is None and x.error is not None for x in preds.values()),
@@ -32,10 +41,15 @@ def project_status(state: State, pid: int, controller=None) -> dict:
         "skipped_tasks": len(state.skipped(pid)),
         "detached": c.memory.detached if c else None,
         "warnings": config_warnings(p["label_config"]) + (list(c.memory.warnings) if c else []),
+        "live_accuracy": live_accuracy(state.reviewed(pid)),
+        "errors": last_errors(preds.values(), c.errors if c else []),
     }
     if p["phase"] in ("prelabeling", "done") or (c and c.report):
         run = dict(c.report) if c else {}
         run["spent_usd"] = round(p["spent_usd"], 4)
+        run["cap_usd"] = c.settings.max_cost_usd if c else None
+        if "progress" in run:
+            run["progress"] = with_rate(run["progress"], time.time())
         if c and c.memory.hold:
             run["hold"] = c.memory.hold.reason
             run["hold_kind"] = c.memory.hold.kind
@@ -48,6 +62,28 @@ def project_status(state: State, pid: int, controller=None) -> dict:
             run["blocked"] = c.blocker
         out["run"] = run
     return out
+
+
+def with_rate(progress: dict, now: float) -> dict:
+    """Progress with its rate (tasks a minute) and the time left at that rate (None: unknown)."""
+    out = dict(progress)
+    finished = out.get("done", 0) + out.get("failed", 0)
+    elapsed = now - out["started"] if out.get("started") else 0.0
+    per_s = finished / elapsed if finished and elapsed > 0 else None
+    left = max(out.get("total", 0) - finished, 0)
+    out["rate_per_min"] = None if per_s is None else round(60 * per_s, 2)
+    out["seconds_left"] = 0 if not left else (None if per_s is None else round(left / per_s))
+    return out
+
+
+def last_errors(preds, controller_errors: list[dict]) -> list[dict]:
+    """The latest errors, newest first: the controller's (Label Studio, steps) and failed tasks."""
+    failed = [
+        {"at": None, "task": x.task_id, "error": x.error}
+        for x in preds
+        if x.result is None and x.error is not None
+    ]
+    return (list(reversed(controller_errors)) + failed)[:LAST_ERRORS]
 
 
 def config_warnings(label_config: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Command line: ``alllabel {select,prelabel,evaluate,demo,status} ...`` (or ``python -m alllabel``).
+"""Command line: ``alllabel {select,prelabel,compare,evaluate,demo,status} ...`` (or ``python -m alllabel``).
 
 JSONL records look like ``{"id": ..., "text": "...", "entities": [{"start", "end", "label"}]}``;
 a record with an ``entities`` list counts as human-annotated.
@@ -13,6 +13,7 @@ import sys
 
 from alllabel.cli.commands import cmd_demo, cmd_evaluate, cmd_select, cmd_status
 from alllabel.cli.common import DEFAULT_BACKEND_URL, EXAMPLE_DATA, _env_number
+from alllabel.cli.compare import VARIANT_KEYS, cmd_compare
 from alllabel.cli.prelabel import cmd_prelabel
 from alllabel.selection.duplicates import DEFAULT_THRESHOLD
 
@@ -198,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5, help="runs of the random and core-set baselines")
     common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "compare",
+        help="leave-one-out F1, US$ per task and latency of two or more models or prompt settings",
+        description='Each --variant "key=value,..." is one LLM set-up; keys: '
+        + ", ".join(VARIANT_KEYS)
+        + '. E.g. --variant "model=gpt-4o" --variant "model=gpt-4o-mini,k=5" --variant '
+        '"name=local,model=llama,base_url=http://127.0.0.1:8080/v1,api_key_env=LOCAL_KEY".',
+    )
+    p.add_argument("input", help="JSONL records; those with 'entities' are scored")
+    p.add_argument("--variant", action="append", required=True, help='e.g. "model=gpt-4o-mini,k=5"')
+    p.add_argument(
+        "--max-cost",
+        type=float,
+        default=_env_number("ALLABEL_MAX_COST_USD"),
+        help="US$ for the whole comparison, every billed call counted (default ALLABEL_MAX_COST_USD)",
+    )
+    p.add_argument("--json", help="also write the reports to this JSON file")
+    common(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="the whole loop offline on the bundled MOF sample")
     p.add_argument("input", nargs="?", default=str(EXAMPLE_DATA))

@@ -47,6 +47,7 @@ class Usage:
     batch_completion_tokens: int = 0
     batch_price_factor: float = 0.5
     billed_usd: float = 0.0  # every attempt the endpoint billed (``alllabel.llm.billing``)
+    call_seconds: float = 0.0  # wall time of the answered calls (latency = this / calls)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -210,6 +211,7 @@ class LLMClient:
                 "no answer for this prompt in the LLM cache (the batch did not return it)",
                 retryable=True,
             )
+        started = time.monotonic()
         with billing() as bill:
             try:
                 result = self._call(messages, schema)
@@ -219,7 +221,10 @@ class LLMClient:
                 raise
         result.billed_usd = self._charge(bill, messages, prompt_tokens)
         self.usage.add(
-            calls=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
+            calls=1,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            call_seconds=time.monotonic() - started,  # retries included: the wait a task sees
         )
         if validate is not None:
             try:

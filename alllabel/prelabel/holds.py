@@ -2,7 +2,8 @@
 
 Kinds: ``cost_cap`` (the cap would be exceeded), ``batch`` (answers pending in a Batch API batch),
 ``stopped`` (the process is shutting down), ``min_f1`` (the quality check is below the minimum),
-``manual`` (waiting for Start Training). ``key`` is the value that must change for the hold to
+``manual`` (waiting for Start Training), ``min_live_f1`` (human corrections score a version's
+pre-annotations below ALLABEL_MIN_LIVE_F1). ``key`` is the value that must change for the hold to
 lift (the backend's controller compares it).
 """
 
@@ -59,6 +60,19 @@ def cost_cap(
         fix = "; raise the cap (ALLABEL_MAX_COST_USD, --max-cost) and run again to continue"
     return Hold(
         "cost_cap", head + fix, tasks=tasks, cap_usd=cap_usd, counted_usd=counted_usd, cause=cause
+    )
+
+
+def live_f1(version: str, f1: float, min_f1: float, reviewed: int, key: object) -> Hold:
+    """Annotators' corrections score ``version`` below the minimum: the rest of the run waits."""
+    return Hold(
+        "min_live_f1",
+        f"held: human corrections of {reviewed} pre-annotated task(s) score {version} at span F1 "
+        f"{f1:.3f}, below the minimum {min_f1:.3f} (ALLABEL_MIN_LIVE_F1); review the corrections, "
+        "improve the prompt or model (or lower the minimum), then press Start Training",
+        f1=f1,
+        min_f1=min_f1,
+        key=key,
     )
 
 

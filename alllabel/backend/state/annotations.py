@@ -35,20 +35,39 @@ class AnnotationRows:
         )
 
     def record_annotation(self, project_id: int, annotation: dict, seq: int) -> None:
-        """A fact read from Label Studio at clock ``seq``: the annotation exists as given."""
+        """A fact read from Label Studio at clock ``seq``: the annotation exists as given. One started
+        from our pre-annotation (``parent_prediction``) keeps a copy of it (live accuracy)."""
+        parent, task = annotation.get("parent_prediction"), annotation["task"]
+        ours = (
+            self._q(
+                "SELECT result, version FROM predictions WHERE project_id = ? AND task_id = ? AND ls_id = ? "
+                "AND result IS NOT NULL",
+                (project_id, task, parent),
+            )
+            if parent is not None
+            else []
+        )
         self._q(
-            "INSERT INTO annotations (project_id, annotation_id, task_id, status, cancelled, result, ls_updated, seq) "
-            "VALUES (?, ?, ?, 'verified', ?, ?, ?, ?) ON CONFLICT(project_id, annotation_id) DO UPDATE SET "
+            "INSERT INTO annotations (project_id, annotation_id, task_id, status, cancelled, result, ls_updated, seq, "
+            "parent_prediction, ours, ours_version) VALUES (?, ?, ?, 'verified', ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(project_id, annotation_id) DO UPDATE SET "
             "task_id = excluded.task_id, status = 'verified', pending = 0, cancelled = excluded.cancelled, result = excluded.result, "
-            "ls_updated = excluded.ls_updated, seq = excluded.seq, checks = 0 WHERE annotations.seq <= excluded.seq",
+            "ls_updated = excluded.ls_updated, seq = excluded.seq, checks = 0, "
+            "parent_prediction = excluded.parent_prediction, "
+            # Our prediction may be replaced later: the copy taken first stays.
+            "ours = COALESCE(annotations.ours, excluded.ours), "
+            "ours_version = COALESCE(annotations.ours_version, excluded.ours_version) "
+            "WHERE annotations.seq <= excluded.seq",
             (
                 project_id,
                 annotation["id"],
-                annotation["task"],
+                task,
                 int(bool(annotation.get("was_cancelled"))),
                 json.dumps(annotation.get("result") or [], ensure_ascii=False),
                 annotation.get("updated_at"),
                 seq,
+                parent,
+                *(ours[0] if ours else (None, None)),
             ),
         )
 
@@ -112,6 +131,25 @@ class AnnotationRows:
             if task not in latest or key > latest[task][0]:
                 latest[task] = (key, result)
         return {t: json.loads(r) for t, (_, r) in latest.items()}
+
+    def reviewed(self, project_id: int) -> dict[int, tuple[list, dict, list]]:
+        """Tasks whose latest verified annotation started from our pre-annotation:
+        task -> (our result, its version, the human result)."""
+        rows = self._q(
+            "SELECT task_id, ours, ours_version, result, ls_updated, annotation_id FROM annotations "
+            "WHERE project_id = ? AND status = 'verified' AND cancelled = 0 AND result IS NOT NULL",
+            (project_id,),
+        )
+        latest: dict[int, tuple] = {}
+        for task, ours, version, result, updated, aid in rows:
+            key = (updated or "", aid)
+            if task not in latest or key > latest[task][0]:
+                latest[task] = (key, ours, version, result)
+        return {
+            t: (json.loads(o), json.loads(v or "{}"), json.loads(r))
+            for t, (_, o, v, r) in latest.items()
+            if o is not None
+        }
 
     def unread_annotations(self, project_id: int) -> list[int]:
         """Verified annotations whose content we have not read (after an upgrade from v1)."""

@@ -212,6 +212,13 @@ class PredictionRows:
             [(d, ls_ids.get(t), project_id, t) for t, d in digests.items()],
         )
 
+    def learn_ls_id(self, project_id: int, task_id: int, ls_id: int) -> None:
+        """Label Studio's id of our prediction on the task, learnt from an annotation's parent."""
+        self._q(
+            "UPDATE predictions SET ls_id = ? WHERE project_id = ? AND task_id = ? AND ls_id IS NULL",
+            (ls_id, project_id, task_id),
+        )
+
     def set_held(self, project_id: int, held: dict[int, tuple[str | None, int | None]]) -> None:
         """What an audit of Label Studio found: task -> (digest it holds or None, its prediction id)."""
         self._many(

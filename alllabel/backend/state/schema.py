@@ -8,7 +8,7 @@ import time
 
 from alllabel.backend.ls_format import desired_digest, digest
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE projects (
@@ -45,6 +45,9 @@ CREATE TABLE annotations (
     ls_updated    TEXT,            -- the annotation's updated_at: the latest one is the task's answer
     seq           INTEGER NOT NULL,  -- clock value of the last fact about this annotation
     checks        INTEGER NOT NULL DEFAULT 0,  -- failed verifications of a claim
+    parent_prediction INTEGER,     -- the Label Studio prediction the annotator started from
+    ours          TEXT,            -- that prediction's result, when it was our pre-annotation
+    ours_version  TEXT,            -- and its version (what produced it)
     PRIMARY KEY (project_id, annotation_id)
 );
 CREATE TABLE predictions (      -- at most one of ours per task: queue entry and/or pre-annotation
@@ -143,4 +146,15 @@ def refresh_want(db: sqlite3.Connection, where: str, args: tuple) -> None:
     )
 
 
-MIGRATIONS = {1: _v1_to_v2}  # from version -> function upgrading to version + 1
+REVIEW_COLUMNS = {"parent_prediction": "INTEGER", "ours": "TEXT", "ours_version": "TEXT"}
+
+
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    """Annotations remember the pre-annotation they corrected (live accuracy)."""
+    have = {r[1] for r in db.execute("PRAGMA table_info(annotations)")}
+    for name, kind in REVIEW_COLUMNS.items():
+        if name not in have:  # a v1 file got them with the v2 tables
+            db.execute(f"ALTER TABLE annotations ADD COLUMN {name} {kind}")
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}  # from version -> function upgrading to version + 1
