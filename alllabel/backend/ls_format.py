@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from alllabel.backend.label_config import NERConfig
+from alllabel.backend.label_config import TEXT_JOIN, NERConfig, TextConfig
 from alllabel.text.spans import Span
 
 # The queue position p is pushed as score p * QUEUE_SCORE_STEP: Label Studio keeps only scores in
@@ -18,11 +18,15 @@ from alllabel.text.spans import Span
 QUEUE_SCORE_STEP = 1e-6
 
 
-def task_text(task: dict, cfg: NERConfig) -> tuple[str | None, str | None]:
-    """(text, None) for a usable task, or (None, why it cannot be used)."""
-    text = (task.get("data") or {}).get(cfg.value_key)
-    if not isinstance(text, str):
-        return None, f"task data field {cfg.value_key!r} is missing or not text"
+def task_text(task: dict, cfg: TextConfig) -> tuple[str | None, str | None]:
+    """(text, None) for a usable task, or (None, why it cannot be used). Several <Text> objects:
+    their values joined in config order (``TEXT_JOIN``), the text the selection reads."""
+    data = task.get("data") or {}
+    values = [data.get(key) for key in cfg.value_keys]
+    missing = [key for key, v in zip(cfg.value_keys, values) if not isinstance(v, str)]
+    if missing:
+        return None, f"task data field {missing[0]!r} is missing or not text"
+    text = TEXT_JOIN.join(values)
     if not text.strip():
         return None, "empty text"
     return text, None

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from alllabel.backend import ls_format
 from alllabel.backend.decide import CLAIM_CHECKS
-from alllabel.backend.label_config import NERConfig
+from alllabel.backend.label_config import TextConfig
 from alllabel.backend.ls_client import QUEUE_VIEW_TITLE, REVIEW_VIEW_TITLE, SAMPLING, LabelStudioAPI
 from alllabel.backend.state import State
 
@@ -51,7 +51,7 @@ def confirm_claims(
     return changed, retry
 
 
-def sync(state: State, ls: LabelStudioAPI, pid: int, cfg: NERConfig, *, full: bool) -> None:
+def sync(state: State, ls: LabelStudioAPI, pid: int, cfg: TextConfig, *, full: bool) -> None:
     """Read tasks (all, or those changed since the watermark) with their annotations: facts as of now."""
     seq = state.tick()
     project = state.project(pid)

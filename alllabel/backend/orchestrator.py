@@ -23,7 +23,12 @@ from collections.abc import Callable
 from alllabel.backend import ls_format
 from alllabel.backend.controller import ProjectController, Services
 from alllabel.backend.decide import MAX_CLAIMS_PER_EVENT, backend_listed
-from alllabel.backend.label_config import NERConfig, parse_label_config
+from alllabel.backend.label_config import (
+    NERConfig,
+    TextConfig,
+    config_warning,
+    parse_label_config,
+)
 from alllabel.backend.ls_client import LabelStudioAPI, LabelStudioError
 from alllabel.backend.settings import Settings
 from alllabel.backend.state import DirectoryLock, State
@@ -144,18 +149,13 @@ class Orchestrator:
         deadline = min(started + SETUP_LIMIT, time.monotonic() + self.settings.connect_wait)
         return self._register(pid, label_config, cfg, deadline)
 
-    def _register(self, pid: int, label_config: str, cfg: NERConfig, deadline: float) -> str:
+    def _register(self, pid: int, label_config: str, cfg: TextConfig, deadline: float) -> str:
         known = self.state.project(pid)
         if known is None or known["label_config"] != label_config:
             self.state.register(pid, label_config)
-            if cfg.ignored:
-                log.warning(
-                    "project %d: the labeling config also has %s; ALLabel pre-annotates only "
-                    "<Labels name=%r>",
-                    pid,
-                    ", ".join(cfg.ignored),
-                    cfg.from_name,
-                )
+            warning = config_warning(cfg)
+            if warning:
+                log.warning("project %d: %s", pid, warning)
         c = self.controller(pid)
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)

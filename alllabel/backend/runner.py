@@ -64,7 +64,9 @@ def pre_annotate(
 ) -> RunEnd:
     """One bulk run over ``order`` (task ids); results are saved one by one and pushed by the loop."""
     end = RunEnd(approval=approval, quality_key=quality_done)
-    cfg = parse_label_config(state.project(pid)["label_config"])
+    cfg = parse_label_config(state.project(pid)["label_config"]).ner
+    if cfg is None:
+        raise ValueError("nothing in this labeling config is pre-annotated")
     corpus = bulk.Corpus.load(state, pid, cfg)
     if not corpus.gold:
         raise ValueError("no human-annotated tasks to use as demonstrations yet")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alllabel.backend.label_config import parse_label_config
+from alllabel.backend.label_config import config_warning, parse_label_config
 from alllabel.backend.state import State
 
 
@@ -52,11 +52,7 @@ def project_status(state: State, pid: int, controller=None) -> dict:
 
 def config_warnings(label_config: str) -> list[str]:
     try:
-        cfg = parse_label_config(label_config)
+        warning = config_warning(parse_label_config(label_config))
     except ValueError as e:
-        return [f"the labeling config cannot be pre-annotated: {e}"]
-    if not cfg.ignored:
-        return []
-    return [
-        f'the labeling config also has {", ".join(cfg.ignored)}: ALLabel selects tasks and pre-annotates <Labels name="{cfg.from_name}"> only; the rest is left to annotators'
-    ]
+        return [f"the labeling config cannot be used: {e}"]
+    return [warning] if warning else []

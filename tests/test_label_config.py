@@ -1,0 +1,88 @@
+"""Labeling configs read with Label Studio's own parser: every text project, and what is left to humans."""
+
+import pytest
+
+from alllabel.backend import ls_format
+from alllabel.backend.label_config import UnsupportedConfig, config_warning, parse_label_config
+
+TEXT = '<Text name="text" value="$text"/>'
+NER = '<Labels name="ner" toName="text"><Label value="PER" hint="a person"/><Label value="ORG"/></Labels>'
+CHOICES = '<Choices name="label" toName="text" choice="single"><Choice value="pos"/><Choice value="neg"/></Choices>'
+
+
+def view(*parts: str) -> str:
+    return "<View>" + "".join(parts) + "</View>"
+
+
+def test_one_labels_group_is_pre_annotated_with_its_hints():
+    cfg = parse_label_config(view(TEXT, NER))
+    assert cfg.ner.from_name == "ner" and cfg.ner.to_name == "text"
+    assert cfg.ner.labels == ("PER", "ORG") and cfg.ner.descriptions == (("PER", "a person"),)
+    assert cfg.left_to_humans == () and config_warning(cfg) is None
+
+
+@pytest.mark.parametrize(
+    "controls",
+    [
+        CHOICES,
+        '<TextArea name="summary" toName="text"/>',
+        '<Taxonomy name="tax" toName="text"><Choice value="a"/></Taxonomy>',
+        '<Rating name="stars" toName="text"/>',
+        '<Number name="n" toName="text"/>',
+    ],
+)
+def test_any_control_on_a_text_gets_the_queue_and_is_left_to_humans(controls):
+    cfg = parse_label_config(view(TEXT, controls))
+    assert cfg.texts == (("text", "text"),) and cfg.ner is None
+    (left,) = cfg.left_to_humans
+    assert left.split()[0][1:] in controls and left in config_warning(cfg)
+
+
+def test_two_labels_groups_and_relations_are_left_to_humans():
+    second = NER.replace('name="ner"', 'name="ner2"')
+    cfg = parse_label_config(
+        view(TEXT, NER, second, '<Relations><Relation value="r"/></Relations>')
+    )
+    assert cfg.ner is None
+    assert cfg.left_to_humans == ('<Labels name="ner">', '<Labels name="ner2">', "<Relations>")
+    assert "2 <Labels> groups" in config_warning(cfg)
+
+
+def test_several_texts_are_read_joined_in_config_order():
+    cfg = parse_label_config(
+        view('<Text name="title" value="$title"/>', TEXT, CHOICES.replace('"text"', '"title"'))
+    )
+    assert cfg.value_keys == ("title", "text") and cfg.ner is None
+    assert ls_format.task_text({"data": {"text": "body", "title": "Head"}}, cfg) == (
+        "Head\n\nbody",
+        None,
+    )
+    assert ls_format.task_text({"data": {"title": "Head"}}, cfg) == (
+        None,
+        "task data field 'text' is missing or not text",
+    )
+
+
+@pytest.mark.parametrize(
+    "xml, reason",
+    [
+        (view(TEXT, '<Image name="img" value="$image"/>', CHOICES), '<Image name="img">'),
+        (
+            view('<HyperText name="h" value="$h"/>', '<Paragraphs name="p" value="$p"/>'),
+            '<HyperText name="h">, <Paragraphs name="p">',
+        ),
+        (view(TEXT), "no control"),
+        (view(CHOICES), "no <Text> object"),
+        (
+            view(TEXT, CHOICES.replace('toName="text"', 'toName="other"')),
+            "points (toName) at other",
+        ),
+        (view('<Text name="text" value="text"/>', CHOICES), "must read a task field"),
+        ("", "empty"),
+        ("<View><Text", "not valid XML"),
+    ],
+)
+def test_configs_that_are_not_text_projects_are_refused_with_a_reason(xml, reason):
+    with pytest.raises(UnsupportedConfig, match=None) as e:
+        parse_label_config(xml)
+    assert reason in str(e.value)
