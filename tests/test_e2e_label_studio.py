@@ -572,7 +572,11 @@ def test_an_unsupported_config_is_explained_when_connecting(ls, tmp_path):
     with FakeOpenAI() as fake:
         b = Backend(tmp_path, ls, fake)
         try:
-            pid, _ = api.new_project("text and image", mof_records()[645:650], config=config)
+            pid = api.send(
+                "POST", "/api/projects/", {"title": "text and image", "label_config": config}
+            ).json()["id"]
+            tasks = [{"text": r["text"], "image": "/static/x.png"} for r in mof_records()[645:650]]
+            assert api.send("POST", f"/api/projects/{pid}/import", tasks).status_code == 201
             r = api.connect(pid, b.url)
             shown = r.json()["validation_errors"]["non_field_errors"][0]
             assert r.status_code == 400 and (

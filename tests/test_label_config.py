@@ -24,7 +24,6 @@ def test_one_labels_group_is_pre_annotated_with_its_hints():
 @pytest.mark.parametrize(
     "controls",
     [
-        CHOICES,
         '<TextArea name="summary" toName="text"/>',
         '<Taxonomy name="tax" toName="text"><Choice value="a"/></Taxonomy>',
         '<Rating name="stars" toName="text"/>',
@@ -36,6 +35,25 @@ def test_any_control_on_a_text_gets_the_queue_and_is_left_to_humans(controls):
     assert cfg.texts == (("text", "text"),) and cfg.ner is None
     (left,) = cfg.left_to_humans
     assert left.split()[0][1:] in controls and left in config_warning(cfg)
+
+
+@pytest.mark.parametrize(
+    "mode, multiple", [("single", False), ("single-radio", False), ("multiple", True)]
+)
+def test_one_choices_group_is_pre_annotated(mode, multiple):
+    xml = view(TEXT, CHOICES.replace('"single"', f'"{mode}"').replace('"pos"', '"pos" hint="good"'))
+    cfg = parse_label_config(xml)
+    assert cfg.ner is None and cfg.prelabeled is cfg.classify and config_warning(cfg) is None
+    schema = cfg.classify.schema()
+    assert schema.choices == ("pos", "neg") and schema.multiple is multiple
+    assert schema.descriptions == {"pos": "good"}
+    assert (cfg.classify.from_name, cfg.classify.to_name) == ("label", "text")
+
+
+def test_labels_with_choices_pre_annotates_the_spans_and_leaves_the_choices():
+    cfg = parse_label_config(view(TEXT, NER, CHOICES))
+    assert cfg.prelabeled is cfg.ner and cfg.classify is None
+    assert cfg.left_to_humans == ('<Choices name="label">',)
 
 
 def test_two_labels_groups_and_relations_are_left_to_humans():

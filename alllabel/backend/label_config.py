@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
 
+from alllabel.prelabel.classify import ChoiceSchema
 from alllabel.prelabel.prompt import LabelSchema
 
 # Joins the values of several <Text> objects (config order) into the one text the selection reads.
@@ -34,17 +35,35 @@ class NERConfig:
 
 
 @dataclass(frozen=True)
+class ChoicesConfig:
+    from_name: str  # the <Choices name=...>
+    to_name: str  # the <Text name=...>
+    choices: tuple[str, ...]
+    descriptions: tuple[tuple[str, str], ...] = ()
+    multiple: bool = False  # choice="multiple"; "single" and "single-radio" take one value
+
+    def schema(self) -> ChoiceSchema:
+        return ChoiceSchema(self.choices, dict(self.descriptions), self.multiple)
+
+
+@dataclass(frozen=True)
 class TextConfig:
     """A text project: the texts the selection reads, and the one group we pre-annotate, if any."""
 
     texts: tuple[tuple[str, str], ...]  # (<Text name>, task data key), in config order
-    ner: NERConfig | None  # the pre-annotated <Labels> group; None: nothing is pre-annotated
+    ner: NERConfig | None  # the pre-annotated <Labels> group
     left_to_humans: tuple[str, ...] = ()  # e.g. '<Choices name="x">'
     why_left: str = ""  # why those controls are not pre-annotated
+    classify: ChoicesConfig | None = None  # or the pre-annotated <Choices> group (never both)
 
     @property
     def value_keys(self) -> tuple[str, ...]:
         return tuple(key for _, key in self.texts)
+
+    @property
+    def prelabeled(self) -> NERConfig | ChoicesConfig | None:
+        """The group the backend pre-annotates, if any."""
+        return self.ner or self.classify
 
 
 def _interface(xml: str):
@@ -79,16 +98,30 @@ def _texts(li) -> tuple[tuple[str, str], ...]:
     return tuple(texts)
 
 
-def _ner(ctl, value_key: str) -> NERConfig:
+def _values(ctl, child: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """A control's values and their ``hint`` descriptions."""
     names = [v for v in ctl.labels if v]
     if not names:
-        raise UnsupportedConfig(f'<Labels name="{ctl.name}"> has no <Label value="..."/> children')
+        raise UnsupportedConfig(
+            f'<{ctl.tag} name="{ctl.name}"> has no <{child} value="..."/> children'
+        )
     if len(set(names)) != len(names):
-        raise UnsupportedConfig(f'duplicate label values in <Labels name="{ctl.name}">')
+        raise UnsupportedConfig(f'duplicate values in <{ctl.tag} name="{ctl.name}">')
     hints = tuple(
         (v, t.attr["hint"]) for v, t in ctl.labels_attrs.items() if (t.attr or {}).get("hint")
     )
-    return NERConfig(ctl.name, ctl.to_name[0], value_key, tuple(names), hints)
+    return tuple(names), hints
+
+
+def _ner(ctl, value_key: str) -> NERConfig:
+    names, hints = _values(ctl, "Label")
+    return NERConfig(ctl.name, ctl.to_name[0], value_key, names, hints)
+
+
+def _choices(ctl) -> ChoicesConfig:
+    names, hints = _values(ctl, "Choice")
+    multiple = (ctl.attr.get("choice") or "single") == "multiple"
+    return ChoicesConfig(ctl.name, ctl.to_name[0], names, hints, multiple)
 
 
 @lru_cache(maxsize=64)  # read on every snapshot; the result is immutable
@@ -108,28 +141,35 @@ def parse_label_config(xml: str) -> TextConfig:
                 "which is not a <Text> object of the config"
             )
     labels = [c for c in controls if c.tag == "Labels"]
-    ner, why = None, ""
+    choices = [c for c in controls if c.tag == "Choices"]
+    ner, classify, why = None, None, ""
     if len(texts) > 1:
         why = f"the config has {len(texts)} <Text> objects; pre-annotation needs exactly one"
     elif len(labels) > 1:
         why = f"the config has {len(labels)} <Labels> groups; pre-annotation covers exactly one"
     elif labels:
         ner = _ner(labels[0], texts[0][1])
+    elif len(choices) > 1:
+        why = f"the config has {len(choices)} <Choices> groups; pre-annotation covers exactly one"
+    elif choices:
+        classify = _choices(choices[0])
+    done = ner or classify
     left = tuple(
-        f'<{c.tag} name="{c.name}">' for c in controls if ner is None or c.name != ner.from_name
+        f'<{c.tag} name="{c.name}">' for c in controls if done is None or c.name != done.from_name
     )
     if ET.fromstring(xml).find(".//Relations") is not None:
         left += ("<Relations>",)
     if left and not why:
-        why = "ALLabel pre-annotates one <Labels> group on one <Text> only"
-    return TextConfig(texts, ner, left, why if left else "")
+        why = "ALLabel pre-annotates one <Labels> or one <Choices> group on one <Text> only"
+    return TextConfig(texts, ner, left, why if left else "", classify)
 
 
 def config_warning(cfg: TextConfig) -> str | None:
     """What annotators must do themselves, in one line (``/status`` warnings and the log)."""
     if not cfg.left_to_humans:
         return None
-    done = f'<Labels name="{cfg.ner.from_name}"> is pre-annotated; ' if cfg.ner else ""
+    group, kind = cfg.prelabeled, "Labels" if cfg.ner else "Choices"
+    done = f'<{kind} name="{group.from_name}"> is pre-annotated; ' if group else ""
     return (
         f"{done}{', '.join(cfg.left_to_humans)} left to annotators ({cfg.why_left}); "
         "the queue follows the ALLabel order for every control"

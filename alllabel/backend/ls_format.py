@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from alllabel.backend.label_config import TEXT_JOIN, NERConfig, TextConfig
+from alllabel.backend.label_config import TEXT_JOIN, ChoicesConfig, NERConfig, TextConfig
 from alllabel.text.spans import Span
 
 # The queue position p is pushed as score p * QUEUE_SCORE_STEP: Label Studio keeps only scores in
@@ -57,6 +57,28 @@ def span_result(cfg: NERConfig, span: Span) -> dict:
     }
     if span.score is not None:
         r["score"] = span.score
+    return r
+
+
+def result_choices(result: list, cfg: ChoicesConfig) -> list[str] | None:
+    """The values an annotation chose in the <Choices> group (None: it did not answer it)."""
+    for r in result or []:
+        v = r.get("value") or {}
+        if r.get("from_name") == cfg.from_name and isinstance(v.get("choices"), list):
+            return [c for c in v["choices"] if c in cfg.choices]
+    return None
+
+
+def choices_result(cfg: ChoicesConfig, choices: list[str], score: float | None) -> dict:
+    """A prediction's <Choices> region, in Label Studio's ``choices`` format."""
+    r = {
+        "from_name": cfg.from_name,
+        "to_name": cfg.to_name,
+        "type": "choices",
+        "value": {"choices": list(choices)},
+    }
+    if score is not None:
+        r["score"] = score
     return r
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from alllabel.backend import bulk
+from alllabel.backend import bulk, choices_run
 from alllabel.backend.actions import Approval
 from alllabel.backend.decide import approval_covers, approval_used
 from alllabel.backend.label_config import parse_label_config
@@ -64,7 +64,21 @@ def pre_annotate(
 ) -> RunEnd:
     """One bulk run over ``order`` (task ids); results are saved one by one and pushed by the loop."""
     end = RunEnd(approval=approval, quality_key=quality_done)
-    cfg = parse_label_config(state.project(pid)["label_config"]).ner
+    config = parse_label_config(state.project(pid)["label_config"])
+    if config.classify is not None:
+        return _classify(
+            state,
+            pid,
+            settings,
+            config.classify,
+            annotator_for,
+            similarity,
+            order,
+            report,
+            saved,
+            stop,
+        )
+    cfg = config.ner
     if cfg is None:
         raise ValueError("nothing in this labeling config is pre-annotated")
     corpus = bulk.Corpus.load(state, pid, cfg)
@@ -127,3 +141,35 @@ def _with_stale(
     if old:
         log.info("project %d: %d pre-annotation(s) are out of date; redoing them", pid, len(old))
     return order + [t for t in old if t not in set(order)]
+
+
+def _classify(
+    state, pid, settings, cfg, annotator_for, similarity, order, report, saved, stop
+) -> RunEnd:
+    """A <Choices> project's run (``choices_run``): no estimate, carry-over or approval step."""
+    classifier = annotator_for(cfg)
+    report["progress"] = {
+        "total": len(order),
+        "done": 0,
+        "failed": 0,
+        "started": time.time(),
+        "annotator": classifier.name,
+    }
+    log.info("project %d: classifying %d task(s) with %s", pid, len(order), classifier.name)
+
+    def publish(name, value):
+        report[name] = {**report.get(name, {}), **value} if name == "progress" else value
+
+    out = choices_run.run_choices(
+        state,
+        pid,
+        cfg,
+        classifier,
+        similarity,
+        order,
+        settings=settings,
+        report=publish,
+        saved=saved,
+        stop=stop,
+    )
+    return RunEnd(failed=out.failed, hold=out.hold, blocker=out.blocker)

@@ -88,6 +88,6 @@ def _run_fields(preds: dict, usable: list[int], annotated: frozenset[int]) -> di
 
 def _prelabels(label_config: str) -> bool:
     try:
-        return parse_label_config(label_config).ner is not None
+        return parse_label_config(label_config).prelabeled is not None
     except UnsupportedConfig:
         return True  # a registered config was readable: the run reports what changed

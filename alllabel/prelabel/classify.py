@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from alllabel.llm.client import Completion, LLMClient
+from alllabel.llm.tokens import TokenCounter
 from alllabel.prelabel.prompt import DEFAULT_ROLE, EXAMPLE_PREFIX, INPUT_PREFIX
 from alllabel.selection.retrieval import retrieve
 from alllabel.selection.similarity import Similarity
@@ -51,6 +52,7 @@ class Classification:
     confidence_source: str  # "logprobs" | "similarity" | "vote"
     cost_usd: float | None = None
     cached: bool = False
+    billed_usd: float = 0.0  # what the endpoint billed for this answer now (0 when cached)
 
 
 def response_schema(schema: ChoiceSchema) -> dict:
@@ -141,6 +143,9 @@ class MajorityClassifier:
     def __init__(self, schema: ChoiceSchema):
         self.schema = schema
 
+    def worst_case_usd(self, text: str, demos: Sequence[ChoiceDemo]) -> float:
+        return 0.0
+
     def classify(self, text: str, demos: Sequence[ChoiceDemo]) -> Classification:
         weight = {c: 0.0 for c in self.schema.choices}
         total = 0.0
@@ -171,6 +176,14 @@ class LLMClassifier:
         self.prompt = prompt or ChoicePromptBuilder(schema)
         self.name = f"llm-{client.config.model}"
 
+    def worst_case_usd(self, text: str, demos: Sequence[ChoiceDemo]) -> float:
+        """At most what classifying this task can be billed (0 when its answer is cached)."""
+        messages, client = self.prompt.messages(demos, text), self.client
+        if client.cache is not None and client.cache.get(client.cache_key(messages)) is not None:
+            return 0.0
+        tokens = TokenCounter(client.config.model, client.config.token_margin).messages(messages)
+        return client.config.worst_case_usd(tokens) or 0.0
+
     def classify(self, text: str, demos: Sequence[ChoiceDemo]) -> Classification:
         c = self.client.complete(
             self.prompt.messages(demos, text),
@@ -181,7 +194,7 @@ class LLMClassifier:
         score, source = reply_confidence(c, demos)
         prices = self.client.config.prices()
         cost = c.cost(prices) if prices else None
-        return Classification(chosen, score, source, cost, c.cached)
+        return Classification(chosen, score, source, cost, c.cached, c.billed_usd)
 
 
 def reply_confidence(c: Completion, demos: Sequence[ChoiceDemo]) -> tuple[float, str]:
@@ -236,5 +249,8 @@ def leave_one_out_choices(
     against its human answer: the quality to expect before a bulk run."""
     queries = sorted(gold)
     demos = choice_demos(texts, gold, sim, queries, k)
-    pred = [classifier.classify(texts[i], row).choices for i, row in zip(queries, demos)]
-    return classification_metrics([gold[i] for i in queries], pred, classifier.schema.choices)
+    answers = [classifier.classify(texts[i], row) for i, row in zip(queries, demos)]
+    m = classification_metrics(
+        [gold[i] for i in queries], [a.choices for a in answers], classifier.schema.choices
+    )
+    return {**m, "billed_usd": sum(a.billed_usd for a in answers)}
