@@ -98,3 +98,44 @@ def test_leave_one_out_on_the_shipped_classification_set_beats_the_majority_clas
     m = leave_one_out_choices(texts, gold, BM25Similarity(texts), MajorityClassifier(schema), k=5)
     share = max(sum(g == [c] for g in gold.values()) for c in schema.choices) / len(gold)
     assert m["n"] == 200 and m["accuracy"] > share
+
+
+def _cls_args(tmp_path, field, *extra):
+    from alllabel.text.jsonl import write_jsonl
+
+    path = tmp_path / "cls.jsonl"
+    write_jsonl(path, read_jsonl(DATA)[:60])
+    out = tmp_path / "eval"
+    args = ["evaluate", str(path), "--choices-field", field, "--pool-sizes", "5,10"]
+    return out, args + ["--seeds", "2", "--out-dir", str(out), "--quiet", *extra]
+
+
+def test_evaluate_a_classification_set_offline_writes_table_csv_and_plot(tmp_path):
+    from alllabel.cli import main
+
+    out, args = _cls_args(tmp_path, "quantities", "--annotator", "projection")
+    assert main(args) == 0
+    rows = [line.split(",") for line in (out / "results.csv").read_text().splitlines()]
+    assert rows[0] == ["method", "seed", "pool_size", "accuracy", "macro_f1"]
+    assert len(rows) == 1 + 2 * (1 + 2 + 2)  # allabel once, random and coreset per seed
+    assert all(0 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows[1:])
+    assert "| coreset |" in (out / "table.md").read_text()
+    assert (out / "accuracy_vs_pool.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_a_classification_set_with_an_oracle_llm_is_perfect(tmp_path, monkeypatch):
+    from alllabel.cli import main
+
+    gold = {r["text"]: r["choices"][0] for r in read_jsonl(DATA)[:60]}
+
+    def respond(req):
+        return json.dumps({"choice": gold[req["messages"][-1]["content"].split("Input:\n", 1)[1]]})
+
+    out, args = _cls_args(tmp_path, "choices", "--methods", "allabel", "--cache", "")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    with FakeOpenAI(respond) as fake:
+        assert main(args + ["--base-url", fake.base_url, "--timeout", "20"]) == 0
+        assert len(fake.requests) == (60 - 5) + (60 - 10)  # one call per sample outside the pool
+    rows = [line.split(",") for line in (out / "results.csv").read_text().splitlines()[1:]]
+    assert [float(r[3]) for r in rows] == [1.0, 1.0]
