@@ -295,7 +295,7 @@ class Orchestrator:
         return (
             f"llm-{self.llm_config.model}"
             if self._uses_llm()
-            else "projection-offline (no LLM configured)"
+            else "offline (no LLM configured: projection for spans, demonstration vote for choices)"
         )
 
     def annotator(self, cfg: NERConfig | ChoicesConfig):
