@@ -29,7 +29,7 @@ GOLD = {1: "pos", 2: "neg", 3: "pos", 4: "neg"}
 
 
 class S:
-    k, quality_check, max_cost_usd = 2, True, None
+    k, quality_check, max_cost_usd, prelabel_start = 2, True, None, "auto"
 
 
 def project(tmp_path) -> State:
@@ -49,7 +49,7 @@ def project(tmp_path) -> State:
     return st
 
 
-def go(st, classifier, settings=S, order=(5, 6)):
+def go(st, classifier, settings=S, order=(5, 6), approved=lambda: True):
     cfg = parse_label_config(CONFIG).classify
     report = {}
     out = run_choices(
@@ -63,6 +63,7 @@ def go(st, classifier, settings=S, order=(5, 6)):
         report=report.__setitem__,
         saved=lambda: None,
         stop=threading.Event(),
+        approved=approved,
     )
     return out, report
 
@@ -98,3 +99,18 @@ def test_a_reply_with_no_valid_choice_is_a_failure_kept_for_a_retry(tmp_path):
         S3 = type("S3", (S,), {"quality_check": False})
         out, _ = go(st, LLMClassifier(client, schema), settings=S3, order=(5,))
     assert out.failed == 1 and st.predictions(9)[5].error == "the reply named no valid choice"
+
+
+def test_a_manual_start_holds_after_the_estimate_until_approved(tmp_path):
+    st = project(tmp_path)
+    schema = parse_label_config(CONFIG).classify.schema()
+    manual = type("M", (S,), {"prelabel_start": "manual", "quality_check": False})
+    with FakeOpenAI(lambda req: '{"choice": "pos"}') as fake:
+        cfg = LLMConfig(api_key="k", base_url=fake.base_url, model="gpt-4o-mini")
+        classifier = LLMClassifier(LLMClient(cfg), schema)
+        held, report = go(st, classifier, settings=manual, approved=lambda: False)
+        assert fake.requests == [] and held.hold.kind == "manual" and held.done == 0
+        assert report["estimate"]["tasks"] == 2 and report["estimate"]["cost_usd"] > 0
+        assert "waiting for Start Training" in held.hold.reason
+        ran, _ = go(st, classifier, settings=manual, approved=lambda: True)
+        assert ran.hold is None and ran.done == 2 and len(fake.requests) == 2

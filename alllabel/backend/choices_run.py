@@ -49,6 +49,7 @@ class ChoicesOutcome:
     blocker: str | None = None
     hold: holds.Hold | None = None
     quality: dict | None = None
+    estimate: dict | None = None
 
 
 def run_choices(
@@ -63,8 +64,10 @@ def run_choices(
     report: Callable[[str, object], None],
     saved: Callable[[], None],
     stop: threading.Event,
+    approved: Callable[[], bool] = lambda: True,
 ) -> ChoicesOutcome:
-    """Classify the tasks in ``order`` (task ids), saving each result as it comes."""
+    """Classify the tasks in ``order`` (task ids), saving each result as it comes. With
+    ALLABEL_PRELABEL_START=manual the run holds after its estimate until ``approved()``."""
     corpus = ChoicesCorpus.load(state, pid, cfg)
     if not corpus.gold:
         raise ValueError(
@@ -78,6 +81,14 @@ def run_choices(
     pos = {t: i for i, t in enumerate(corpus.ids)}
     queries = [pos[t] for t in order if t in pos and pos[t] not in corpus.gold]
     demos = choice_demos(corpus.texts, corpus.gold, sim, queries, settings.k)
+    worst = sum(classifier.worst_case_usd(corpus.texts[i], row) for i, row in zip(queries, demos))
+    out.estimate = {"tasks": len(queries), "cost_usd": round(worst, 6)}  # a worst case
+    report("estimate", out.estimate)
+    if settings.prelabel_start == "manual" and not approved():
+        cost = f" ({len(queries)} tasks, at most US${worst:.2f})"
+        text = f"waiting for Start Training to pre-annotate{cost} (ALLABEL_PRELABEL_START=manual)"
+        out.hold = holds.Hold("manual", text, tasks=len(queries))
+        return out
     for n, (i, row) in enumerate(zip(queries, demos)):
         if stop.is_set():
             break

@@ -66,18 +66,9 @@ def pre_annotate(
     end = RunEnd(approval=approval, quality_key=quality_done)
     config = parse_label_config(state.project(pid)["label_config"])
     if config.classify is not None:
-        return _classify(
-            state,
-            pid,
-            settings,
-            config.classify,
-            annotator_for,
-            similarity,
-            order,
-            report,
-            saved,
-            stop,
-        )
+        run = dict(annotator_for=annotator_for, similarity=similarity, order=order, report=report)
+        run.update(saved=saved, stop=stop, approval=approval)
+        return _classify(state, pid, settings, config.classify, run)
     cfg = config.ner
     if cfg is None:
         raise ValueError("nothing in this labeling config is pre-annotated")
@@ -143,33 +134,38 @@ def _with_stale(
     return order + [t for t in old if t not in set(order)]
 
 
-def _classify(
-    state, pid, settings, cfg, annotator_for, similarity, order, report, saved, stop
-) -> RunEnd:
-    """A <Choices> project's run (``choices_run``): no estimate, carry-over or approval step."""
-    classifier = annotator_for(cfg)
+def _classify(state, pid, settings, cfg, run: dict) -> RunEnd:
+    """A <Choices> project's run (``choices_run``): no carry-over, Batch API or min-F1 gate."""
+    classifier = run["annotator_for"](cfg)
+    report = run["report"]
     report["progress"] = {
-        "total": len(order),
+        "total": len(run["order"]),
         "done": 0,
         "failed": 0,
         "started": time.time(),
         "annotator": classifier.name,
     }
-    log.info("project %d: classifying %d task(s) with %s", pid, len(order), classifier.name)
+    log.info("project %d: classifying with %s", pid, classifier.name)
+    end = RunEnd(approval=run["approval"])
 
     def publish(name, value):
+        if name == "estimate":
+            end.estimate = value
         report[name] = {**report.get(name, {}), **value} if name == "progress" else value
 
+    gate = Gate(run["approval"], lambda: end.estimate)
     out = choices_run.run_choices(
         state,
         pid,
         cfg,
         classifier,
-        similarity,
-        order,
+        run["similarity"],
+        run["order"],
         settings=settings,
         report=publish,
-        saved=saved,
-        stop=stop,
+        saved=run["saved"],
+        stop=run["stop"],
+        approved=gate,
     )
-    return RunEnd(failed=out.failed, hold=out.hold, blocker=out.blocker)
+    end.failed, end.hold, end.blocker, end.approval = out.failed, out.hold, out.blocker, gate.used
+    return end
