@@ -69,23 +69,12 @@ def pre_annotate(
         run = dict(annotator_for=annotator_for, similarity=similarity, order=order, report=report)
         run.update(saved=saved, stop=stop, approval=approval)
         return _classify(state, pid, settings, config.classify, run)
-    cfg = config.ner
-    if cfg is None:
-        raise ValueError("nothing in this labeling config is pre-annotated")
-    corpus = bulk.Corpus.load(state, pid, cfg)
-    if not corpus.gold:
-        raise ValueError("no human-annotated tasks to use as demonstrations yet")
-    annotator = annotator_for(cfg)
+    corpus = _span_corpus(state, pid, config)
+    annotator = annotator_for(corpus.cfg)
     sim = similarity(corpus.texts)
     if rerun:
         order = _with_stale(state, pid, settings, corpus, annotator, sim, order, report)
-    report["progress"] = {
-        "total": len(order),
-        "done": 0,
-        "failed": 0,
-        "started": time.time(),
-        "annotator": annotator.name,
-    }
+    _start_progress(report, len(order), annotator.name)
     log.info(
         "project %d: pre-annotating %d task(s) with %s from %d demonstration(s)",
         pid,
@@ -138,13 +127,7 @@ def _classify(state, pid, settings, cfg, run: dict) -> RunEnd:
     """A <Choices> project's run (``choices_run``): no carry-over, Batch API or min-F1 gate."""
     classifier = run["annotator_for"](cfg)
     report = run["report"]
-    report["progress"] = {
-        "total": len(run["order"]),
-        "done": 0,
-        "failed": 0,
-        "started": time.time(),
-        "annotator": classifier.name,
-    }
+    _start_progress(report, len(run["order"]), classifier.name)
     log.info("project %d: classifying with %s", pid, classifier.name)
     end = RunEnd(approval=run["approval"])
 
@@ -169,3 +152,22 @@ def _classify(state, pid, settings, cfg, run: dict) -> RunEnd:
     )
     end.failed, end.hold, end.blocker, end.approval = out.failed, out.hold, out.blocker, gate.used
     return end
+
+
+def _start_progress(report: dict, total: int, annotator: str) -> None:
+    report["progress"] = {
+        "total": total,
+        "done": 0,
+        "failed": 0,
+        "started": time.time(),
+        "annotator": annotator,
+    }
+
+
+def _span_corpus(state: State, pid: int, config) -> bulk.Corpus:
+    if config.ner is None:
+        raise ValueError("nothing in this labeling config is pre-annotated")
+    corpus = bulk.Corpus.load(state, pid, config.ner)
+    if not corpus.gold:
+        raise ValueError("no human-annotated tasks to use as demonstrations yet")
+    return corpus
