@@ -4,6 +4,7 @@ import pytest
 
 from alllabel.backend import ls_format
 from alllabel.backend.label_config import UnsupportedConfig, config_warning, parse_label_config
+from alllabel.text.spans import Span
 
 TEXT = '<Text name="text" value="$text"/>'
 NER = '<Labels name="ner" toName="text"><Label value="PER" hint="a person"/><Label value="ORG"/></Labels>'
@@ -56,14 +57,28 @@ def test_labels_with_choices_pre_annotates_the_spans_and_leaves_the_choices():
     assert cfg.left_to_humans == ('<Choices name="label">',)
 
 
-def test_two_labels_groups_and_relations_are_left_to_humans():
-    second = NER.replace('name="ner"', 'name="ner2"')
+def test_two_labels_groups_are_pre_annotated_in_one_prompt_and_relations_left():
+    second = (
+        '<Labels name="roles" toName="text"><Label value="PER" hint="who acts"/>'
+        '<Label value="TIME"/></Labels>'
+    )
     cfg = parse_label_config(
         view(TEXT, NER, second, '<Relations><Relation value="r"/></Relations>')
     )
-    assert cfg.ner is None
-    assert cfg.left_to_humans == ('<Labels name="ner">', '<Labels name="ner2">', "<Relations>")
-    assert "2 <Labels> groups" in config_warning(cfg)
+    ner = cfg.ner
+    # PER is in both groups: shown qualified, so every answer has one home.
+    assert ner.labels == ("ner: PER", "ORG", "roles: PER", "TIME")
+    assert dict(ner.descriptions) == {"ner: PER": "a person", "roles: PER": "who acts"}
+    assert ner.source("roles: PER") == ("roles", "PER") and ner.source("TIME") == ("roles", "TIME")
+    assert ner.label_of("ner", "PER") == "ner: PER" and ner.label_of("other", "PER") is None
+    assert cfg.left_to_humans == ("<Relations>",)
+    assert config_warning(cfg).startswith(
+        '<Labels name="ner">, <Labels name="roles"> are pre-annotated; <Relations> left'
+    )
+    span = Span(0, 3, "roles: PER", "Ann", 0.5)
+    region = ls_format.span_result(ner, span)
+    assert region["from_name"] == "roles" and region["value"]["labels"] == ["PER"]
+    assert ls_format.result_spans([region], ner) == [{"start": 0, "end": 3, "label": "roles: PER"}]
 
 
 def test_several_texts_are_read_joined_in_config_order():

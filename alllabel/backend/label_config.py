@@ -24,14 +24,33 @@ class UnsupportedConfig(ValueError):
 
 @dataclass(frozen=True)
 class NERConfig:
-    from_name: str  # the <Labels name=...>
+    from_name: str  # the (first) <Labels name=...>
     to_name: str  # the <Text name=...>
     value_key: str  # task["data"][value_key] holds the text ("$text" -> "text")
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # the labels the prompt shows (all groups)
     descriptions: tuple[tuple[str, str], ...] = ()
+    # Several <Labels> groups, answered in one call: (prompt label, <Labels name>, its value).
+    # A value found in two groups is shown as "<group>: <value>" so each answer has one home.
+    groups: tuple[tuple[str, str, str], ...] = ()
 
     def schema(self) -> LabelSchema:
         return LabelSchema(list(self.labels), dict(self.descriptions))
+
+    def source(self, label: str) -> tuple[str, str]:
+        """(<Labels name>, value) of a prompt label."""
+        for shown, name, value in self.groups:
+            if shown == label:
+                return name, value
+        return self.from_name, label
+
+    def label_of(self, from_name: str, value: str) -> str | None:
+        """The prompt label of a value in a group (None: not one of ours)."""
+        if not self.groups:
+            return value if from_name == self.from_name else None
+        for shown, name, v in self.groups:
+            if name == from_name and v == value:
+                return shown
+        return None
 
 
 @dataclass(frozen=True)
@@ -118,6 +137,24 @@ def _ner(ctl, value_key: str) -> NERConfig:
     return NERConfig(ctl.name, ctl.to_name[0], value_key, names, hints)
 
 
+def _ner_groups(ctls: list, value_key: str) -> NERConfig:
+    """Several <Labels> groups on one <Text>: one prompt with every group's labels."""
+    found = [(c.name, _values(c, "Label")) for c in ctls]
+    seen: dict[str, int] = {}
+    for _, (names, _) in found:
+        for v in names:
+            seen[v] = seen.get(v, 0) + 1
+    groups, hints = [], []
+    for name, (names, descriptions) in found:
+        for v in names:
+            groups.append((f"{name}: {v}" if seen[v] > 1 else v, name, v))
+        hints += [(f"{name}: {v}" if seen[v] > 1 else v, d) for v, d in descriptions]
+    labels = tuple(g[0] for g in groups)
+    return NERConfig(
+        ctls[0].name, ctls[0].to_name[0], value_key, labels, tuple(hints), tuple(groups)
+    )
+
+
 def _choices(ctl) -> ChoicesConfig:
     names, hints = _values(ctl, "Choice")
     multiple = (ctl.attr.get("choice") or "single") == "multiple"
@@ -146,21 +183,19 @@ def parse_label_config(xml: str) -> TextConfig:
     if len(texts) > 1:
         why = f"the config has {len(texts)} <Text> objects; pre-annotation needs exactly one"
     elif len(labels) > 1:
-        why = f"the config has {len(labels)} <Labels> groups; pre-annotation covers exactly one"
+        ner = _ner_groups(labels, texts[0][1])
     elif labels:
         ner = _ner(labels[0], texts[0][1])
     elif len(choices) > 1:
         why = f"the config has {len(choices)} <Choices> groups; pre-annotation covers exactly one"
     elif choices:
         classify = _choices(choices[0])
-    done = ner or classify
-    left = tuple(
-        f'<{c.tag} name="{c.name}">' for c in controls if done is None or c.name != done.from_name
-    )
+    done = {g.name for g in labels} if ner else {classify.from_name} if classify else set()
+    left = tuple(f'<{c.tag} name="{c.name}">' for c in controls if c.name not in done)
     if ET.fromstring(xml).find(".//Relations") is not None:
         left += ("<Relations>",)
     if left and not why:
-        why = "ALLabel pre-annotates one <Labels> or one <Choices> group on one <Text> only"
+        why = "ALLabel pre-annotates the <Labels> groups, else one <Choices> group, of one <Text>"
     return TextConfig(texts, ner, left, why if left else "", classify)
 
 
@@ -168,8 +203,16 @@ def config_warning(cfg: TextConfig) -> str | None:
     """What annotators must do themselves, in one line (``/status`` warnings and the log)."""
     if not cfg.left_to_humans:
         return None
-    group, kind = cfg.prelabeled, "Labels" if cfg.ner else "Choices"
-    done = f'<{kind} name="{group.from_name}"> is pre-annotated; ' if group else ""
+    if cfg.ner is not None:
+        names = sorted({g[1] for g in cfg.ner.groups}) or [cfg.ner.from_name]
+        shown = ", ".join(f'<Labels name="{n}">' for n in names)
+    elif cfg.classify is not None:
+        shown = f'<Choices name="{cfg.classify.from_name}">'
+    done = (
+        f"{shown} {'are' if cfg.ner and len(cfg.ner.groups) else 'is'} pre-annotated; "
+        if cfg.prelabeled
+        else ""
+    )
     return (
         f"{done}{', '.join(cfg.left_to_humans)} left to annotators ({cfg.why_left}); "
         "the queue follows the ALLabel order for every control"

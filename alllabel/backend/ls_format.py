@@ -37,23 +37,21 @@ def result_spans(result: list, cfg: NERConfig) -> list[dict]:
     spans = []
     for r in result or []:
         v = r.get("value") or {}
-        if (
-            r.get("from_name") == cfg.from_name
-            and isinstance(v.get("start"), int)
-            and isinstance(v.get("end"), int)
-            and v.get("labels")
-        ):
-            spans.append({"start": v["start"], "end": v["end"], "label": v["labels"][0]})
+        if isinstance(v.get("start"), int) and isinstance(v.get("end"), int) and v.get("labels"):
+            label = cfg.label_of(r.get("from_name"), v["labels"][0])
+            if label is not None:
+                spans.append({"start": v["start"], "end": v["end"], "label": label})
     return spans
 
 
 def span_result(cfg: NERConfig, span: Span) -> dict:
     """One region of a prediction's result."""
+    from_name, value = cfg.source(span.label)  # several groups: the region goes to its own
     r = {
-        "from_name": cfg.from_name,
+        "from_name": from_name,
         "to_name": cfg.to_name,
         "type": "labels",
-        "value": {"start": span.start, "end": span.end, "text": span.text, "labels": [span.label]},
+        "value": {"start": span.start, "end": span.end, "text": span.text, "labels": [value]},
     }
     if span.score is not None:
         r["score"] = span.score
