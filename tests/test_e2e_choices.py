@@ -109,21 +109,38 @@ def test_a_choices_project_gets_the_queue_then_choices_predictions(
             b.stop()
 
 
-def test_labels_with_choices_connects_and_warns_that_choices_are_left(ls, tmp_path):
-    from tests.test_e2e_label_studio import CONFIG
+def test_labels_with_choices_pre_annotates_the_spans_and_leaves_the_choices(ls, tmp_path):
+    from tests.data import mof_records
+    from tests.test_e2e_label_studio import CONFIG, oracle, result_of
 
     config = CONFIG.replace(
         "</View>", SINGLE[SINGLE.index("<Choices") : SINGLE.index("</View>")] + "</View>"
     )
-    with FakeOpenAI() as fake:
+    records = mof_records()[300:320]
+    with FakeOpenAI(oracle(records)) as fake:
         b = Backend(tmp_path, ls, fake)
         try:
             api = LS(ls)
-            pid, _ = api.new_project("labels + choices", read_jsonl(DATA)[:10], config=config)
+            pid, rec_of = api.new_project("labels + choices", records, config=config)
             assert api.connect(pid, b.url).status_code == 201
             (warning,) = [w for w in b.status(pid)["warnings"] if "left to annotators" in w]
             assert warning.startswith(
                 '<Labels name="label"> is pre-annotated; <Choices name="modulator">'
             )
+            served = []
+            for _ in range(BUDGET):
+                task = api.next(pid)
+                served.append(task["id"])
+                body = {"result": result_of(rec_of[task["id"]])}
+                assert (
+                    api.send("POST", f"/api/tasks/{task['id']}/annotations/", body).status_code
+                    == 201
+                )
+            b.wait_for(pid, lambda st: st["phase"] == "done", timeout=120, what="pre-annotation")
+            b.idle(pid)
+            preds = per_task(api.predictions(pid))
+            for t in (t for t in rec_of if t not in served):
+                (p,) = [x for x in preds[t] if x.result]
+                assert {r["from_name"] for r in p.result} == {"label"}  # no choices region
         finally:
             b.stop()
