@@ -5,8 +5,10 @@
    login and API token are made on the first run and kept in data/demo/login.json.
 2. The backend (gunicorn _wsgi:app, one worker) on $ALLABEL_BIND (127.0.0.1:9090), with that Label
    Studio's URL and the admin's token; state in data/demo/state.
-3. The project "ALLabel demo" with examples/mof_sample.jsonl, connected to the backend with title =
-   the model version (reused when it exists).
+3. The project "ALLabel demo" with examples/mof_sample.jsonl (NER), or with ALLABEL_DEMO=classification
+   "ALLabel classification demo" with the first 150 of examples/mof_classify.jsonl (<Choices>:
+   with/without modulator), connected to the backend with title = the model version (reused when
+   it exists).
 4. Once the backend has pushed its queue, it prints the URL, the login and what to do, and waits.
 Ctrl-C (SIGINT) or SIGTERM stops the backend and Label Studio, by their PIDs.
 """
@@ -32,8 +34,13 @@ from alllabel.backend.settings import Settings  # noqa: E402
 from alllabel.text.jsonl import read_jsonl  # noqa: E402
 from scripts.local_studio import LabelStudio, ls_env, stop_process  # noqa: E402
 
-DATA = ROOT / "examples" / "mof_sample.jsonl"
-TITLE = "ALLabel demo"
+# ALLABEL_DEMO=classification: a <Choices> project on examples/mof_classify.jsonl instead.
+DEMOS = {
+    "ner": (ROOT / "examples" / "mof_sample.jsonl", "ALLabel demo"),
+    "classification": (ROOT / "examples" / "mof_classify.jsonl", "ALLabel classification demo"),
+}
+DEMO_SIZE = 150  # paragraphs in either demo project
+CHOICES = ("with modulator", "without modulator")
 
 
 def say(msg: str) -> None:
@@ -61,7 +68,21 @@ def login(demo_dir: Path) -> dict:
     return creds
 
 
-def label_config(records: list[dict]) -> str:
+def demo_kind() -> str:
+    kind = os.environ.get("ALLABEL_DEMO", "ner")
+    if kind not in DEMOS:
+        raise ValueError(f"ALLABEL_DEMO must be one of {', '.join(DEMOS)} (got {kind!r})")
+    return kind
+
+
+def label_config(records: list[dict], kind: str = "ner") -> str:
+    if kind == "classification":
+        return (
+            '<View><Text name="text" value="$text"/>'
+            '<Choices name="modulator" toName="text" choice="single-radio">'
+            '<Choice value="with modulator" hint="the synthesis adds a modulator"/>'
+            '<Choice value="without modulator"/></Choices></View>'
+        )
     labels = sorted({e["label"] for r in records for e in r.get("entities") or []})
     return (
         '<View><Labels name="label" toName="text">'
@@ -84,13 +105,14 @@ def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float) -> No
     raise RuntimeError(f"{what} did not answer on {url} within {timeout}s")
 
 
-def demo_project(client, records: list[dict]) -> int:
+def demo_project(client, records: list[dict], kind: str) -> int:
+    title = DEMOS[kind][1]
     for p in client.projects.list():
-        if p.title == TITLE:
+        if p.title == title:
             return p.id
     p = client.projects.create(
-        title=TITLE,
-        label_config=label_config(records),
+        title=title,
+        label_config=label_config(records, kind),
         description="MOF synthesis paragraphs (MIT (c) 2023 zw-SIMM), ordered by ALLabel",
     )
     client.projects.import_tasks(
@@ -159,8 +181,9 @@ def main() -> int:
     ):
         if not port_free(h, p):
             raise RuntimeError(f"port {p} is in use: stop what runs there or set {var}")
+    kind = demo_kind()
     creds = login(demo_dir)
-    records = read_jsonl(DATA)
+    records = read_jsonl(DEMOS[kind][0])[:DEMO_SIZE]
     ls_data = demo_dir / "label-studio"
     first = not (ls_data / "label_studio.sqlite3").exists()
 
@@ -198,7 +221,7 @@ def main() -> int:
         from label_studio_sdk import LabelStudio as Client
 
         client = Client(base_url=ls.url, api_key=creds["token"])
-        pid = demo_project(client, records)
+        pid = demo_project(client, records, kind)
 
         env = {
             **os.environ,
@@ -236,7 +259,7 @@ def main() -> int:
 ALLabel demo is ready.
   Label Studio   {ls.url}
   Login          {creds["username"]} / {creds["password"]}   (kept in {demo_dir / "login.json"})
-  Project        "{TITLE}": {p["total_tasks"]} MOF synthesis paragraphs, {ls.url}/projects/{pid}/
+  Project        "{DEMOS[kind][1]}": {p["total_tasks"]} MOF synthesis paragraphs, {ls.url}/projects/{pid}/
   Backend        {backend_url}, model version "{status["model_version"]}", annotator {status["annotator"]}
 
 What to do: open the project and press "Label All Tasks". Tasks come in ALLabel's order

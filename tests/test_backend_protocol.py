@@ -58,12 +58,12 @@ def test_setup_says_why_it_cannot_work_in_the_status_line(tmp_path, caplog):
     "schema, message",
     [
         (
-            '<View><Choices name="c" toName="text"><Choice value="a"/></Choices><Text name="text" value="$text"/></View>',
-            "no <Labels>",
+            '<View><Text name="text" value="$text"/><Audio name="audio" value="$audio"/></View>',
+            'the labeling config has <Audio name="audio">: ALLabel works on text projects only',
         ),
         (
             '<View><Labels name="l" toName="img"><Label value="a"/></Labels><Image name="img" value="$image"/></View>',
-            "<Text>",
+            '<Image name="img">',
         ),
         ("<View><Labels", "not valid XML"),
         (
@@ -178,9 +178,8 @@ def test_labels_plus_other_controls_is_accepted_with_a_warning(tmp_path):
         "</View>", '<Choices name="quality" toName="text"><Choice value="ok"/></Choices></View>'
     )
     (warning,) = config_warnings(mixed)
-    assert (
-        '<Choices name="quality">' in warning
-        and 'pre-annotates <Labels name="label"> only' in warning
+    assert warning.startswith(
+        '<Labels name="label"> is pre-annotated; <Choices name="quality"> left to annotators'
     )
     assert config_warnings(NER) == []
 

@@ -358,6 +358,8 @@ CASES = [
     # --- the run --------------------------------------------------------------------------------
     ("the budget reached: the run starts", prelabeling(), S, ["StartRun"]),
     ("a run going: nothing more", prelabeling(run_alive=True), S, []),
+    ("nothing to pre-annotate: done, no run", prelabeling(prelabels=False), S, ["SetPhase"]),
+    ("nothing to pre-annotate, done: stays", prelabeling(phase="done", prelabels=False), S, []),
     (
         "during a run pushes wait for a batch",
         prelabeling(run_alive=True, pending=3, oldest_pending=WALL - 0.5),

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.label_studio import free_port
@@ -45,7 +46,8 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_start_sh_brings_up_a_connected_demo_and_ctrl_c_stops_it(tmp_path):
+@pytest.mark.parametrize("kind", ["ner", "classification"])
+def test_start_sh_brings_up_a_connected_demo_and_ctrl_c_stops_it(tmp_path, kind):
     ls_port, backend_port = free_port(), free_port()
     env = {
         k: v
@@ -56,6 +58,7 @@ def test_start_sh_brings_up_a_connected_demo_and_ctrl_c_stops_it(tmp_path):
         ALLABEL_DEMO_DIR=str(tmp_path / "demo"),
         ALLABEL_DEMO_LS_PORT=str(ls_port),
         ALLABEL_BIND=f"127.0.0.1:{backend_port}",
+        ALLABEL_DEMO=kind,
     )
     proc = subprocess.Popen(
         ["bash", "scripts/start.sh"],
@@ -100,6 +103,8 @@ def test_start_sh_brings_up_a_connected_demo_and_ctrl_c_stops_it(tmp_path):
             and project["sampling"] == "Uncertainty sampling"
             and project["model_version"] == "alllabel"
         )
+        control = "<Choices" if kind == "classification" else "<Labels"
+        assert control in project["label_config"]
         (ml,) = requests.get(f"{url}/api/ml", params={"project": pid}, headers=h, timeout=30).json()
         assert ml["url"] == f"http://127.0.0.1:{backend_port}" and ml["title"] == "alllabel"
         # The queue is served: /next gives the task at queue position 0 (score 0 of our model version),

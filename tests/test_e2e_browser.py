@@ -3,7 +3,8 @@
 A person logs in, opens the project and presses "Label All Tasks": the task shown is the ALLabel
 queue's first. Once the budget is annotated (through the API), the pre-annotated regions are drawn on
 the intended words, in texts where emoji, a mathematical letter and CRLF come before every entity
-(Label Studio reads start/end as Unicode code points, as Python's str does).
+(Label Studio reads start/end as Unicode code points, as Python's str does). In a <Choices>
+project, a task's predicted choice is the one selected when the task is opened.
 """
 
 import os
@@ -139,5 +140,62 @@ def test_label_all_tasks_and_prelabels_in_the_browser(label_studio, browser, tmp
             )
             # Exactly the intended words; UTF-16 offsets would be 4 code units off (3 astral emoji, 𝛼).
             assert sorted(drawn) == wanted, (tid, drawn)
+        finally:
+            b.stop()
+
+
+def test_a_choices_pre_annotation_is_selected_in_the_browser(label_studio, browser, tmp_path):
+    """A <Choices> project: once the budget is in, opening a pre-annotated task shows the
+    predicted choice selected in the real UI."""
+    import json
+
+    from alllabel.text.jsonl import read_jsonl
+    from tests.test_e2e_choices import DATA, SINGLE, choices_of
+
+    ls, records = label_studio, read_jsonl(DATA)[200:215]
+    gold = {r["text"]: r["choices"][0] for r in records}
+
+    def respond(req):
+        return json.dumps({"choice": gold[req["messages"][-1]["content"].split("Input:\n", 1)[1]]})
+
+    with FakeOpenAI(respond) as fake:
+        b = Backend(tmp_path, ls, fake)
+        api = LS(ls)
+        try:
+            pid, rec_of = api.new_project("browser choices", records, config=SINGLE)
+            assert api.connect(pid, b.url).status_code == 201
+            b.idle(pid)
+            queue = [q.task_id for q in b.orch.state.queue(pid)]
+            for tid in queue[:BUDGET]:
+                body = {"result": choices_of(rec_of[tid], "choices", "modulator")}
+                assert api.send("POST", f"/api/tasks/{tid}/annotations/", body).status_code == 201
+            b.wait_for(pid, lambda st: st["phase"] == "done", what="classification")
+            b.idle(pid)
+            preds = {p.task: p for p in api.predictions(pid) if p.task not in queue[:BUDGET]}
+            # A task predicted "with modulator" (not the first choice's default look).
+            tid = next(
+                t
+                for t, p in preds.items()
+                if p.result and p.result[0]["value"]["choices"] == ["with modulator"]
+            )
+
+            page = browser.new_page()
+            page.goto(f"{ls.url}/user/login/")
+            page.fill("input[name=email]", USERNAME)
+            page.fill("input[name=password]", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda u: "/user/login" not in u)
+            tab = api.get("/api/dm/views/", project=pid)[0]["id"]
+            page.goto(f"{ls.url}/projects/{pid}/data?tab={tab}&task={tid}")
+            page.locator("input[type=radio]:checked").first.wait_for(timeout=60000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "choices.png"))
+            checked = page.eval_on_selector_all(
+                # the labeling panel's radios, not the data manager's list/grid toggle
+                "input[type=radio]:checked:not(.lsf-radio-group-dm__input)",
+                "els => els.map(e => e.closest('label').innerText.trim())",
+            )
+            checked = [t.split("[")[0] for t in checked]  # the UI adds the hotkey: "...[1]"
+            assert checked == ["with modulator"], checked
         finally:
             b.stop()

@@ -565,17 +565,24 @@ def test_a_wrong_key_is_named_when_connecting(ls, tmp_path):
 
 def test_an_unsupported_config_is_explained_when_connecting(ls, tmp_path):
     api = LS(ls)
-    config = '<View><Choices name="c" toName="text"><Choice value="a"/></Choices><Text name="text" value="$text"/></View>'
+    config = (
+        '<View><Text name="text" value="$text"/><Image name="photo" value="$image"/>'
+        '<Choices name="c" toName="text"><Choice value="a"/></Choices></View>'
+    )
     with FakeOpenAI() as fake:
         b = Backend(tmp_path, ls, fake)
         try:
-            pid, _ = api.new_project("choices only", mof_records()[645:650], config=config)
+            pid = api.send(
+                "POST", "/api/projects/", {"title": "text and image", "label_config": config}
+            ).json()["id"]
+            tasks = [{"text": r["text"], "image": "/static/x.png"} for r in mof_records()[645:650]]
+            assert api.send("POST", f"/api/projects/{pid}/import", tasks).status_code == 201
             r = api.connect(pid, b.url)
-            assert (
-                r.status_code == 400
-                and "no <Labels> control in the labeling config"
-                in r.json()["validation_errors"]["non_field_errors"][0]
-            )
+            shown = r.json()["validation_errors"]["non_field_errors"][0]
+            assert r.status_code == 400 and (
+                'the labeling config has <Image name="photo">: ALLabel works on text projects'
+                in shown
+            ), shown
         finally:
             b.stop()
 

@@ -96,6 +96,7 @@ class Snapshot:
     gold_key: str | None = None
     batch_poll: float = 30.0
     annotator_name: str = "?"
+    prelabels: bool = True  # the config has a group we pre-annotate (else all is left to humans)
     done: tuple[str, ...] = ()
 
 

@@ -325,6 +325,9 @@ def _run(s: Snapshot, settings, now: float) -> list:
     m = s.memory
     if s.phase not in ("prelabeling", "done") or s.run_alive or "StartRun" in s.done:
         return []
+    if not s.prelabels:  # the order was the whole job: the rest is for annotators
+        text = "budget reached: nothing in this labeling config is pre-annotated; annotate the rest in the ALLabel order"
+        return [SetPhase("done", text)] if s.phase != "done" else []
     if m.hold is not None:
         return _hold(s, settings, now)
     retry_later = s.failed if now < m.llm_retry_at else frozenset()

@@ -1,103 +1,219 @@
-"""Reading a Label Studio labeling config: we support one <Labels> control on one <Text>."""
+"""Reading a Label Studio labeling config with the SDK's own parser (``LabelInterface``).
+
+Any config whose controls all point at ``<Text>`` objects gets the ALLabel queue; what can be
+pre-annotated today is one ``<Labels>`` group on the config's only ``<Text>``. Everything else
+is left to annotators, and said so (``TextConfig.left_to_humans``).
+"""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from functools import lru_cache
 
+from alllabel.prelabel.classify import ChoiceSchema
 from alllabel.prelabel.prompt import LabelSchema
+
+# Joins the values of several <Text> objects (config order) into the one text the selection reads.
+TEXT_JOIN = "\n\n"
 
 
 class UnsupportedConfig(ValueError):
-    """The project's labeling config is not one this backend can pre-annotate."""
+    """The project's labeling config is not one this backend can work on."""
 
 
 @dataclass(frozen=True)
 class NERConfig:
-    from_name: str  # the <Labels name=...>
+    from_name: str  # the (first) <Labels name=...>
     to_name: str  # the <Text name=...>
     value_key: str  # task["data"][value_key] holds the text ("$text" -> "text")
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # the labels the prompt shows (all groups)
     descriptions: tuple[tuple[str, str], ...] = ()
-    ignored: tuple[
-        str, ...
-    ] = ()  # other controls in the config, left to humans (e.g. "<Choices name='x'>")
+    # Several <Labels> groups, answered in one call: (prompt label, <Labels name>, its value).
+    # A value found in two groups is shown as "<group>: <value>" so each answer has one home.
+    groups: tuple[tuple[str, str, str], ...] = ()
 
     def schema(self) -> LabelSchema:
         return LabelSchema(list(self.labels), dict(self.descriptions))
 
+    def source(self, label: str) -> tuple[str, str]:
+        """(<Labels name>, value) of a prompt label."""
+        for shown, name, value in self.groups:
+            if shown == label:
+                return name, value
+        return self.from_name, label
 
-def parse_label_config(xml: str) -> NERConfig:
-    """The NER part of a config, or ``UnsupportedConfig`` saying what to change."""
+    def label_of(self, from_name: str, value: str) -> str | None:
+        """The prompt label of a value in a group (None: not one of ours)."""
+        if not self.groups:
+            return value if from_name == self.from_name else None
+        for shown, name, v in self.groups:
+            if name == from_name and v == value:
+                return shown
+        return None
+
+
+@dataclass(frozen=True)
+class ChoicesConfig:
+    from_name: str  # the <Choices name=...>
+    to_name: str  # the <Text name=...>
+    choices: tuple[str, ...]
+    descriptions: tuple[tuple[str, str], ...] = ()
+    multiple: bool = False  # choice="multiple"; "single" and "single-radio" take one value
+
+    def schema(self) -> ChoiceSchema:
+        return ChoiceSchema(self.choices, dict(self.descriptions), self.multiple)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """A text project: the texts the selection reads, and the one group we pre-annotate, if any."""
+
+    texts: tuple[tuple[str, str], ...]  # (<Text name>, task data key), in config order
+    ner: NERConfig | None  # the pre-annotated <Labels> group
+    left_to_humans: tuple[str, ...] = ()  # e.g. '<Choices name="x">'
+    why_left: str = ""  # why those controls are not pre-annotated
+    classify: ChoicesConfig | None = None  # or the pre-annotated <Choices> group (never both)
+
+    @property
+    def value_keys(self) -> tuple[str, ...]:
+        return tuple(key for _, key in self.texts)
+
+    @property
+    def prelabeled(self) -> NERConfig | ChoicesConfig | None:
+        """The group the backend pre-annotates, if any."""
+        return self.ner or self.classify
+
+
+def _interface(xml: str):
+    from label_studio_sdk.label_interface import LabelInterface  # ~0.6 s to import: on first use
+
     if not xml or not xml.strip():
         raise UnsupportedConfig("the labeling config is empty")
     try:
-        root = ET.fromstring(xml)
+        ET.fromstring(xml)  # checked first: the SDK's own syntax error is a private type
     except ET.ParseError as e:
         raise UnsupportedConfig(f"the labeling config is not valid XML: {e}") from None
-    tags = list(root.iter())
-    texts = {t.get("name"): t for t in tags if t.tag == "Text" and t.get("name")}
-    labels_tags = [t for t in tags if t.tag == "Labels"]
-    others = sorted(
-        {
-            t.tag
-            for t in tags
-            if t.tag
-            in (
-                "HyperTextLabels",
-                "ParagraphLabels",
-                "RectangleLabels",
-                "PolygonLabels",
-                "KeyPointLabels",
-                "BrushLabels",
-                "Relations",
-                "Choices",
-                "TextArea",
-                "Taxonomy",
-                "Rating",
+    return LabelInterface(xml)
+
+
+def _texts(li) -> tuple[tuple[str, str], ...]:
+    others = sorted(f'<{o.tag} name="{o.name}">' for o in li.objects if o.tag != "Text")
+    if others:
+        raise UnsupportedConfig(
+            f"the labeling config has {', '.join(others)}: ALLabel works on text projects only "
+            "(<Text> objects); remove the other objects or use another backend"
+        )
+    texts = []
+    for o in li.objects:
+        value = o.value or ""
+        if not value.startswith("$") or len(value) < 2:
+            raise UnsupportedConfig(
+                f'<Text name="{o.name}"> must read a task field, e.g. value="$text" (got {value!r})'
             )
-        }
-    )
-    if not labels_tags:
-        found = f" (found {', '.join(others)})" if others else ""
-        raise UnsupportedConfig(
-            f"no <Labels> control in the labeling config{found}: ALLabel supports named-entity configs, <Labels> on a <Text>"
-        )
-    on_text = [t for t in labels_tags if t.get("toName") in texts]
-    if not on_text:
-        raise UnsupportedConfig(
-            "the <Labels> control must point (toName) at a <Text> object; other object types are not supported yet"
-        )
-    if len(on_text) > 1:
-        raise UnsupportedConfig(
-            f"the config has {len(on_text)} <Labels> controls on <Text>; ALLabel supports exactly one"
-        )
-    ctl = on_text[0]
-    text = texts[ctl.get("toName")]
-    value = text.get("value", "")
-    if not value.startswith("$") or len(value) < 2:
-        raise UnsupportedConfig(
-            f'<Text name="{text.get("name")}"> must read a task field, e.g. value="$text" (got {value!r})'
-        )
-    names, descriptions = [], []
-    for lab in ctl.iter("Label"):
-        v = lab.get("value") or lab.get("alias")
-        if not v:
-            continue
-        names.append(v)
-        if lab.get("hint"):
-            descriptions.append((v, lab.get("hint")))
+        texts.append((o.name, value[1:]))
+    if not texts:
+        raise UnsupportedConfig("the labeling config has no <Text> object")
+    return tuple(texts)
+
+
+def _values(ctl, child: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """A control's values and their ``hint`` descriptions."""
+    names = [v for v in ctl.labels if v]
     if not names:
         raise UnsupportedConfig(
-            f'<Labels name="{ctl.get("name")}"> has no <Label value="..."/> children'
+            f'<{ctl.tag} name="{ctl.name}"> has no <{child} value="..."/> children'
         )
     if len(set(names)) != len(names):
-        raise UnsupportedConfig(f'duplicate label values in <Labels name="{ctl.get("name")}">')
-    ignored = tuple(
-        f'<{t.tag} name="{t.get("name")}">'
-        for t in tags
-        if t is not ctl and t.get("toName") and t.get("name")
+        raise UnsupportedConfig(f'duplicate values in <{ctl.tag} name="{ctl.name}">')
+    hints = tuple(
+        (v, t.attr["hint"]) for v, t in ctl.labels_attrs.items() if (t.attr or {}).get("hint")
     )
+    return tuple(names), hints
+
+
+def _ner(ctl, value_key: str) -> NERConfig:
+    names, hints = _values(ctl, "Label")
+    return NERConfig(ctl.name, ctl.to_name[0], value_key, names, hints)
+
+
+def _ner_groups(ctls: list, value_key: str) -> NERConfig:
+    """Several <Labels> groups on one <Text>: one prompt with every group's labels."""
+    found = [(c.name, _values(c, "Label")) for c in ctls]
+    seen: dict[str, int] = {}
+    for _, (names, _) in found:
+        for v in names:
+            seen[v] = seen.get(v, 0) + 1
+    groups, hints = [], []
+    for name, (names, descriptions) in found:
+        for v in names:
+            groups.append((f"{name}: {v}" if seen[v] > 1 else v, name, v))
+        hints += [(f"{name}: {v}" if seen[v] > 1 else v, d) for v, d in descriptions]
+    labels = tuple(g[0] for g in groups)
     return NERConfig(
-        ctl.get("name"), text.get("name"), value[1:], tuple(names), tuple(descriptions), ignored
+        ctls[0].name, ctls[0].to_name[0], value_key, labels, tuple(hints), tuple(groups)
+    )
+
+
+def _choices(ctl) -> ChoicesConfig:
+    names, hints = _values(ctl, "Choice")
+    multiple = (ctl.attr.get("choice") or "single") == "multiple"
+    return ChoicesConfig(ctl.name, ctl.to_name[0], names, hints, multiple)
+
+
+@lru_cache(maxsize=64)  # read on every snapshot; the result is immutable
+def parse_label_config(xml: str) -> TextConfig:
+    """The text project a config describes, or ``UnsupportedConfig`` saying what to change."""
+    li = _interface(xml)
+    texts = _texts(li)
+    controls = list(li.controls)
+    if not controls:
+        raise UnsupportedConfig("the labeling config has no control (e.g. <Labels>, <Choices>)")
+    names = dict(texts)
+    for c in controls:
+        bad = [n for n in c.to_name if n not in names]
+        if bad:
+            raise UnsupportedConfig(
+                f'<{c.tag} name="{c.name}"> points (toName) at {", ".join(bad)}, '
+                "which is not a <Text> object of the config"
+            )
+    labels = [c for c in controls if c.tag == "Labels"]
+    choices = [c for c in controls if c.tag == "Choices"]
+    ner, classify, why = None, None, ""
+    if len(texts) > 1:
+        why = f"the config has {len(texts)} <Text> objects; pre-annotation needs exactly one"
+    elif len(labels) > 1:
+        ner = _ner_groups(labels, texts[0][1])
+    elif labels:
+        ner = _ner(labels[0], texts[0][1])
+    elif len(choices) > 1:
+        why = f"the config has {len(choices)} <Choices> groups; pre-annotation covers exactly one"
+    elif choices:
+        classify = _choices(choices[0])
+    done = {g.name for g in labels} if ner else {classify.from_name} if classify else set()
+    left = tuple(f'<{c.tag} name="{c.name}">' for c in controls if c.name not in done)
+    if ET.fromstring(xml).find(".//Relations") is not None:
+        left += ("<Relations>",)
+    if left and not why:
+        why = "ALLabel pre-annotates the <Labels> groups, else one <Choices> group, of one <Text>"
+    return TextConfig(texts, ner, left, why if left else "", classify)
+
+
+def config_warning(cfg: TextConfig) -> str | None:
+    """What annotators must do themselves, in one line (``/status`` warnings and the log)."""
+    if not cfg.left_to_humans:
+        return None
+    if cfg.ner is not None:
+        names = sorted({g[1] for g in cfg.ner.groups}) or [cfg.ner.from_name]
+        shown = ", ".join(f'<Labels name="{n}">' for n in names)
+    elif cfg.classify is not None:
+        shown = f'<Choices name="{cfg.classify.from_name}">'
+    done = (
+        f"{shown} {'are' if cfg.ner and len(cfg.ner.groups) else 'is'} pre-annotated; "
+        if cfg.prelabeled
+        else ""
+    )
+    return (
+        f"{done}{', '.join(cfg.left_to_humans)} left to annotators ({cfg.why_left}); "
+        "the queue follows the ALLabel order for every control"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from alllabel.backend.label_config import NERConfig
+from alllabel.backend.label_config import TEXT_JOIN, ChoicesConfig, NERConfig, TextConfig
 from alllabel.text.spans import Span
 
 # The queue position p is pushed as score p * QUEUE_SCORE_STEP: Label Studio keeps only scores in
@@ -18,11 +18,15 @@ from alllabel.text.spans import Span
 QUEUE_SCORE_STEP = 1e-6
 
 
-def task_text(task: dict, cfg: NERConfig) -> tuple[str | None, str | None]:
-    """(text, None) for a usable task, or (None, why it cannot be used)."""
-    text = (task.get("data") or {}).get(cfg.value_key)
-    if not isinstance(text, str):
-        return None, f"task data field {cfg.value_key!r} is missing or not text"
+def task_text(task: dict, cfg: TextConfig) -> tuple[str | None, str | None]:
+    """(text, None) for a usable task, or (None, why it cannot be used). Several <Text> objects:
+    their values joined in config order (``TEXT_JOIN``), the text the selection reads."""
+    data = task.get("data") or {}
+    values = [data.get(key) for key in cfg.value_keys]
+    missing = [key for key, v in zip(cfg.value_keys, values) if not isinstance(v, str)]
+    if missing:
+        return None, f"task data field {missing[0]!r} is missing or not text"
+    text = TEXT_JOIN.join(values)
     if not text.strip():
         return None, "empty text"
     return text, None
@@ -33,26 +37,46 @@ def result_spans(result: list, cfg: NERConfig) -> list[dict]:
     spans = []
     for r in result or []:
         v = r.get("value") or {}
-        if (
-            r.get("from_name") == cfg.from_name
-            and isinstance(v.get("start"), int)
-            and isinstance(v.get("end"), int)
-            and v.get("labels")
-        ):
-            spans.append({"start": v["start"], "end": v["end"], "label": v["labels"][0]})
+        if isinstance(v.get("start"), int) and isinstance(v.get("end"), int) and v.get("labels"):
+            label = cfg.label_of(r.get("from_name"), v["labels"][0])
+            if label is not None:
+                spans.append({"start": v["start"], "end": v["end"], "label": label})
     return spans
 
 
 def span_result(cfg: NERConfig, span: Span) -> dict:
     """One region of a prediction's result."""
+    from_name, value = cfg.source(span.label)  # several groups: the region goes to its own
     r = {
-        "from_name": cfg.from_name,
+        "from_name": from_name,
         "to_name": cfg.to_name,
         "type": "labels",
-        "value": {"start": span.start, "end": span.end, "text": span.text, "labels": [span.label]},
+        "value": {"start": span.start, "end": span.end, "text": span.text, "labels": [value]},
     }
     if span.score is not None:
         r["score"] = span.score
+    return r
+
+
+def result_choices(result: list, cfg: ChoicesConfig) -> list[str] | None:
+    """The values an annotation chose in the <Choices> group (None: it did not answer it)."""
+    for r in result or []:
+        v = r.get("value") or {}
+        if r.get("from_name") == cfg.from_name and isinstance(v.get("choices"), list):
+            return [c for c in v["choices"] if c in cfg.choices]
+    return None
+
+
+def choices_result(cfg: ChoicesConfig, choices: list[str], score: float | None) -> dict:
+    """A prediction's <Choices> region, in Label Studio's ``choices`` format."""
+    r = {
+        "from_name": cfg.from_name,
+        "to_name": cfg.to_name,
+        "type": "choices",
+        "value": {"choices": list(choices)},
+    }
+    if score is not None:
+        r["score"] = score
     return r
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from alllabel.backend import ls_format
 from alllabel.backend.decide import CLAIM_CHECKS
-from alllabel.backend.label_config import NERConfig
+from alllabel.backend.label_config import TextConfig
 from alllabel.backend.ls_client import QUEUE_VIEW_TITLE, REVIEW_VIEW_TITLE, SAMPLING, LabelStudioAPI
 from alllabel.backend.state import State
 
@@ -70,7 +70,7 @@ def link_parent(state: State, ls: LabelStudioAPI, pid: int, annotation: dict) ->
         state.learn_ls_id(pid, task, parent)
 
 
-def sync(state: State, ls: LabelStudioAPI, pid: int, cfg: NERConfig, *, full: bool) -> None:
+def sync(state: State, ls: LabelStudioAPI, pid: int, cfg: TextConfig, *, full: bool) -> None:
     """Read tasks (all, or those changed since the watermark) with their annotations: facts as of now."""
     seq = state.tick()
     project = state.project(pid)

@@ -23,7 +23,13 @@ from collections.abc import Callable
 from alllabel.backend import ls_format
 from alllabel.backend.controller import ProjectController, Services
 from alllabel.backend.decide import MAX_CLAIMS_PER_EVENT, backend_listed
-from alllabel.backend.label_config import NERConfig, parse_label_config
+from alllabel.backend.label_config import (
+    ChoicesConfig,
+    NERConfig,
+    TextConfig,
+    config_warning,
+    parse_label_config,
+)
 from alllabel.backend.ls_client import LabelStudioAPI, LabelStudioError
 from alllabel.backend.settings import Settings
 from alllabel.backend.state import DirectoryLock, State
@@ -31,6 +37,7 @@ from alllabel.backend.status import config_warnings, project_status
 from alllabel.backend.webhook_auth import WebhookAuth
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
 from alllabel.prelabel.annotators import LLMAnnotator, ProjectionAnnotator
+from alllabel.prelabel.classify import ChoicePromptBuilder, LLMClassifier, MajorityClassifier
 from alllabel.prelabel.prompt import LabelSchema, PromptBuilder
 
 log = logging.getLogger("alllabel")
@@ -144,18 +151,13 @@ class Orchestrator:
         deadline = min(started + SETUP_LIMIT, time.monotonic() + self.settings.connect_wait)
         return self._register(pid, label_config, cfg, deadline)
 
-    def _register(self, pid: int, label_config: str, cfg: NERConfig, deadline: float) -> str:
+    def _register(self, pid: int, label_config: str, cfg: TextConfig, deadline: float) -> str:
         known = self.state.project(pid)
         if known is None or known["label_config"] != label_config:
             self.state.register(pid, label_config)
-            if cfg.ignored:
-                log.warning(
-                    "project %d: the labeling config also has %s; ALLabel pre-annotates only "
-                    "<Labels name=%r>",
-                    pid,
-                    ", ".join(cfg.ignored),
-                    cfg.from_name,
-                )
+            warning = config_warning(cfg)
+            if warning:
+                log.warning("project %d: %s", pid, warning)
         c = self.controller(pid)
         if known is None or known["label_config"] != label_config:
             c.wake(probe=True, full=known is not None)
@@ -295,10 +297,13 @@ class Orchestrator:
         return (
             f"llm-{self.llm_config.model}"
             if self._uses_llm()
-            else "projection-offline (no LLM configured)"
+            else "offline (no LLM configured: projection for spans, demonstration vote for choices)"
         )
 
-    def annotator(self, cfg: NERConfig):
+    def annotator(self, cfg: NERConfig | ChoicesConfig):
+        """The NER annotator, or for a <Choices> group the classifier (LLM, else the offline vote)."""
+        if isinstance(cfg, ChoicesConfig):
+            return self._classifier(cfg)
         descriptions = {
             **dict(cfg.descriptions),
             **{k: v for k, v in self.settings.label_descriptions.items() if k in cfg.labels},
@@ -309,16 +314,27 @@ class Orchestrator:
                 "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the offline projection annotator"
             )
             return ProjectionAnnotator(schema)
+        return LLMAnnotator(self._llm_client(), schema, PromptBuilder(schema, **self._wording()))
+
+    def _wording(self) -> dict:
+        """ALLABEL_PROMPT_ROLE / ALLABEL_PROMPT_TASK where set."""
+        s = self.settings
+        return {k: v for k, v in (("role", s.prompt_role), ("task", s.prompt_task)) if v}
+
+    def _llm_client(self) -> LLMClient:
         with self._lock:
             if self._llm is None:
                 self._llm = LLMClient(
                     self.llm_config, LLMCache(self.settings.state_dir / "llm_cache.sqlite3")
                 )
-        s = self.settings
-        prompt = PromptBuilder(
-            schema, **{k: v for k, v in (("role", s.prompt_role), ("task", s.prompt_task)) if v}
-        )
-        return LLMAnnotator(self._llm, schema, prompt)
+        return self._llm
+
+    def _classifier(self, cfg: ChoicesConfig):
+        if not self._uses_llm():
+            log.warning("no LLM configured: classifying with the offline demonstration vote")
+            return MajorityClassifier(cfg.schema())
+        prompt = ChoicePromptBuilder(cfg.schema(), **self._wording())
+        return LLMClassifier(self._llm_client(), cfg.schema(), prompt)
 
     # --- progress --------------------------------------------------------------------------------
     def status(self, pid: int | None = None) -> dict:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from alllabel.backend import bulk
+from alllabel.backend import bulk, choices_run
 from alllabel.backend.actions import Approval
 from alllabel.backend.decide import approval_covers, approval_used
 from alllabel.backend.label_config import parse_label_config
@@ -99,11 +99,13 @@ def pre_annotate(
     if live.check():  # corrections already below the minimum: nothing starts
         end.hold = live.hold
         return end
-    cfg = parse_label_config(state.project(pid)["label_config"])
-    corpus = bulk.Corpus.load(state, pid, cfg)
-    if not corpus.gold:
-        raise ValueError("no human-annotated tasks to use as demonstrations yet")
-    annotator = annotator_for(cfg)
+    config = parse_label_config(state.project(pid)["label_config"])
+    if config.classify is not None:
+        run = dict(annotator_for=annotator_for, similarity=similarity, order=order, report=report)
+        run.update(saved=saved, stop=stop, approval=approval)
+        return _classify(state, pid, settings, config.classify, run)
+    corpus = _span_corpus(state, pid, config)
+    annotator = annotator_for(corpus.cfg)
     sim = similarity(corpus.texts)
     if rerun:
         order = _with_stale(state, pid, settings, corpus, annotator, sim, order, report)
@@ -138,13 +140,7 @@ def pre_annotate(
 
 def _started(report: dict, pid: int, tasks: int, annotator: str, demos: int) -> None:
     """The run's progress starts (its rate counts from now)."""
-    report["progress"] = {
-        "total": tasks,
-        "done": 0,
-        "failed": 0,
-        "started": time.time(),
-        "annotator": annotator,
-    }
+    _start_progress(report, tasks, annotator)
     log.info(
         "project %d: pre-annotating %d task(s) with %s from %d demonstration(s)",
         pid,
@@ -166,3 +162,54 @@ def _with_stale(
     if old:
         log.info("project %d: %d pre-annotation(s) are out of date; redoing them", pid, len(old))
     return order + [t for t in old if t not in set(order)]
+
+
+def _classify(state, pid, settings, cfg, run: dict) -> RunEnd:
+    """A <Choices> project's run (``choices_run``): no carry-over, Batch API or min-F1 gate."""
+    classifier = run["annotator_for"](cfg)
+    report = run["report"]
+    _start_progress(report, len(run["order"]), classifier.name)
+    log.info("project %d: classifying with %s", pid, classifier.name)
+    end = RunEnd(approval=run["approval"])
+
+    def publish(name, value):
+        if name == "estimate":
+            end.estimate = value
+        report[name] = {**report.get(name, {}), **value} if name == "progress" else value
+
+    gate = Gate(run["approval"], lambda: end.estimate)
+    out = choices_run.run_choices(
+        state,
+        pid,
+        cfg,
+        classifier,
+        run["similarity"],
+        run["order"],
+        settings=settings,
+        report=publish,
+        saved=run["saved"],
+        stop=run["stop"],
+        approved=gate,
+    )
+    end.failed, end.hold, end.blocker, end.approval = out.failed, out.hold, out.blocker, gate.used
+    return end
+
+
+def _start_progress(report: dict, total: int, annotator: str) -> None:
+    """The run's progress for /status and the page (its rate counts from now)."""
+    report["progress"] = {
+        "total": total,
+        "done": 0,
+        "failed": 0,
+        "started": time.time(),
+        "annotator": annotator,
+    }
+
+
+def _span_corpus(state: State, pid: int, config) -> bulk.Corpus:
+    if config.ner is None:
+        raise ValueError("nothing in this labeling config is pre-annotated")
+    corpus = bulk.Corpus.load(state, pid, config.ner)
+    if not corpus.gold:
+        raise ValueError("no human-annotated tasks to use as demonstrations yet")
+    return corpus

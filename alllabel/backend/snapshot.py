@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from alllabel.backend import actions as A
+from alllabel.backend.label_config import UnsupportedConfig, parse_label_config
 from alllabel.backend.runner import gold_key
 from alllabel.backend.state import State
 
@@ -65,6 +66,7 @@ def read_snapshot(
         run_alive=run_alive,
         batch_poll=batch_poll,
         annotator_name=annotator_name,
+        prelabels=_prelabels(p["label_config"]),
         done=done,
         **extra,
     )
@@ -82,3 +84,10 @@ def _run_fields(preds: dict, usable: list[int], annotated: frozenset[int]) -> di
         "prelabeled": sum(x.result is not None for x in preds.values()),
         "queue_positions": {t: x.position for t, x in preds.items() if x.position is not None},
     }
+
+
+def _prelabels(label_config: str) -> bool:
+    try:
+        return parse_label_config(label_config).prelabeled is not None
+    except UnsupportedConfig:
+        return True  # a registered config was readable: the run reports what changed

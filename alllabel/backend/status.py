@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from alllabel.backend.label_config import parse_label_config
+from alllabel.backend.label_config import config_warning, parse_label_config
 from alllabel.backend.live import live_accuracy
 from alllabel.backend.state import State
 
@@ -88,11 +88,7 @@ def last_errors(preds, controller_errors: list[dict]) -> list[dict]:
 
 def config_warnings(label_config: str) -> list[str]:
     try:
-        cfg = parse_label_config(label_config)
+        warning = config_warning(parse_label_config(label_config))
     except ValueError as e:
-        return [f"the labeling config cannot be pre-annotated: {e}"]
-    if not cfg.ignored:
-        return []
-    return [
-        f'the labeling config also has {", ".join(cfg.ignored)}: ALLabel selects tasks and pre-annotates <Labels name="{cfg.from_name}"> only; the rest is left to annotators'
-    ]
+        return [f"the labeling config cannot be used: {e}"]
+    return [warning] if warning else []

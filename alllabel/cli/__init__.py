@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="for allabel-screened (default %(default)s)",
     )
     p.add_argument("--seeds", type=int, default=5, help="runs of the random and core-set baselines")
+    p.add_argument(
+        "--choices-field",
+        help='a classification set: the field holding each record\'s answer, e.g. "choices": ["positive"]',
+    )
+    p.add_argument(
+        "--multiple", action="store_true", help="with --choices-field: several values may apply"
+    )
     common(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -14,17 +14,20 @@ from alllabel.backend.settings import parse_budget, parse_ratios, resolve_budget
 from alllabel.cli.common import (
     Bar,
     _annotator,
+    _classifier,
     _descriptions,
     _labels,
     _spans,
     _usage,
 )
+from alllabel.evaluation.classification import evaluate_choices, write_choice_reports
 from alllabel.evaluation.protocol import (
     DEFAULT_POOL_SIZES,
     evaluate,
     score_pool,
     write_reports,
 )
+from alllabel.prelabel.classify import ChoiceSchema
 from alllabel.prelabel.prompt import LabelSchema
 from alllabel.prelabel.run import prelabel
 from alllabel.selection.blocks import make_runner
@@ -91,6 +94,8 @@ def cmd_select(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.choices_field:
+        return _evaluate_choices(args)
     records = read_jsonl(args.input)
     texts = texts_of(records, args.text_field)
     spans = [_spans(r, i) for i, r in enumerate(records)]
@@ -142,6 +147,44 @@ def cmd_evaluate(args) -> int:
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     _usage(annotator)
+    return 0
+
+
+def _evaluate_choices(args) -> int:
+    """``evaluate --choices-field F``: a classification set, each record's answer in ``F`` (a list)."""
+    records = read_jsonl(args.input)
+    texts = texts_of(records, args.text_field)
+    gold = [r.get(args.choices_field) for r in records]
+    bad = [i for i, g in enumerate(gold) if not isinstance(g, list)]
+    if bad:
+        raise ValueError(f"every record needs a list in {args.choices_field!r}; #{bad[0]} has none")
+    values = tuple(sorted({c for g in gold for c in g}))
+    multiple = args.multiple or any(len(g) != 1 for g in gold)
+    classifier = _classifier(args, ChoiceSchema(values, multiple=multiple))
+    sizes = (
+        [int(x) for x in args.pool_sizes.split(",")]
+        if args.pool_sizes
+        else list(DEFAULT_POOL_SIZES)
+    )
+    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    methods = [m.strip() for m in args.methods.split(",")]
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    rows = evaluate_choices(
+        texts,
+        gold,
+        classifier,
+        sim,
+        pool_sizes=sizes,
+        methods=methods,
+        seeds=args.seeds,
+        k=args.k,
+        progress=say,
+    )
+    title = f"{Path(args.input).name} ({args.choices_field}): {classifier.name}, k={args.k}, {args.similarity}"
+    paths = write_choice_reports(rows, args.out_dir, title=title)
+    print(paths["table"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    _usage(classifier)
     return 0
 
 

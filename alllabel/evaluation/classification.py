@@ -1,0 +1,141 @@
+"""The paper's protocol (Section 5.1; Appendix D.2 runs ALLabel on other NLP tasks) on a
+classification set: for each pool size and method (ALLabel; random and core-set with several
+seeds) the pool is the human-annotated set, every other sample is classified from its k most
+similar pool members, and we report accuracy and macro F1 (``alllabel.prelabel.classify``).
+
+Reports: results.csv (every run), table.md (mean ± std per method and pool size) and
+accuracy_vs_pool.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from alllabel.prelabel.classify import choice_demos, classification_metrics
+from alllabel.selection.similarity import DenseSimilarity, Similarity, matrix
+from alllabel.selection.stages import select
+
+
+@dataclass
+class ChoiceRow:
+    method: str
+    seed: int | None
+    pool_size: int
+    accuracy: float
+    macro_f1: float
+
+
+def score_choice_pool(texts, gold, pool, classifier, sim, k: int) -> tuple[float, float]:
+    """(accuracy, macro F1) over the samples outside the pool, classified from the pool."""
+    chosen = {i: gold[i] for i in pool}
+    queries = [i for i in range(len(texts)) if i not in chosen]
+    rows = choice_demos(texts, chosen, sim, queries, k)
+    pred = [classifier.classify(texts[i], row).choices for i, row in zip(queries, rows)]
+    m = classification_metrics([gold[i] for i in queries], pred, classifier.schema.choices)
+    return m["accuracy"], m["macro_f1"]
+
+
+def evaluate_choices(
+    texts: Sequence[str],
+    gold: Sequence[Sequence[str]],
+    classifier,
+    sim: Similarity,
+    *,
+    pool_sizes: Sequence[int],
+    methods: Sequence[str] = ("allabel", "random", "coreset"),
+    seeds: int = 5,
+    k: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[ChoiceRow]:
+    n = len(texts)
+    bad = [m for m in pool_sizes if not 1 <= m < n]
+    if bad:
+        raise ValueError(f"pool sizes must be between 1 and {n - 1} (the data has {n}): {bad}")
+    dense = DenseSimilarity(matrix(sim)) if n <= 20000 else sim
+    rows = []
+    for method in methods:
+        for seed in [None] if method == "allabel" else range(seeds):
+            for m in pool_sizes:
+                pool = select(dense, m, k=k, method=method, seed=seed or 0).indices
+                acc, f1 = score_choice_pool(texts, gold, pool, classifier, dense, k)
+                rows.append(ChoiceRow(method, seed, m, acc, f1))
+                if progress:
+                    tag = "" if seed is None else f" seed {seed}"
+                    progress(
+                        f"{method}{tag} pool {m}: accuracy {100 * acc:.1f}, macro F1 {100 * f1:.1f}"
+                    )
+    return rows
+
+
+def summarise_choices(rows: list[ChoiceRow]) -> dict[str, dict[int, tuple[float, float, float]]]:
+    """method -> pool size -> (mean accuracy, its std over seeds, mean macro F1), in percent."""
+    out: dict[str, dict[int, tuple[float, float, float]]] = {}
+    for method in dict.fromkeys(r.method for r in rows):
+        out[method] = {}
+        for m in sorted({r.pool_size for r in rows if r.method == method}):
+            sel = [r for r in rows if r.method == method and r.pool_size == m]
+            acc = [100 * r.accuracy for r in sel]
+            std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            out[method][m] = (
+                statistics.mean(acc),
+                std,
+                statistics.mean(100 * r.macro_f1 for r in sel),
+            )
+    return out
+
+
+def write_choice_reports(
+    rows: list[ChoiceRow], out_dir: str | Path, title: str = ""
+) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": out / "results.csv",
+        "table": out / "table.md",
+        "plot": out / "accuracy_vs_pool.png",
+    }
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "seed", "pool_size", "accuracy", "macro_f1"])
+        for r in rows:
+            seed = "" if r.seed is None else r.seed
+            w.writerow([r.method, seed, r.pool_size, f"{r.accuracy:.4f}", f"{r.macro_f1:.4f}"])
+    summary = summarise_choices(rows)
+    sizes = sorted({r.pool_size for r in rows})
+    lines = [f"# {title}".rstrip() if title else "# Evaluation", ""]
+    lines += ["Accuracy in %, mean ± std over seeds; macro F1 in brackets.", ""]
+    lines.append("| method | " + " | ".join(map(str, sizes)) + " |")
+    lines.append("|---|" + "---|" * len(sizes))
+    for method, by_size in summary.items():
+        cells = [
+            f"{a:.1f}" + (f" ± {s:.1f}" if s else "") + f" [{f:.1f}]"
+            for a, s, f in (by_size[m] for m in sizes)
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    paths["table"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(summary, paths["plot"], title)
+    return paths
+
+
+def _plot(summary, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for method, by_size in summary.items():
+        xs = sorted(by_size)
+        ax.plot(xs, [by_size[x][0] for x in xs], marker="o", label=method)
+    ax.set_xlabel("demonstration pool size (human-annotated samples)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "accuracy vs pool size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
