@@ -15,6 +15,7 @@ from alllabel.cli.commands import cmd_demo, cmd_evaluate, cmd_select, cmd_status
 from alllabel.cli.common import DEFAULT_BACKEND_URL, EXAMPLE_DATA, _env_number
 from alllabel.cli.prelabel import cmd_prelabel
 from alllabel.selection.duplicates import DEFAULT_THRESHOLD
+from alllabel.selection.retrieval import DEMONSTRATIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_THRESHOLD,
         help="character 5-gram Jaccard at which two tasks are near-duplicates (default %(default)s)",
     )
+    p.add_argument(
+        "--demos",
+        default="similar",
+        choices=DEMONSTRATIONS,
+        help="the k demonstrations: the most similar annotated records (paper) or random ones",
+    )
+    p.add_argument("--limit", type=int, help="pre-annotate only the first N records to do")
+    p.add_argument("--ids", help="pre-annotate only these record ids (comma-separated)")
     common(p)
     p.set_defaults(func=cmd_prelabel)
 
@@ -196,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="for allabel-screened (default %(default)s)",
     )
     p.add_argument("--seeds", type=int, default=5, help="runs of the random and core-set baselines")
+    p.add_argument(
+        "--demos",
+        default="similar",
+        help="demonstrations: similar (the paper's retrieval), random, or similar,random for the "
+        "paper's retrieval ablation side by side (default similar)",
+    )
     common(p)
     p.set_defaults(func=cmd_evaluate)
 

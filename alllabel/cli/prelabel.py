@@ -15,6 +15,7 @@ from alllabel.prelabel.estimate import estimate_run
 from alllabel.prelabel.pipeline import PipelineOutcome, PipelineSettings, run_pipeline
 from alllabel.prelabel.prompt import LabelSchema
 from alllabel.prelabel.run import PrelabelResults, prepare_run
+from alllabel.selection.retrieval import demonstrations
 from alllabel.selection.similarity import make_similarity
 from alllabel.text.jsonl import read_jsonl, texts_of, write_jsonl
 
@@ -35,6 +36,24 @@ def _gold(args, records: list[dict]) -> dict[int, list[dict]]:
             f"{len(pool_ids) - len(gold)} id(s) in {args.pool} are not in {args.input}"
         )
     return gold
+
+
+def _chosen(args, records: list[dict], queries: list[int]) -> list[int]:
+    """The records to pre-annotate: --ids (in file order), then the first --limit of them."""
+    if args.ids:
+        wanted = {x.strip() for x in args.ids.split(",") if x.strip()}
+        queries = [i for i in queries if str(records[i].get("id", i)) in wanted]
+        found = {str(records[i].get("id", i)) for i in queries}
+        if wanted - found:
+            raise ValueError(
+                f"--ids: no record to pre-annotate with id {', '.join(sorted(wanted - found))} "
+                f"in {args.input} (unknown, or annotated already)"
+            )
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        queries = queries[: args.limit]
+    return queries
 
 
 def _dry_run(args, texts, gold, queries, annotator, sim) -> int:
@@ -133,12 +152,14 @@ def cmd_prelabel(args) -> int:
     records = read_jsonl(args.input)
     texts = texts_of(records, args.text_field)
     gold = _gold(args, records)
-    queries = [i for i in range(len(texts)) if i not in gold]
+    queries = _chosen(args, records, [i for i in range(len(texts)) if i not in gold])
     labels = _labels(args, records)
     annotator, concurrency = _annotator(
         args, LabelSchema(labels, _descriptions(args.descriptions, labels))
     )
-    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    sim = demonstrations(
+        make_similarity(texts, args.similarity, model=args.sbert_model), args.demos
+    )
     if args.dry_run:
         return _dry_run(args, texts, gold, queries, annotator, sim)
     check = not args.skip_quality and len(gold) >= 2

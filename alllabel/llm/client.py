@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,7 +29,10 @@ from openai.types.chat import ChatCompletion
 
 from alllabel.llm.billing import Bill, MeteredTransport, billing
 from alllabel.llm.cache import Completion, LLMCache, Usage
+from alllabel.llm.concurrency import AdaptiveLimit, work_units
 from alllabel.llm.config import KNOWN_PRICES, LLMConfig, token_cost
+from alllabel.llm.endpoint import discover
+from alllabel.llm.replies import LLMError, completion_from_json
 
 log = logging.getLogger(__name__)
 
@@ -47,51 +51,6 @@ __all__ = [
 POOL_SIZE = 8
 # Statuses with which endpoints refuse a response_format they do not support (llama.cpp: 500).
 _REFUSES_FORMAT = {400, 422, 500, 501}
-
-
-class LLMError(RuntimeError):
-    """A call failed for good (after the client's retries, or at once for errors a retry cannot fix)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        truncated: bool = False,
-        usage: tuple[int, int] | None = None,
-    ):
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
-        self.truncated = truncated  # the reply was cut at max_tokens (billed all the same)
-        self.usage = usage  # (prompt, completion) tokens the failed reply reported, if any
-
-
-def completion_from_json(data: dict) -> Completion:
-    """A Completion from a chat-completion body (online reply or Batch API output line)."""
-    choices = data.get("choices") or []
-    if not choices:
-        raise LLMError("the LLM returned no choices", retryable=False)
-    choice = choices[0]
-    usage = data.get("usage") or {}
-    if choice.get("finish_reason") == "length":
-        raise LLMError(
-            "the reply was cut at ALLABEL_LLM_MAX_TOKENS: raise it, or lower "
-            "ALLABEL_MAX_PROMPT_TOKENS so long tasks are cut into smaller windows",
-            retryable=False,
-            truncated=True,
-            usage=(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
-        )
-    text = (choice.get("message") or {}).get("content") or ""
-    content = (choice.get("logprobs") or {}).get("content")
-    logprobs = [(t["token"], float(t["logprob"])) for t in content] if content else None
-    return Completion(
-        text=text,
-        prompt_tokens=usage.get("prompt_tokens") or 0,
-        completion_tokens=usage.get("completion_tokens") or 0,
-        logprobs=logprobs,
-    )
 
 
 class LLMClient:
@@ -119,6 +78,16 @@ class LLMClient:
         self._logprobs = config.logprobs
         self._format = config.response_format
         self._format_confirmed = False
+        self.limit = AdaptiveLimit(config.concurrency, config.timeout)
+        # Where span confidence comes from: "logprobs", or why not (said once, in the log).
+        self.confidence_source = "logprobs" if config.logprobs else "similarity (logprobs off)"
+        if config.base_url:
+            reported = discover(config.base_url, config.model)
+            if reported.context and not config.context:
+                config.context = reported.context
+                config.fit_context(reported.context, "reported by the endpoint")
+            if reported.slots:
+                self.limit.set_slots(reported.slots)
 
     def _new_client(self) -> openai.OpenAI:
         c = self.config
@@ -144,6 +113,17 @@ class LLMClient:
                 self._next_pool += 1
         return client
 
+    def report(self) -> dict:
+        """Usage and cost, with how the endpoint is being used: the concurrency in use, the
+        response_format after any fallback, and where span confidence comes from."""
+        return {
+            **self.usage.as_dict(self.config.prices()),
+            **self.limit.as_dict(),
+            "response_format": self._format,
+            "confidence_source": self.confidence_source,
+            "context_tokens": self.config.max_prompt_tokens + self.config.max_tokens,
+        }
+
     @property
     def response_format(self) -> str:
         """The response_format in use now (after any fallback)."""
@@ -163,7 +143,8 @@ class LLMClient:
         elif self._format != "none":
             p["response_format"] = {"type": "json_object"}
         if self._logprobs:
-            p["logprobs"] = True
+            # llama.cpp returns no log-probabilities for a bare ``logprobs: true``.
+            p["logprobs"], p["top_logprobs"] = True, 1
         return p
 
     def cache_key(self, messages: list[dict]) -> str:
@@ -212,11 +193,13 @@ class LLMClient:
             )
         with billing() as bill:
             try:
-                result = self._call(messages, schema)
+                result = self._limited_call(messages, schema)
             except Exception as e:
                 e.billed_usd = self._charge(bill, messages, prompt_tokens)
-                self.usage.add(failures=1)
+                prompt, reply = getattr(e, "usage", None) or (0, 0)  # a cut reply's tokens
+                self.usage.add(failures=1, prompt_tokens=prompt, completion_tokens=reply)
                 raise
+        self._note_confidence(result)
         result.billed_usd = self._charge(bill, messages, prompt_tokens)
         self.usage.add(
             calls=1, prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens
@@ -230,6 +213,29 @@ class LLMClient:
         if self.cache is not None:
             self.cache.put(key, result)
         return result
+
+    def _limited_call(self, messages: list[dict], schema: dict | None) -> Completion:
+        """``_call`` within the adaptive concurrency limit, telling it how the endpoint kept up."""
+        with self.limit.slot():
+            start = time.monotonic()
+            try:
+                result = self._call(messages, schema)
+            except LLMError as e:
+                if e.timed_out:
+                    self.limit.timed_out()
+                raise
+            work = work_units(result.prompt_tokens, result.completion_tokens)
+            self.limit.done((time.monotonic() - start) / (1 + result.retries), work)
+        return result
+
+    def _note_confidence(self, result: Completion) -> None:
+        """Say once when logprobs were asked for and none came back."""
+        if self._logprobs and not result.logprobs and self.confidence_source == "logprobs":
+            self.confidence_source = "similarity (the endpoint returned no logprobs)"
+            log.warning(
+                "the endpoint returned no logprobs: span confidence comes from demonstration "
+                "similarity instead"
+            )
 
     def _charge(self, bill: Bill, messages: list[dict], prompt_tokens: int | None) -> float:
         """US$ billed for one call's attempts; added to ``usage.billed_usd``."""
@@ -278,10 +284,12 @@ class LLMClient:
         try:
             raw = self._send(params, probing)
         except openai.APITimeoutError as e:
-            raise LLMError(
+            err = LLMError(
                 f"timed out after {self.config.timeout:.0f}s ({self.config.max_retries} retries)",
                 retryable=True,
-            ) from e
+            )
+            err.timed_out = True
+            raise err from e
         except openai.APIConnectionError as e:
             raise LLMError(f"cannot reach the LLM endpoint ({e})", retryable=True) from e
         except openai.APIStatusError as e:
@@ -292,6 +300,7 @@ class LLMClient:
                     "endpoint rejects logprobs; confidence will come from demonstration similarity"
                 )
                 self._logprobs = False
+                self.confidence_source = "similarity (the endpoint refuses logprobs)"
                 return self._call(messages, schema)
             if probing and status in _REFUSES_FORMAT:
                 return self._fall_back("json_schema", "json_object", status, messages, schema)
