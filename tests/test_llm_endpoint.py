@@ -5,7 +5,7 @@ or ALLABEL_LLM_CONTEXT, and replies that loop until the token cap (real ``openai
 
 import pytest
 
-from alllabel.llm.client import LLMClient, LLMConfig, LLMError, run_bounded
+from alllabel.llm.client import LLMCache, LLMClient, LLMConfig, LLMError, run_bounded
 from alllabel.llm.concurrency import AdaptiveLimit
 from alllabel.llm.config import DEFAULT_TIMEOUT, LOCAL_TIMEOUT, is_local
 from tests.fake_openai import FakeOpenAI
@@ -24,7 +24,7 @@ def test_a_serial_server_brings_the_concurrency_down_without_timeouts():
     with FakeOpenAI() as fake:
         fake.serial, fake.latency = True, 0.15
         c = client(fake, concurrency=4)
-        results = ask(c, 16)
+        results = ask(c, 24)
     assert not [r for r in results if isinstance(r, Exception)]
     report = c.report()
     assert report["concurrency"] < 4 and report["concurrency_lowest"] <= 2
@@ -33,7 +33,7 @@ def test_a_serial_server_brings_the_concurrency_down_without_timeouts():
 
 def test_a_parallel_server_keeps_the_configured_concurrency():
     with FakeOpenAI() as fake:
-        fake.latency = 0.15
+        fake.latency = 0.3
         c = client(fake, concurrency=4)
         ask(c, 16)
     assert fake.max_in_flight == 4
@@ -124,4 +124,32 @@ def test_a_long_cut_reply_keeps_the_window_advice():
     with FakeOpenAI(lambda req: text) as fake:
         fake.truncate = True
         with pytest.raises(LLMError, match="smaller windows"):
+            client(fake).complete([{"role": "user", "content": "hi"}])
+
+
+def test_a_refused_format_is_remembered_per_endpoint_and_model(tmp_path):
+    msgs = [{"role": "user", "content": "hi"}]
+    with FakeOpenAI() as fake:
+        fake.refuse_json_schema = True
+        first = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url), LLMCache(tmp_path / "c"))
+        first.complete(msgs, schema={"type": "json_schema", "json_schema": {"name": "x"}})
+        assert first.response_format == "json_object" and len(fake.requests) == 2
+        fake.requests.clear()
+        again = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url), LLMCache(tmp_path / "c"))
+        assert again.response_format == "json_object"  # from the cache file: no probe this run
+        other = LLMClient(
+            LLMConfig(api_key="k", base_url=fake.base_url, model="gpt-4o-mini"),
+            LLMCache(tmp_path / "c"),
+        )
+        assert other.response_format == "json_schema"  # another model is probed on its own
+        again.complete([{"role": "user", "content": "new"}], schema={"type": "json_schema"})
+    assert [r["response_format"]["type"] for r in fake.requests] == ["json_object"]
+
+
+def test_a_prompt_over_the_context_says_what_to_set():
+    with FakeOpenAI() as fake:
+        fake.script = [
+            {"status": 400, "message": "Requested tokens (9000) exceed context window of 8192"}
+        ]
+        with pytest.raises(LLMError, match="context holds 8192 tokens.*ALLABEL_LLM_CONTEXT=8192"):
             client(fake).complete([{"role": "user", "content": "hi"}])

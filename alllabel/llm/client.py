@@ -19,8 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import httpx2
 import openai
@@ -29,10 +28,10 @@ from openai.types.chat import ChatCompletion
 
 from alllabel.llm.billing import Bill, MeteredTransport, billing
 from alllabel.llm.cache import Completion, LLMCache, Usage
-from alllabel.llm.concurrency import AdaptiveLimit, work_units
+from alllabel.llm.concurrency import AdaptiveLimit, run_bounded, work_units
 from alllabel.llm.config import KNOWN_PRICES, LLMConfig, token_cost
 from alllabel.llm.endpoint import discover
-from alllabel.llm.replies import LLMError, completion_from_json
+from alllabel.llm.replies import LLMError, completion_from_json, context_hint
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,7 @@ __all__ = [
 POOL_SIZE = 8
 # Statuses with which endpoints refuse a response_format they do not support (llama.cpp: 500).
 _REFUSES_FORMAT = {400, 422, 500, 501}
+_STRENGTH = {"json_schema": 2, "json_object": 1, "none": 0}
 
 
 class LLMClient:
@@ -78,6 +78,17 @@ class LLMClient:
         self._logprobs = config.logprobs
         self._format = config.response_format
         self._format_confirmed = False
+        self._endpoint = config.base_url or "https://api.openai.com/v1"
+        known = cache.known_format(self._endpoint, config.model) if cache is not None else None
+        if known is not None and _STRENGTH[known] < _STRENGTH[self._format]:
+            # This endpoint refused the stronger format in an earlier run: not probed again.
+            self._format, self._format_confirmed = known, True
+            log.info(
+                "response_format %s for %s (refused %s before)",
+                known,
+                config.model,
+                config.response_format,
+            )
         self.limit = AdaptiveLimit(config.concurrency, config.timeout)
         # Where span confidence comes from: "logprobs", or why not (said once, in the log).
         self.confidence_source = "logprobs" if config.logprobs else "similarity (logprobs off)"
@@ -311,6 +322,8 @@ class LLMClient:
                 401: " (check OPENAI_API_KEY)",
                 404: " (check ALLABEL_LLM_MODEL and OPENAI_BASE_URL)",
             }.get(status, "")
+            if status == 400 and "context" in text:
+                hint = context_hint(text, self.config)
             raise LLMError(
                 f"HTTP {status} from the LLM endpoint{hint}: {e.message}",
                 retryable=retryable,
@@ -339,6 +352,7 @@ class LLMClient:
             weaker,
         )
         self._format, self._format_confirmed = weaker, False
+        self._remember_format()
         return True
 
     def _fall_back(
@@ -362,27 +376,9 @@ class LLMClient:
             status,
             self._format,
         )
+        self._remember_format()
         return result
 
-
-def run_bounded(
-    fn: Callable, items: Iterable, concurrency: int, on_done: Callable | None = None
-) -> list:
-    """``fn`` over ``items`` on at most ``concurrency`` threads; results in input order.
-
-    An exception becomes that item's result, so one failure never stops the batch.
-    """
-    items = list(items)
-    results: list = [None] * len(items)
-
-    def one(i):
-        try:
-            results[i] = fn(items[i])
-        except Exception as e:  # noqa: BLE001 - recorded per item, reported by the caller
-            results[i] = e
-        if on_done:
-            on_done(i, results[i])
-
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        list(pool.map(one, range(len(items))))
-    return results
+    def _remember_format(self) -> None:
+        if self.cache is not None:
+            self.cache.remember_format(self._endpoint, self.config.model, self._format)

@@ -5,7 +5,7 @@ serves one at a time and queues the rest, so a queued call waits for all those a
 times out while it never ran. The limit therefore:
 
 * starts at the configured concurrency, which is also its ceiling;
-* halves when calls take clearly longer than the fastest seen (the gradient ``fastest / latency``
+* halves when a whole round of calls takes clearly longer than the fastest seen (the gradient ``fastest / latency``
   of Netflix's concurrency-limits, on a moving average of latencies per unit of work, so long
   replies are not mistaken for queueing: on a serial server it is about ``1 / limit``), and drops
   to 1 at once on a timeout;
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 # Gradient (fastest / average latency per unit of work) below which the limit halves, above
@@ -47,7 +49,7 @@ class AdaptiveLimit:
         self.fixed = False  # the endpoint told us its slot count
         self._per_unit: deque[float] = deque(maxlen=WINDOW)
         self._latency: deque[float] = deque(maxlen=WINDOW)
-        self._good = 0
+        self._good = self._slow = 0
         self._average = 0.0
         self._cond = threading.Condition()
 
@@ -84,7 +86,9 @@ class AdaptiveLimit:
                 per_unit if first else (SMOOTHING * per_unit + (1 - SMOOTHING) * self._average)
             )
             gradient = min(self._per_unit) / self._average
-            if gradient < GRADIENT_LOW and self.limit > 1:
+            # Slow for a whole round of calls, not one: a loaded machine has its moments.
+            self._slow = self._slow + 1 if gradient < GRADIENT_LOW else 0
+            if self._slow >= self.limit and self.limit > 1:
                 self._lower(max(1, self.limit // 2))
                 return
             self._good += 1 if gradient > GRADIENT_HIGH else 0
@@ -101,7 +105,7 @@ class AdaptiveLimit:
                 self._lower(1)
 
     def _lower(self, to: int) -> None:
-        self.limit, self._good = to, 0
+        self.limit, self._good, self._slow = to, 0, 0
         self.lowest = min(self.lowest, to)
         self.lowered += 1
 
@@ -118,3 +122,26 @@ class AdaptiveLimit:
                 "concurrency_lowered": self.lowered,
                 "concurrency_from_endpoint": self.fixed,
             }
+
+
+def run_bounded(
+    fn: Callable, items: Iterable, concurrency: int, on_done: Callable | None = None
+) -> list:
+    """``fn`` over ``items`` on at most ``concurrency`` threads; results in input order.
+
+    An exception becomes that item's result, so one failure never stops the batch.
+    """
+    items = list(items)
+    results: list = [None] * len(items)
+
+    def one(i):
+        try:
+            results[i] = fn(items[i])
+        except Exception as e:  # noqa: BLE001 - recorded per item, reported by the caller
+            results[i] = e
+        if on_done:
+            on_done(i, results[i])
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        list(pool.map(one, range(len(items))))
+    return results

@@ -3,7 +3,10 @@ when a reply was cut at the token cap (a loop is not a long answer)."""
 
 from __future__ import annotations
 
+import re
+
 from alllabel.llm.cache import Completion
+from alllabel.llm.config import LLMConfig
 
 
 class LLMError(RuntimeError):
@@ -77,4 +80,16 @@ def truncation_advice(text: str) -> str:
     return (
         "the reply was cut at ALLABEL_LLM_MAX_TOKENS: raise it, or lower "
         "ALLABEL_MAX_PROMPT_TOKENS so long tasks are cut into smaller windows"
+    )
+
+
+def context_hint(text: str, config: LLMConfig) -> str:
+    """Advice for a prompt the model's context cannot hold (llama.cpp: "exceed context window of
+    N"; OpenAI, vLLM: "maximum context length is N tokens")."""
+    m = re.search(r"context (?:window of|length is) (\d+)", text)
+    held = f"{m.group(1)} tokens" if m else "fewer tokens"
+    return (
+        f" (the model's context holds {held}, less than ALLABEL_MAX_PROMPT_TOKENS "
+        f"{config.max_prompt_tokens} + ALLABEL_LLM_MAX_TOKENS {config.max_tokens}: set "
+        f"ALLABEL_LLM_CONTEXT{'=' + m.group(1) if m else ''} and the budgets are fitted to it)"
     )
