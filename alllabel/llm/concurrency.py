@@ -5,13 +5,14 @@ serves one at a time and queues the rest, so a queued call waits for all those a
 times out while it never ran. The limit therefore:
 
 * starts at the configured concurrency, which is also its ceiling;
-* halves when a whole round of calls takes clearly longer than the fastest seen (the gradient ``fastest / latency``
-  of Netflix's concurrency-limits, on a moving average of latencies per unit of work, so long
-  replies are not mistaken for queueing: on a serial server it is about ``1 / limit``), and drops
-  to 1 at once on a timeout;
+* halves when calls keep taking clearly longer than the fastest seen (2 in a row, or half a
+  round): the gradient ``fastest / latency`` of Netflix's concurrency-limits, on a moving
+  average of latencies per unit of work, so long replies are not mistaken for queueing (on a
+  serial server it is about ``1 / limit``); drops to 1 at once on a timeout;
 * grows again by 1 after ``limit * 2^lowered`` calls that kept up (fewer probes of a server that
-  has refused them before), while ``limit + 1`` calls of the slowest latency seen lately would still end within half the
-  timeout (on a serial server the last of n queued calls waits n latencies);
+  has refused them before), while ``limit + 1`` calls of the slowest latency seen lately would
+  still end within half the timeout (on a serial server the last of n queued calls waits n
+  latencies);
 * is set by the endpoint where it reports a slot count (llama.cpp's ``/props`` ``total_slots``).
 """
 
@@ -86,9 +87,9 @@ class AdaptiveLimit:
                 per_unit if first else (SMOOTHING * per_unit + (1 - SMOOTHING) * self._average)
             )
             gradient = min(self._per_unit) / self._average
-            # Slow for a whole round of calls, not one: a loaded machine has its moments.
+            # Slow for several calls in a row, not one: a loaded machine has its moments.
             self._slow = self._slow + 1 if gradient < GRADIENT_LOW else 0
-            if self._slow >= self.limit and self.limit > 1:
+            if self._slow >= max(2, self.limit // 2) and self.limit > 1:
                 self._lower(max(1, self.limit // 2))
                 return
             self._good += 1 if gradient > GRADIENT_HIGH else 0
