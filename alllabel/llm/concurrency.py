@@ -6,8 +6,8 @@ times out while it never ran. The limit therefore:
 
 * starts at the configured concurrency, which is also its ceiling;
 * halves when calls keep taking clearly longer than the fastest seen (2 in a row, or half a
-  round): the gradient ``fastest / latency`` of Netflix's concurrency-limits, on a moving
-  average of latencies per unit of work, so long replies are not mistaken for queueing (on a
+  round): the gradient ``fastest / latency`` of Netflix's concurrency-limits, on the median
+  of the last three latencies per unit of work, so long replies are not mistaken for queueing (on a
   serial server it is about ``1 / limit``); drops to 1 at once on a timeout;
 * grows again by 1 after ``limit * 2^lowered`` calls that kept up (fewer probes of a server that
   has refused them before), while ``limit + 1`` calls of the slowest latency seen lately would
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 # Gradient (fastest / average latency per unit of work) below which the limit halves, above
 # which a call counts as keeping up; a serial server at limit 2 sits at 0.5.
 GRADIENT_LOW, GRADIENT_HIGH = 0.65, 0.8
-SMOOTHING = 0.3  # weight of the newest latency in the moving average
+RECENT = 3  # latencies whose median is compared with the fastest (one spike is not a trend)
 WINDOW = 32  # latencies remembered for the fastest / slowest
 
 
@@ -51,7 +51,6 @@ class AdaptiveLimit:
         self._per_unit: deque[float] = deque(maxlen=WINDOW)
         self._latency: deque[float] = deque(maxlen=WINDOW)
         self._good = self._slow = 0
-        self._average = 0.0
         self._cond = threading.Condition()
 
     def set_slots(self, slots: int) -> None:
@@ -82,11 +81,8 @@ class AdaptiveLimit:
             self._per_unit.append(per_unit)
             if self.fixed:
                 return
-            first = len(self._per_unit) == 1
-            self._average = (
-                per_unit if first else (SMOOTHING * per_unit + (1 - SMOOTHING) * self._average)
-            )
-            gradient = min(self._per_unit) / self._average
+            recent = sorted(list(self._per_unit)[-RECENT:])
+            gradient = min(self._per_unit) / recent[len(recent) // 2]  # the recent median
             # Slow for several calls in a row, not one: a loaded machine has its moments.
             self._slow = self._slow + 1 if gradient < GRADIENT_LOW else 0
             if self._slow >= max(2, self.limit // 2) and self.limit > 1:
