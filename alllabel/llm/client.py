@@ -93,7 +93,7 @@ class LLMClient:
         # Where span confidence comes from: "logprobs", or why not (said once, in the log).
         self.confidence_source = "logprobs" if config.logprobs else "similarity (logprobs off)"
         if config.base_url:
-            reported = discover(config.base_url, config.model)
+            reported = discover(config.base_url, config.model, config.api_key)
             if reported.context and not config.context:
                 config.context = reported.context
                 config.fit_context(reported.context, "reported by the endpoint")

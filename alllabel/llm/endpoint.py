@@ -19,11 +19,12 @@ class Reported:
     slots: int | None = None  # completions the server runs at once
 
 
-def discover(base_url: str, model: str) -> Reported:
+def discover(base_url: str, model: str, api_key: str | None = None) -> Reported:
     """What ``base_url`` reports for ``model`` (nothing when it reports nothing, or is down)."""
     root = base_url.rstrip("/")
-    models = (_get_json(root + "/models") or {}).get("data") or []
-    props = _get_json(root.removesuffix("/v1") + "/props") or {}
+    auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    models = (_get_json(root + "/models", auth) or {}).get("data") or []
+    props = _get_json(root.removesuffix("/v1") + "/props", auth) or {}
     entry = next((m for m in models if m.get("id") == model), None)
     if entry is None and len(models) == 1:  # a local server answers any model name
         entry = models[0]
@@ -47,11 +48,12 @@ def discover(base_url: str, model: str) -> Reported:
     return Reported(context, slots if isinstance(slots, int) and slots > 0 else None)
 
 
-def _get_json(url: str) -> dict | None:
+def _get_json(url: str, headers: dict) -> dict | None:
     """GET a small JSON document from the endpoint; None when it has none (or is down)."""
     try:
-        r = httpx2.get(url, timeout=5.0)
-        return r.json() if r.status_code == 200 else None
+        r = httpx2.get(url, headers=headers, timeout=5.0)
+        data = r.json() if r.status_code == 200 else None
+        return data if isinstance(data, dict) else None
     except (httpx2.HTTPError, ValueError) as e:
         log.debug("no %s from the endpoint: %s", url, e)
         return None
