@@ -36,6 +36,8 @@ def test_defaults_pre_annotate_every_task_through_a_single_slot_llama_server(ls,
         try:
             pid, rec_of = api.new_project("llama.cpp e2e", records)
             assert api.connect(pid, b.url).status_code == 201
+            queued = lambda st: len(b.orch.state.queue(pid)) >= BUDGET  # noqa: E731
+            b.wait_for(pid, queued, timeout=300, what="the queue")
             human = [q.task_id for q in b.orch.state.queue(pid)[:BUDGET]]
             for tid in human:
                 api.annotate(tid, rec_of[tid])
