@@ -47,8 +47,8 @@ def test_defaults_pre_annotate_every_task_through_a_single_slot_llama_server(ls,
             assert status["prelabels"]["failed"] == 0, status
             assert status["prelabels"]["done"] == N_TASKS - BUDGET
             preds = per_task(api.predictions(pid))
-            assert set(preds) == set(rec_of) - set(human)
-            for tid, (p,) in preds.items():
+            for tid in set(rec_of) - set(human):  # each pre-annotated once, at exact offsets
+                (p,) = preds[tid]
                 text = rec_of[tid]["text"]
                 for r in p.result:  # exact offsets into the task's text
                     v = r["value"]
