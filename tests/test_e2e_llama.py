@@ -17,7 +17,7 @@ from tests.test_e2e_label_studio import BUDGET, LS, Backend, per_task
 pytestmark = pytest.mark.skipif(
     not PYTHON.exists(), reason=".venv-llm is missing: scripts/install.sh test installs it"
 )
-N_TASKS = BUDGET + 4
+N_TASKS = BUDGET + 5
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,13 @@ def ls(label_studio):
 
 def test_defaults_pre_annotate_every_task_through_a_single_slot_llama_server(ls, tmp_path):
     api = LS(ls)
-    records = [r for r in mof_records() if len(r["text"]) < 400][:N_TASKS]
+    # Short paragraphs from different papers: each is a call (no near-duplicate projected).
+    records = [r for r in mof_records() if len(r["text"]) < 400][::5][:N_TASKS]
     defaults = LLMConfig()  # what the test helper would otherwise override, set back
     llm = {"model": MODEL_ALIAS, "concurrency": defaults.concurrency}
     llm["max_retries"] = defaults.max_retries
     with LlamaServer(tmp_path) as server:
-        b = Backend(tmp_path, ls, server, llm=llm, quality_check=False)
+        b = Backend(tmp_path, ls, server, llm=llm, quality_check=False, project_duplicates=False)
         try:
             pid, rec_of = api.new_project("llama.cpp e2e", records)
             assert api.connect(pid, b.url).status_code == 201
@@ -46,6 +47,7 @@ def test_defaults_pre_annotate_every_task_through_a_single_slot_llama_server(ls,
             status, usage = b.status(pid), b.orch.status()["llm_usage"]
             assert status["prelabels"]["failed"] == 0, status
             assert status["prelabels"]["done"] == N_TASKS - BUDGET
+            assert b.orch.status()["llm_usage"]["calls"] == N_TASKS - BUDGET  # all through the LLM
             preds = per_task(api.predictions(pid))
             for tid in set(rec_of) - set(human):  # each pre-annotated once, at exact offsets
                 (p,) = preds[tid]

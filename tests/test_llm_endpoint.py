@@ -153,3 +153,18 @@ def test_a_prompt_over_the_context_says_what_to_set():
         ]
         with pytest.raises(LLMError, match="context holds 8192 tokens.*ALLABEL_LLM_CONTEXT=8192"):
             client(fake).complete([{"role": "user", "content": "hi"}])
+
+
+def test_a_timeout_while_queued_is_sent_again_only_under_the_lowered_limit():
+    """Four calls at once to a serial server answering in 0.4 s, with a 1 s timeout: the queued
+    ones time out; each is sent again only once a slot frees under the lowered limit, never by
+    the openai client straight back into the queue it timed out in."""
+    with FakeOpenAI() as fake:
+        fake.serial, fake.latency = True, 0.4
+        c = client(fake, concurrency=4, timeout=1.0, max_retries=5)
+        results = ask(c, 4)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    report = c.report()
+    assert report["concurrency_lowest"] == 1 and report["retries"] >= 1
+    assert len(fake.requests) <= 4 + report["retries"]  # every retry is one of ours, counted
+    assert fake.max_in_flight <= 4

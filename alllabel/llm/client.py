@@ -28,9 +28,16 @@ from openai.types.chat import ChatCompletion
 
 from alllabel.llm.billing import Bill, MeteredTransport, billing
 from alllabel.llm.cache import Completion, LLMCache, Usage
-from alllabel.llm.concurrency import AdaptiveLimit, run_bounded, work_units
+from alllabel.llm.concurrency import (
+    TIMED_OUT,
+    AdaptiveLimit,
+    TimeoutAnswer,
+    run_bounded,
+    work_units,
+)
 from alllabel.llm.config import KNOWN_PRICES, LLMConfig, token_cost
 from alllabel.llm.endpoint import discover
+from alllabel.llm.formats import FormatFallback
 from alllabel.llm.replies import LLMError, completion_from_json, context_hint
 
 log = logging.getLogger(__name__)
@@ -53,7 +60,7 @@ _REFUSES_FORMAT = {400, 422, 500, 501}
 _STRENGTH = {"json_schema": 2, "json_object": 1, "none": 0}
 
 
-class LLMClient:
+class LLMClient(FormatFallback):
     def __init__(self, config: LLMConfig, cache: LLMCache | None = None):
         if not config.configured:
             raise ValueError(
@@ -109,8 +116,10 @@ class LLMClient:
             max_retries=c.max_retries,
             # Every attempt's bill is read in the transport (``alllabel.llm.billing``).
             http_client=openai.DefaultHttpxClient(
-                transport=MeteredTransport(
-                    httpx2.HTTPTransport(verify=self._ssl, limits=DEFAULT_CONNECTION_LIMITS)
+                transport=TimeoutAnswer(
+                    MeteredTransport(
+                        httpx2.HTTPTransport(verify=self._ssl, limits=DEFAULT_CONNECTION_LIMITS)
+                    )
                 )
             ),
         )
@@ -226,18 +235,29 @@ class LLMClient:
         return result
 
     def _limited_call(self, messages: list[dict], schema: dict | None) -> Completion:
-        """``_call`` within the adaptive concurrency limit, telling it how the endpoint kept up."""
-        with self.limit.slot():
-            start = time.monotonic()
-            try:
-                result = self._call(messages, schema)
-            except LLMError as e:
-                if e.timed_out:
+        """``_call`` within the adaptive concurrency limit, telling it how the endpoint kept up.
+        A timed-out call lowers the limit and waits for a slot under it before it is sent again
+        (``TimeoutAnswer``), up to ``max_retries`` times."""
+        for attempt in range(self.config.max_retries + 1):
+            with self.limit.slot():
+                start = time.monotonic()
+                try:
+                    result = self._call(messages, schema)
+                except LLMError as e:
+                    if not e.timed_out:
+                        raise
                     self.limit.timed_out()
-                raise
-            work = work_units(result.prompt_tokens, result.completion_tokens)
-            self.limit.done((time.monotonic() - start) / (1 + result.retries), work)
-        return result
+                    if attempt == self.config.max_retries:
+                        raise LLMError(
+                            f"timed out after {self.config.timeout:.0f}s ({attempt} retries)",
+                            retryable=True,
+                        ) from e
+                    self.usage.add(retries=1)
+                    continue
+                work = work_units(result.prompt_tokens, result.completion_tokens)
+                self.limit.done((time.monotonic() - start) / (1 + result.retries), work)
+                return result
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def _note_confidence(self, result: Completion) -> None:
         """Say once when logprobs were asked for and none came back."""
@@ -306,6 +326,10 @@ class LLMClient:
         except openai.APIStatusError as e:
             status = e.status_code
             text = str(e).lower()
+            if e.response.headers.get(TIMED_OUT):
+                err = LLMError(f"timed out after {self.config.timeout:.0f}s", retryable=True)
+                err.timed_out = True
+                raise err from e
             if status == 400 and self._logprobs and "logprob" in text:
                 log.warning(
                     "endpoint rejects logprobs; confidence will come from demonstration similarity"
@@ -336,49 +360,3 @@ class LLMClient:
         result = completion_from_json(raw.http_response.json())
         result.retries = raw.retries_taken
         return result
-
-    def refused_format(self, status: int | None, message: str) -> bool:
-        """A reply that came back some other way (a Batch API error line) refused our
-        response_format: weaken it for the next requests. True if it did."""
-        text = message.lower()
-        if status not in (400, 422) or not ("response_format" in text or "json_schema" in text):
-            return False
-        weaker = {"json_schema": "json_object", "json_object": "none"}.get(self._format)
-        if weaker is None:
-            return False
-        log.warning(
-            "the endpoint refused response_format %s in a batch; using %s from now on",
-            self._format,
-            weaker,
-        )
-        self._format, self._format_confirmed = weaker, False
-        self._remember_format()
-        return True
-
-    def _fall_back(
-        self, old: str, new: str, status: int, messages: list[dict], schema: dict | None
-    ) -> Completion:
-        """Retry with a weaker response_format; keep it only if the endpoint then answers at once
-        (if it needed retries too, it was failing rather than refusing: probe again next call)."""
-        previous = self._format
-        self._format = new
-        try:
-            result = self._call(messages, schema)
-        except LLMError:
-            self._format = previous
-            raise
-        if result.retries:
-            self._format = previous
-            return result
-        log.warning(
-            "the endpoint refused response_format %s (HTTP %d); using %s from now on",
-            old,
-            status,
-            self._format,
-        )
-        self._remember_format()
-        return result
-
-    def _remember_format(self) -> None:
-        if self.cache is not None:
-            self.cache.remember_format(self._endpoint, self.config.model, self._format)

@@ -24,6 +24,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import httpx2
+
+# Header of the answer that stands for a timed-out chat completion (``TimeoutAnswer``).
+TIMED_OUT = "x-alllabel-timed-out"
+
 # Gradient (fastest / average latency per unit of work) below which the limit halves, above
 # which a call counts as keeping up; a serial server at limit 2 sits at 0.5.
 GRADIENT_LOW, GRADIENT_HIGH = 0.65, 0.8
@@ -119,6 +124,32 @@ class AdaptiveLimit:
                 "concurrency_lowered": self.lowered,
                 "concurrency_from_endpoint": self.fixed,
             }
+
+
+class TimeoutAnswer(httpx2.BaseTransport):
+    """A chat completion whose reply did not come within the timeout comes back as a 504 that the
+    openai client does not retry (``x-should-retry: false``): the caller lowers the concurrency
+    first and sends it again when a slot frees, instead of the client re-sending it at once into
+    the queue it timed out in (a retry storm a serial server computes in full, abandoned or not)."""
+
+    def __init__(self, inner: httpx2.BaseTransport):
+        self.inner = inner
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            return self.inner.handle_request(request)
+        except httpx2.ReadTimeout:
+            if not request.url.path.endswith("/chat/completions"):
+                raise
+            return httpx2.Response(
+                504,
+                headers={"x-should-retry": "false", TIMED_OUT: "1"},
+                json={"error": {"message": "no reply within the timeout", "type": "timeout"}},
+                request=request,
+            )
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def run_bounded(
