@@ -18,6 +18,7 @@ times out while it never ran. The limit therefore:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx2
+
+log = logging.getLogger(__name__)
 
 # Header of the answer that stands for a timed-out chat completion (``TimeoutAnswer``).
 TIMED_OUT = "x-alllabel-timed-out"
@@ -98,6 +101,7 @@ class AdaptiveLimit:
             grow = self.limit < self.ceiling and self._good >= needed
             if grow and self._fits(self.limit + 1):
                 self.limit, self._good = self.limit + 1, 0
+                log.info("the LLM endpoint keeps up: %d parallel calls now", self.limit)
                 self._cond.notify_all()
 
     def timed_out(self) -> None:
@@ -107,6 +111,12 @@ class AdaptiveLimit:
                 self._lower(1)
 
     def _lower(self, to: int) -> None:
+        log.warning(
+            "the LLM endpoint does not keep up with %d parallel calls (a timeout, or calls "
+            "queued behind each other): %d from now on",
+            self.limit,
+            to,
+        )
         self.limit, self._good, self._slow = to, 0, 0
         self.lowest = min(self.lowest, to)
         self.lowered += 1
