@@ -61,4 +61,6 @@ def test_defaults_pre_annotate_every_task_through_a_single_slot_llama_server(ls,
     assert usage["retries"] == 0 and usage["failures"] == 0, usage
     assert usage["response_format"] == "json_object", usage  # json_schema refused (HTTP 500)
     assert usage["confidence_source"] == "logprobs", usage  # top_logprobs asked for
-    assert usage["concurrency"] < defaults.concurrency and usage["concurrency_lowered"] >= 1
+    # The concurrency in use is shown (whether a few calls were enough to bring it down depends on
+    # their lengths; tests/test_llm_endpoint.py checks the adaptation against a serial server).
+    assert 1 <= usage["concurrency_lowest"] <= usage["concurrency_ceiling"] == defaults.concurrency

@@ -57,7 +57,7 @@ def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
     usage = json.loads(r.stderr.split("LLM usage: ", 1)[1].splitlines()[0])
     assert usage["retries"] == 0 and "timed out" not in r.stderr, usage
     assert usage["confidence_source"] == "logprobs" and usage["response_format"] == "json_object"
-    assert usage["concurrency_lowered"] >= 1, usage  # 4 asked for, the server runs 1 at a time
+    assert usage["concurrency_ceiling"] == 4 and "concurrency_lowest" in usage  # in use, shown
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["id"] for row in rows] == [rec["id"] for rec in records[4:]]
     done = [row for row in rows if "prediction" in row]
