@@ -1,6 +1,7 @@
 """The command line, on real MOF data, with the fake LLM where an LLM is needed."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -506,3 +507,23 @@ def test_evaluate_runs_the_retrieval_ablation_in_one_command(data, tmp_path):
     assert len(rows) == 1 + 2 * 2
     table = (out / "table.md").read_text()
     assert "| allabel |" in table and "| allabel, random demos |" in table
+
+
+def test_the_ablation_pairs_two_prelabel_outputs_task_by_task(data, tmp_path):
+    path, recs = data
+    pool = tmp_path / "pool.jsonl"
+    write_jsonl(pool, recs[:10])
+    outs = {}
+    for demos in ("similar", "random"):
+        outs[demos] = tmp_path / f"{demos}.jsonl"
+        argv = ["prelabel", str(path), "--pool", str(pool), "--annotator", "projection"]
+        assert main([*argv, "--demos", demos, "-o", str(outs[demos]), "--skip-quality"]) == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.demos_ablation", str(path), str(outs["similar"]),
+         str(outs["random"])],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("30 tasks") and lines[3].startswith("| similar |")
+    higher, lower, equal = (int(x) for x in re.findall(r"(?:on|equal on) (\d+)", lines[-1]))
+    assert higher + lower + equal == 30
