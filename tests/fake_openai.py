@@ -23,6 +23,7 @@ Sockets set TCP_NODELAY and speak HTTP/1.1 keep-alive, like a real endpoint behi
 """
 
 import argparse
+import contextlib
 import json
 import re
 import resource
@@ -72,6 +73,12 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self.latency = 0.0
+        # One completion at a time, the others queued (llama-cpp-python's server on a CPU).
+        self.serial = False
+        self._serial_lock = threading.Lock()
+        self.props: dict | None = None  # served at /props, as llama.cpp's llama-server does
+        self.model_meta: dict = {}  # extra fields of the /v1/models entry (vLLM: max_model_len)
+        self.logprobs_need_top = False  # llama.cpp: logprobs only when top_logprobs is asked
         self.refuse_json_schema = False
         self.refuse_response_format = False
         self.batch_timing = batch_timing
@@ -159,6 +166,8 @@ class FakeOpenAI:
                             "cpu_s": cpu.ru_utime + cpu.ru_stime,
                         },
                     )
+                if path == "/props" and fake.props is not None:
+                    return self._send(200, fake.props)
                 if path == "/v1/models":
                     return self._send(
                         200,
@@ -170,6 +179,7 @@ class FakeOpenAI:
                                     "object": "model",
                                     "created": 0,
                                     "owned_by": "fake",
+                                    **fake.model_meta,
                                 }
                             ],
                         },
@@ -224,8 +234,10 @@ class FakeOpenAI:
                     step = fake.script.pop(0) if fake.script else {}
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                serial = fake._serial_lock if fake.serial else contextlib.nullcontext()
                 try:
-                    time.sleep(step.get("delay", 0) + fake.latency)
+                    with serial:
+                        time.sleep(step.get("delay", 0) + fake.latency)
                     if "status" in step:
                         return self._send(
                             step["status"],
@@ -294,7 +306,10 @@ class FakeOpenAI:
     def _completion(self, request, content, finish_reason="stop"):
         tokens = [content[i : i + 4] for i in range(0, len(content), 4)]
         logprobs = None
-        if self.logprob is not None and request.get("logprobs"):
+        asked = request.get("logprobs") and (
+            request.get("top_logprobs") or not self.logprobs_need_top
+        )
+        if self.logprob is not None and asked:
             lp = self.logprob if callable(self.logprob) else (lambda t: self.logprob)
             logprobs = {
                 "content": [

@@ -1,6 +1,7 @@
 """The command line, on real MOF data, with the fake LLM where an LLM is needed."""
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -462,3 +463,67 @@ def test_the_cap_holds_across_runs_when_every_reply_is_cut(data, tmp_path, monke
         billed = fake.billed_usd((2.50, 10.00))
     # Without the spend kept across runs, the second run would have bought up to the cap again.
     assert first > 0 and billed <= cap
+
+
+def _demo_texts(requests) -> list[str]:
+    """The inputs of the demonstrations shown in each prompt (the user turns before the last)."""
+    return [[m["content"] for m in r["messages"][1:-1] if m["role"] == "user"] for r in requests]
+
+
+def test_prelabel_limit_ids_and_random_demos(data, tmp_path, monkeypatch, capsys):
+    path, recs = data
+    pool = tmp_path / "pool.jsonl"
+    write_jsonl(pool, recs[:10])
+    base = ["prelabel", str(path), "--pool", str(pool), "--skip-quality", "--quiet", "--k", "2"]
+    with FakeOpenAI(oracle(recs)) as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        out = tmp_path / "a.jsonl"
+        assert main([*base, "-o", str(out), "--limit", "3", "--cache", ""]) == 0
+        assert [g["id"] for g in read_jsonl(out)] == [r["id"] for r in recs[10:13]]
+        ids = f"{recs[20]['id']},{recs[15]['id']}"
+        assert main([*base, "-o", str(out), "--ids", ids, "--cache", ""]) == 0
+        assert [g["id"] for g in read_jsonl(out)] == [recs[15]["id"], recs[20]["id"]]
+        annotated = recs[0]["id"]
+        assert main([*base, "-o", str(out), "--ids", annotated, "--cache", ""]) == 2
+        assert f"no record to pre-annotate with id {annotated}" in capsys.readouterr().err
+        fake.requests.clear()
+        for demos in ("similar", "random"):
+            assert (
+                main([*base, "-o", str(out), "--limit", "8", "--demos", demos, "--cache", ""]) == 0
+            )
+        similar, random_ = _demo_texts(fake.requests[:8]), _demo_texts(fake.requests[8:])
+    assert all(len(d) == 2 for d in similar + random_)
+    assert sum(s != r for s, r in zip(similar, random_)) >= 4  # other demonstrations, same tasks
+
+
+def test_evaluate_runs_the_retrieval_ablation_in_one_command(data, tmp_path):
+    path, _ = data
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(path), "--pool-sizes", "5,10", "--methods", "allabel"]
+    argv += ["--out-dir", str(out), "--annotator", "projection", "--quiet"]
+    assert main([*argv, "--demos", "similar,random"]) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2
+    table = (out / "table.md").read_text()
+    assert "| allabel |" in table and "| allabel, random demos |" in table
+
+
+def test_the_ablation_pairs_two_prelabel_outputs_task_by_task(data, tmp_path):
+    path, recs = data
+    pool = tmp_path / "pool.jsonl"
+    write_jsonl(pool, recs[:10])
+    outs = {}
+    for demos in ("similar", "random"):
+        outs[demos] = tmp_path / f"{demos}.jsonl"
+        argv = ["prelabel", str(path), "--pool", str(pool), "--annotator", "projection"]
+        assert main([*argv, "--demos", demos, "-o", str(outs[demos]), "--skip-quality"]) == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.demos_ablation", str(path), str(outs["similar"]),
+         str(outs["random"])],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("30 tasks") and lines[3].startswith("| similar |")
+    higher, lower, equal = (int(x) for x in re.findall(r"(?:on|equal on) (\d+)", lines[-1]))
+    assert higher + lower + equal == 30

@@ -1,8 +1,10 @@
 """The CLI against a real OpenAI-compatible server: llama.cpp with SmolLM2-135M (tests/llama_server.py).
 
-A plumbing check, not a quality one (a 135M model is not GPT-4o): the real server refuses
-``json_schema`` with HTTP 500, so the client falls back to ``json_object`` once and says so;
-every span it keeps is at exact offsets in its task; a failure is a task's error, never a crash.
+A plumbing check, not a quality one (a 135M model is not GPT-4o), with the LLM defaults: only the
+URL and the model name are set. The real server refuses ``json_schema`` with HTTP 500, so the
+client falls back to ``json_object`` once, says so and remembers it for the next run; it serves
+one completion at a time, so the concurrency comes down with no timeout; it returns
+log-probabilities because ``top_logprobs`` is asked for; every span kept is at exact offsets.
 """
 
 import json
@@ -31,7 +33,7 @@ def llama(tmp_path_factory):
 
 
 def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
-    recs = [r for r in mof_records() if len(r["text"]) < 500][:7]
+    recs = [r for r in mof_records() if len(r["text"]) < 500][:10]
     records = [
         {
             "id": r["id"],
@@ -42,19 +44,20 @@ def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
     ]  # fmt: skip
     data, out = tmp_path / "tasks.jsonl", tmp_path / "pre.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    env = {
-        **os.environ, "OPENAI_BASE_URL": llama.base_url, "OPENAI_API_KEY": "local",
-        "ALLABEL_LLM_MODEL": "smollm2-135m-instruct", "ALLABEL_LLM_CONCURRENCY": "1",
-        "ALLABEL_LLM_TIMEOUT": "300", "ALLABEL_LLM_MAX_TOKENS": "512",
-        "ALLABEL_MAX_PROMPT_TOKENS": "4000", "PYTHONPATH": str(ROOT),
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLABEL_")}
+    env |= {
+        "OPENAI_BASE_URL": llama.base_url, "OPENAI_API_KEY": "local",
+        "ALLABEL_LLM_MODEL": "smollm2-135m-instruct", "PYTHONPATH": str(ROOT),
     }  # fmt: skip
-    r = subprocess.run(
-        [sys.executable, "-m", "alllabel", "-v", "prelabel", str(data), "-o", str(out), "--k", "2",
-         "--skip-quality", "--cache", str(tmp_path / "cache.sqlite3"), "--quiet"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "alllabel", "-v", "prelabel", str(data), "-o", str(out),
+            "--k", "2", "--skip-quality", "--cache", str(tmp_path / "cache.sqlite3"), "--quiet"]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500)
     assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: some task failed (reported per task)
     assert "refused response_format json_schema (HTTP 500)" in r.stderr  # llama.cpp's refusal
+    usage = json.loads(r.stderr.split("LLM usage: ", 1)[1].splitlines()[0])
+    assert usage["retries"] == 0 and "timed out" not in r.stderr, usage
+    assert usage["confidence_source"] == "logprobs" and usage["response_format"] == "json_object"
+    assert usage["concurrency_ceiling"] == 4 and "concurrency_lowest" in usage  # in use, shown
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["id"] for row in rows] == [rec["id"] for rec in records[4:]]
     done = [row for row in rows if "prediction" in row]
@@ -64,3 +67,8 @@ def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
             assert row["text"][e["start"] : e["end"]] == e["text"]  # exact offsets
     for row in rows:
         assert "prediction" in row or row["error"]  # every task: a result or its reason
+    # A second run with another task knows the format: no json_schema probe this time.
+    records.append({"id": "extra", "text": recs[0]["text"] + " Again."})
+    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert "refused response_format" not in r.stderr and "HTTP/1.1 500" not in r.stderr

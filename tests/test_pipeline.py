@@ -117,3 +117,23 @@ def test_holds_before_the_run_are_structured(mof, tmp_path):
         )
         assert out.results is None and out.hold.kind == "manual" and len(fake.requests) == 4
         assert f"{out.estimate.tasks} tasks" in out.hold.message
+
+
+def test_a_cap_hold_names_the_cause_an_earlier_run_spent_the_cap_on(tmp_path):
+    """The command line keeps its spend per run key across runs, and the cause with it: a later run
+    held at the cap before any call says what the earlier run's failed calls went to."""
+    from alllabel.cli.prelabel import CacheLedger
+    from alllabel.llm.cache import LLMCache
+    from alllabel.prelabel import holds
+
+    cache = LLMCache(tmp_path / "c.sqlite3")
+    cut = "the replies are cut at ALLABEL_LLM_MAX_TOKENS"
+    first = CacheLedger(cache, "run").explain(holds.cost_cap(0.1, 0.09, 3, cause=cut))
+    assert first.cause == cut
+    plain = holds.cost_cap(0.1, 0.095, 5)
+    assert plain.cause is None and "raise the cap" in plain.message
+    later = CacheLedger(LLMCache(tmp_path / "c.sqlite3"), "run").explain(plain)
+    assert later.cause == cut and cut in later.message and "raise the cap" not in later.message
+    assert CacheLedger(cache, "another run").explain(plain) == plain  # per run key
+    manual = holds.Hold("manual", "waiting")
+    assert CacheLedger(cache, "run").explain(manual) is manual

@@ -572,3 +572,20 @@ def test_leave_one_out_scores_each_annotated_task_from_the_others(mof):
     )
     weak = leave_one_out(texts, gold, schema.labels, ProjectionAnnotator(schema), sim, k=3)
     assert weak.f1 < report.f1 and weak.cost_usd == 0
+
+
+def test_grammar_forced_punctuation_is_no_confidence(mof):
+    """llama.cpp scores JSON punctuation a json_object grammar forces from the unconstrained
+    distribution (a forced ``{`` at -10): the reply's score leaves it out."""
+    texts, schema, spans, _, sim = mof
+
+    def logprob(token):
+        return -10.0 if set(token) <= set('{}[]":, ') else -0.01
+
+    with FakeOpenAI(lambda req: '{"entities": []}', logprob=logprob) as fake:
+        results = prelabel(
+            texts, {0: spans[0], 1: spans[1]}, LLMAnnotator(client_for(fake), schema), sim,
+            queries=[5], k=2,
+        )  # fmt: skip
+    pre = results[0].annotation
+    assert pre.confidence_source == "logprobs" and pre.reply_score > 0.95

@@ -347,7 +347,7 @@ class Orchestrator:
         }
         out["webhooks"] = self.webhook_auth.counts()
         if self._llm is not None:
-            out["llm_usage"] = self._llm.usage.as_dict(self._llm.config.prices())
+            out["llm_usage"] = self._llm.report()
         if self._ls is not None:
             out["label_studio_requests"] = self._ls.requests
         return out

@@ -16,6 +16,7 @@ from alllabel.cli.common import DEFAULT_BACKEND_URL, EXAMPLE_DATA, _env_number
 from alllabel.cli.compare import VARIANT_KEYS, cmd_compare
 from alllabel.cli.prelabel import cmd_prelabel
 from alllabel.selection.duplicates import DEFAULT_THRESHOLD
+from alllabel.selection.retrieval import DEMONSTRATIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_THRESHOLD,
         help="character 5-gram Jaccard at which two tasks are near-duplicates (default %(default)s)",
     )
+    p.add_argument(
+        "--demos",
+        default="similar",
+        choices=DEMONSTRATIONS,
+        help="the k demonstrations: the most similar annotated records (paper) or random ones",
+    )
+    p.add_argument("--limit", type=int, help="pre-annotate only the first N records to do")
+    p.add_argument("--ids", help="pre-annotate only these record ids (comma-separated)")
     common(p)
     p.set_defaults(func=cmd_prelabel)
 
@@ -203,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--multiple", action="store_true", help="with --choices-field: several values may apply"
+    )
+    p.add_argument(
+        "--demos",
+        default="similar",
+        help="demonstrations: similar (the paper's retrieval), random, or similar,random for the "
+        "paper's retrieval ablation side by side (default similar)",
     )
     common(p)
     p.set_defaults(func=cmd_evaluate)

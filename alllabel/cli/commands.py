@@ -115,6 +115,7 @@ def cmd_evaluate(args) -> int:
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
     methods = [m.strip() for m in args.methods.split(",")]
     runs = len(sizes) * sum(1 if m.startswith("allabel") else args.seeds for m in methods)
+    runs *= len(args.demos.split(","))
     bar = tqdm(total=runs, desc="evaluating", unit="run", disable=args.quiet)
 
     def progress(line):
@@ -137,12 +138,14 @@ def cmd_evaluate(args) -> int:
         concurrency=concurrency,
         progress=progress,
         screening=screening,
+        demos=[d.strip() for d in args.demos.split(",")],
     )
     bar.close()
     paths = write_reports(
         rows,
         args.out_dir,
-        title=f"{Path(args.input).name}: {annotator.name}, k={args.k}, {args.similarity}",
+        title=f"{Path(args.input).name}: {annotator.name}, k={args.k}, {args.similarity}, "
+        f"{args.demos} demonstrations",
     )
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)

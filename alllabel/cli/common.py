@@ -127,7 +127,7 @@ def _classifier(args, schema: ChoiceSchema):
 def _usage(annotator) -> None:
     c = getattr(annotator, "client", None)
     if c is not None:
-        print("LLM usage: " + json.dumps(c.usage.as_dict(c.config.prices())), file=sys.stderr)
+        print("LLM usage: " + json.dumps(c.report()), file=sys.stderr)
 
 
 def _env_number(name: str) -> float | None:

@@ -12,9 +12,11 @@ from tqdm import tqdm
 from alllabel.cli.common import _annotator, _descriptions, _labels, _spans, _usage
 from alllabel.prelabel.annotators import Priced
 from alllabel.prelabel.estimate import estimate_run
+from alllabel.prelabel.holds import Hold, with_cause
 from alllabel.prelabel.pipeline import PipelineOutcome, PipelineSettings, run_pipeline
 from alllabel.prelabel.prompt import LabelSchema
 from alllabel.prelabel.run import PrelabelResults, prepare_run
+from alllabel.selection.retrieval import demonstrations
 from alllabel.selection.similarity import make_similarity
 from alllabel.text.jsonl import read_jsonl, texts_of, write_jsonl
 
@@ -35,6 +37,24 @@ def _gold(args, records: list[dict]) -> dict[int, list[dict]]:
             f"{len(pool_ids) - len(gold)} id(s) in {args.pool} are not in {args.input}"
         )
     return gold
+
+
+def _chosen(args, records: list[dict], queries: list[int]) -> list[int]:
+    """The records to pre-annotate: --ids (in file order), then the first --limit of them."""
+    if args.ids:
+        wanted = {x.strip() for x in args.ids.split(",") if x.strip()}
+        queries = [i for i in queries if str(records[i].get("id", i)) in wanted]
+        found = {str(records[i].get("id", i)) for i in queries}
+        if wanted - found:
+            raise ValueError(
+                f"--ids: no record to pre-annotate with id {', '.join(sorted(wanted - found))} "
+                f"in {args.input} (unknown, or annotated already)"
+            )
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        queries = queries[: args.limit]
+    return queries
 
 
 def _dry_run(args, texts, gold, queries, annotator, sim) -> int:
@@ -103,6 +123,16 @@ class CacheLedger:
     def charge(self, usd: float) -> None:
         self.cache.add_spent(self.run_key, usd)
 
+    def explain(self, hold: Hold | None) -> Hold | None:
+        """A cap hold names the failure that spent the cap, in this run or an earlier one."""
+        if hold is None or hold.kind != "cost_cap":
+            return hold
+        if hold.cause:
+            self.cache.note_spend_cause(self.run_key, hold.cause)
+            return hold
+        cause = self.cache.spend_cause(self.run_key)
+        return with_cause(hold, cause) if cause else hold
+
 
 def _ledger(annotator, settings: PipelineSettings) -> CacheLedger | None:
     """A ledger where there is a cache to keep it in (without one, nothing is kept: the run
@@ -133,12 +163,14 @@ def cmd_prelabel(args) -> int:
     records = read_jsonl(args.input)
     texts = texts_of(records, args.text_field)
     gold = _gold(args, records)
-    queries = [i for i in range(len(texts)) if i not in gold]
+    queries = _chosen(args, records, [i for i in range(len(texts)) if i not in gold])
     labels = _labels(args, records)
     annotator, concurrency = _annotator(
         args, LabelSchema(labels, _descriptions(args.descriptions, labels))
     )
-    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    sim = demonstrations(
+        make_similarity(texts, args.similarity, model=args.sbert_model), args.demos
+    )
     if args.dry_run:
         return _dry_run(args, texts, gold, queries, annotator, sim)
     check = not args.skip_quality and len(gold) >= 2
@@ -155,6 +187,7 @@ def cmd_prelabel(args) -> int:
         elif name == "quality":
             print(value.table(), file=sys.stderr)
 
+    ledger = _ledger(annotator, settings)
     outcome = run_pipeline(
         texts,
         gold,
@@ -163,11 +196,13 @@ def cmd_prelabel(args) -> int:
         queries,
         settings,
         labels=labels,
-        ledger=_ledger(annotator, settings),
+        ledger=ledger,
         on_step=step,
         on_done=lambda r: bar.update(1),
     )
     bar.close()
+    if ledger is not None:
+        outcome.hold = ledger.explain(outcome.hold)
     if outcome.results is None and outcome.hold is None:  # nothing left to pre-annotate
         outcome.results = PrelabelResults()
     if outcome.results is None:  # held before the run: nothing pre-annotated

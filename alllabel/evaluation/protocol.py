@@ -39,6 +39,7 @@ from alllabel.prelabel.quality import (  # noqa: F401 - the metrics, imported fr
     span_prf,
 )
 from alllabel.prelabel.run import prelabel
+from alllabel.selection.retrieval import demonstrations
 from alllabel.selection.screening import Screening, screen
 from alllabel.selection.similarity import DenseSimilarity, Similarity, matrix
 from alllabel.selection.stages import select
@@ -104,7 +105,10 @@ def evaluate(
     concurrency: int = 1,
     progress: Callable[[str], None] | None = None,
     screening: Screening | None = None,
+    demos: Sequence[str] = ("similar",),
 ) -> list[Row]:
+    """Every method x seed x pool size, scored with each kind of ``demos`` (similar: the paper's
+    retrieval; random: its ablation, reported as "<method>, random demos")."""
     n = len(texts)
     if "allabel-screened" in methods and screening is None:
         screening = screen(texts)
@@ -130,14 +134,17 @@ def evaluate(
                     exclude=screening.excluded if screened else None,
                 ).indices
                 dups = screening.duplicates if screened else None
-                f1, sf1, sp, sr, failed = score_pool(
-                    texts, gold_spans, labels, pool, annotator, dense, k, concurrency, dups
-                )
-                rows.append(Row(method, seed, m, f1, sf1, sp, sr, failed))
-                if progress:
-                    progress(
-                        f"{method}{'' if seed is None else f' seed {seed}'} pool {m}: F1 {100 * f1:.1f}, span F1 {100 * sf1:.1f}"
-                    )
+                for kind in demos:
+                    name = method if kind == "similar" else f"{method}, {kind} demos"
+                    f1, sf1, sp, sr, failed = score_pool(
+                        texts, gold_spans, labels, pool, annotator,
+                        demonstrations(dense, kind), k, concurrency, dups,
+                    )  # fmt: skip
+                    rows.append(Row(name, seed, m, f1, sf1, sp, sr, failed))
+                    if progress:
+                        progress(
+                            f"{name}{'' if seed is None else f' seed {seed}'} pool {m}: F1 {100 * f1:.1f}, span F1 {100 * sf1:.1f}"
+                        )
     return rows
 
 

@@ -71,13 +71,22 @@ class Usage:
 
 
 _SPEND_TABLE = "CREATE TABLE IF NOT EXISTS spend (run_key TEXT PRIMARY KEY, usd REAL NOT NULL)"
+# Why failed calls used a run key's cap up, so a later run held at the cap says it too.
+_CAUSE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS spend_cause (run_key TEXT PRIMARY KEY, cause TEXT NOT NULL)"
+)
+_FORMAT_TABLE = (
+    "CREATE TABLE IF NOT EXISTS formats (endpoint TEXT NOT NULL, model TEXT NOT NULL, "
+    "format TEXT NOT NULL, PRIMARY KEY (endpoint, model))"
+)
 
 
 class LLMCache:
     """SQLite cache of successful completions, keyed on model, messages and parameters.
 
     The same database keeps the Batch API's bookkeeping (``alllabel.llm.batch``) and the command
-    line's spend per run key (``spent``/``add_spent``)."""
+    line's spend per run key (``spent``/``add_spent``) and the response_format each endpoint and
+    model was found to take (``known_format``/``remember_format``)."""
 
     def __init__(self, path: str | Path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +146,28 @@ class LLMCache:
             "INSERT INTO spend VALUES (?, ?) ON CONFLICT(run_key) DO UPDATE SET usd = usd + ?",
             (run_key, usd, usd),
         )
+
+    def spend_cause(self, run_key: str) -> str | None:
+        """The failure an earlier run of ``run_key`` spent its cap on (``note_spend_cause``)."""
+        self.execute(_CAUSE_TABLE)
+        rows = self.execute("SELECT cause FROM spend_cause WHERE run_key = ?", (run_key,))
+        return rows[0][0] if rows else None
+
+    def note_spend_cause(self, run_key: str, cause: str) -> None:
+        self.execute(_CAUSE_TABLE)
+        self.execute("INSERT OR REPLACE INTO spend_cause VALUES (?, ?)", (run_key, cause))
+
+    def known_format(self, endpoint: str, model: str) -> str | None:
+        """The response_format ``endpoint`` took for ``model`` after a refusal, in an earlier run."""
+        self.execute(_FORMAT_TABLE)
+        rows = self.execute(
+            "SELECT format FROM formats WHERE endpoint = ? AND model = ?", (endpoint, model)
+        )
+        return rows[0][0] if rows else None
+
+    def remember_format(self, endpoint: str, model: str, fmt: str) -> None:
+        self.execute(_FORMAT_TABLE)
+        self.execute("INSERT OR REPLACE INTO formats VALUES (?, ?, ?)", (endpoint, model, fmt))
 
     def close(self) -> None:
         with self._lock:

@@ -19,8 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import httpx2
 import openai
@@ -29,7 +28,17 @@ from openai.types.chat import ChatCompletion
 
 from alllabel.llm.billing import Bill, MeteredTransport, billing
 from alllabel.llm.cache import Completion, LLMCache, Usage
+from alllabel.llm.concurrency import (
+    TIMED_OUT,
+    AdaptiveLimit,
+    TimeoutAnswer,
+    run_bounded,
+    work_units,
+)
 from alllabel.llm.config import KNOWN_PRICES, LLMConfig, token_cost
+from alllabel.llm.endpoint import discover
+from alllabel.llm.formats import FormatFallback
+from alllabel.llm.replies import LLMError, completion_from_json, context_hint
 
 log = logging.getLogger(__name__)
 
@@ -48,54 +57,10 @@ __all__ = [
 POOL_SIZE = 8
 # Statuses with which endpoints refuse a response_format they do not support (llama.cpp: 500).
 _REFUSES_FORMAT = {400, 422, 500, 501}
+_STRENGTH = {"json_schema": 2, "json_object": 1, "none": 0}
 
 
-class LLMError(RuntimeError):
-    """A call failed for good (after the client's retries, or at once for errors a retry cannot fix)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        truncated: bool = False,
-        usage: tuple[int, int] | None = None,
-    ):
-        super().__init__(message)
-        self.retryable = retryable
-        self.status = status
-        self.truncated = truncated  # the reply was cut at max_tokens (billed all the same)
-        self.usage = usage  # (prompt, completion) tokens the failed reply reported, if any
-
-
-def completion_from_json(data: dict) -> Completion:
-    """A Completion from a chat-completion body (online reply or Batch API output line)."""
-    choices = data.get("choices") or []
-    if not choices:
-        raise LLMError("the LLM returned no choices", retryable=False)
-    choice = choices[0]
-    usage = data.get("usage") or {}
-    if choice.get("finish_reason") == "length":
-        raise LLMError(
-            "the reply was cut at ALLABEL_LLM_MAX_TOKENS: raise it, or lower "
-            "ALLABEL_MAX_PROMPT_TOKENS so long tasks are cut into smaller windows",
-            retryable=False,
-            truncated=True,
-            usage=(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
-        )
-    text = (choice.get("message") or {}).get("content") or ""
-    content = (choice.get("logprobs") or {}).get("content")
-    logprobs = [(t["token"], float(t["logprob"])) for t in content] if content else None
-    return Completion(
-        text=text,
-        prompt_tokens=usage.get("prompt_tokens") or 0,
-        completion_tokens=usage.get("completion_tokens") or 0,
-        logprobs=logprobs,
-    )
-
-
-class LLMClient:
+class LLMClient(FormatFallback):
     def __init__(self, config: LLMConfig, cache: LLMCache | None = None):
         if not config.configured:
             raise ValueError(
@@ -120,6 +85,27 @@ class LLMClient:
         self._logprobs = config.logprobs
         self._format = config.response_format
         self._format_confirmed = False
+        self._endpoint = config.base_url or "https://api.openai.com/v1"
+        known = cache.known_format(self._endpoint, config.model) if cache is not None else None
+        if known is not None and _STRENGTH[known] < _STRENGTH[self._format]:
+            # This endpoint refused the stronger format in an earlier run: not probed again.
+            self._format, self._format_confirmed = known, True
+            log.info(
+                "response_format %s for %s (refused %s before)",
+                known,
+                config.model,
+                config.response_format,
+            )
+        self.limit = AdaptiveLimit(config.concurrency, config.timeout)
+        # Where span confidence comes from: "logprobs", or why not (said once, in the log).
+        self.confidence_source = "logprobs" if config.logprobs else "similarity (logprobs off)"
+        if config.base_url:
+            reported = discover(config.base_url, config.model, config.api_key)
+            if reported.context and not config.context:
+                config.context = reported.context
+                config.fit_context(reported.context, "reported by the endpoint")
+            if reported.slots:
+                self.limit.set_slots(reported.slots)
 
     def _new_client(self) -> openai.OpenAI:
         c = self.config
@@ -130,8 +116,10 @@ class LLMClient:
             max_retries=c.max_retries,
             # Every attempt's bill is read in the transport (``alllabel.llm.billing``).
             http_client=openai.DefaultHttpxClient(
-                transport=MeteredTransport(
-                    httpx2.HTTPTransport(verify=self._ssl, limits=DEFAULT_CONNECTION_LIMITS)
+                transport=TimeoutAnswer(
+                    MeteredTransport(
+                        httpx2.HTTPTransport(verify=self._ssl, limits=DEFAULT_CONNECTION_LIMITS)
+                    )
                 )
             ),
         )
@@ -144,6 +132,17 @@ class LLMClient:
                 client = self._local.client = self._pools[self._next_pool % len(self._pools)]
                 self._next_pool += 1
         return client
+
+    def report(self) -> dict:
+        """Usage and cost, with how the endpoint is being used: the concurrency in use, the
+        response_format after any fallback, and where span confidence comes from."""
+        return {
+            **self.usage.as_dict(self.config.prices()),
+            **self.limit.as_dict(),
+            "response_format": self._format,
+            "confidence_source": self.confidence_source,
+            "context_tokens": self.config.max_prompt_tokens + self.config.max_tokens,
+        }
 
     @property
     def response_format(self) -> str:
@@ -164,7 +163,8 @@ class LLMClient:
         elif self._format != "none":
             p["response_format"] = {"type": "json_object"}
         if self._logprobs:
-            p["logprobs"] = True
+            # llama.cpp returns no log-probabilities for a bare ``logprobs: true``.
+            p["logprobs"], p["top_logprobs"] = True, 1
         return p
 
     def cache_key(self, messages: list[dict]) -> str:
@@ -214,11 +214,13 @@ class LLMClient:
         started = time.monotonic()
         with billing() as bill:
             try:
-                result = self._call(messages, schema)
+                result = self._limited_call(messages, schema)
             except Exception as e:
                 e.billed_usd = self._charge(bill, messages, prompt_tokens)
-                self.usage.add(failures=1)
+                prompt, reply = getattr(e, "usage", None) or (0, 0)  # a cut reply's tokens
+                self.usage.add(failures=1, prompt_tokens=prompt, completion_tokens=reply)
                 raise
+        self._note_confidence(result)
         result.billed_usd = self._charge(bill, messages, prompt_tokens)
         self.usage.add(
             calls=1,
@@ -235,6 +237,40 @@ class LLMClient:
         if self.cache is not None:
             self.cache.put(key, result)
         return result
+
+    def _limited_call(self, messages: list[dict], schema: dict | None) -> Completion:
+        """``_call`` within the adaptive concurrency limit, telling it how the endpoint kept up.
+        A timed-out call lowers the limit and waits for a slot under it before it is sent again
+        (``TimeoutAnswer``), up to ``max_retries`` times."""
+        for attempt in range(self.config.max_retries + 1):
+            with self.limit.slot():
+                start = time.monotonic()
+                try:
+                    result = self._call(messages, schema)
+                except LLMError as e:
+                    if not e.timed_out:
+                        raise
+                    self.limit.timed_out()
+                    if attempt == self.config.max_retries:
+                        raise LLMError(
+                            f"timed out after {self.config.timeout:.0f}s ({attempt} retries)",
+                            retryable=True,
+                        ) from e
+                    self.usage.add(retries=1)
+                    continue
+                work = work_units(result.prompt_tokens, result.completion_tokens)
+                self.limit.done((time.monotonic() - start) / (1 + result.retries), work)
+                return result
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+    def _note_confidence(self, result: Completion) -> None:
+        """Say once when logprobs were asked for and none came back."""
+        if self._logprobs and not result.logprobs and self.confidence_source == "logprobs":
+            self.confidence_source = "similarity (the endpoint returned no logprobs)"
+            log.warning(
+                "the endpoint returned no logprobs: span confidence comes from demonstration "
+                "similarity instead"
+            )
 
     def _charge(self, bill: Bill, messages: list[dict], prompt_tokens: int | None) -> float:
         """US$ billed for one call's attempts; added to ``usage.billed_usd``."""
@@ -283,20 +319,27 @@ class LLMClient:
         try:
             raw = self._send(params, probing)
         except openai.APITimeoutError as e:
-            raise LLMError(
+            err = LLMError(
                 f"timed out after {self.config.timeout:.0f}s ({self.config.max_retries} retries)",
                 retryable=True,
-            ) from e
+            )
+            err.timed_out = True
+            raise err from e
         except openai.APIConnectionError as e:
             raise LLMError(f"cannot reach the LLM endpoint ({e})", retryable=True) from e
         except openai.APIStatusError as e:
             status = e.status_code
             text = str(e).lower()
+            if e.response.headers.get(TIMED_OUT):
+                err = LLMError(f"timed out after {self.config.timeout:.0f}s", retryable=True)
+                err.timed_out = True
+                raise err from e
             if status == 400 and self._logprobs and "logprob" in text:
                 log.warning(
                     "endpoint rejects logprobs; confidence will come from demonstration similarity"
                 )
                 self._logprobs = False
+                self.confidence_source = "similarity (the endpoint refuses logprobs)"
                 return self._call(messages, schema)
             if probing and status in _REFUSES_FORMAT:
                 return self._fall_back("json_schema", "json_object", status, messages, schema)
@@ -307,6 +350,8 @@ class LLMClient:
                 401: " (check OPENAI_API_KEY)",
                 404: " (check ALLABEL_LLM_MODEL and OPENAI_BASE_URL)",
             }.get(status, "")
+            if status == 400 and "context" in text:
+                hint = context_hint(text, self.config)
             raise LLMError(
                 f"HTTP {status} from the LLM endpoint{hint}: {e.message}",
                 retryable=retryable,
@@ -319,66 +364,3 @@ class LLMClient:
         result = completion_from_json(raw.http_response.json())
         result.retries = raw.retries_taken
         return result
-
-    def refused_format(self, status: int | None, message: str) -> bool:
-        """A reply that came back some other way (a Batch API error line) refused our
-        response_format: weaken it for the next requests. True if it did."""
-        text = message.lower()
-        if status not in (400, 422) or not ("response_format" in text or "json_schema" in text):
-            return False
-        weaker = {"json_schema": "json_object", "json_object": "none"}.get(self._format)
-        if weaker is None:
-            return False
-        log.warning(
-            "the endpoint refused response_format %s in a batch; using %s from now on",
-            self._format,
-            weaker,
-        )
-        self._format, self._format_confirmed = weaker, False
-        return True
-
-    def _fall_back(
-        self, old: str, new: str, status: int, messages: list[dict], schema: dict | None
-    ) -> Completion:
-        """Retry with a weaker response_format; keep it only if the endpoint then answers at once
-        (if it needed retries too, it was failing rather than refusing: probe again next call)."""
-        previous = self._format
-        self._format = new
-        try:
-            result = self._call(messages, schema)
-        except LLMError:
-            self._format = previous
-            raise
-        if result.retries:
-            self._format = previous
-            return result
-        log.warning(
-            "the endpoint refused response_format %s (HTTP %d); using %s from now on",
-            old,
-            status,
-            self._format,
-        )
-        return result
-
-
-def run_bounded(
-    fn: Callable, items: Iterable, concurrency: int, on_done: Callable | None = None
-) -> list:
-    """``fn`` over ``items`` on at most ``concurrency`` threads; results in input order.
-
-    An exception becomes that item's result, so one failure never stops the batch.
-    """
-    items = list(items)
-    results: list = [None] * len(items)
-
-    def one(i):
-        try:
-            results[i] = fn(items[i])
-        except Exception as e:  # noqa: BLE001 - recorded per item, reported by the caller
-            results[i] = e
-        if on_done:
-            on_done(i, results[i])
-
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        list(pool.map(one, range(len(items))))
-    return results

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, fields
+from urllib.parse import urlsplit
 
 import alllabel.env as env
 
@@ -12,6 +14,21 @@ KNOWN_PRICES = {"gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "deepseek-
 # Context windows (prompt + reply tokens) of models we know; others are the user's responsibility.
 KNOWN_CONTEXT = {"gpt-4o": 128_000, "gpt-4o-mini": 128_000, "deepseek-chat": 64_000}
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
+# Seconds per call when ALLABEL_LLM_TIMEOUT is unset: a server on this machine or the local
+# network is often a CPU that takes minutes for a long reply; a cloud endpoint answers in seconds.
+DEFAULT_TIMEOUT, LOCAL_TIMEOUT = 60.0, 600.0
+
+
+def is_local(base_url: str | None) -> bool:
+    """The endpoint is on this machine or a private network (a local server, not a cloud)."""
+    host = urlsplit(base_url or "").hostname or ""
+    if host == "localhost" or host.endswith(".local"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private
 
 
 def token_cost(
@@ -32,7 +49,7 @@ class LLMConfig:
     model: str = "gpt-4o"
     temperature: float = 0.0
     max_tokens: int = 2048
-    timeout: float = 60.0
+    timeout: float | None = None  # None: DEFAULT_TIMEOUT, LOCAL_TIMEOUT for a local endpoint
     max_retries: int = 5
     concurrency: int = 4
     response_format: str = "json_schema"
@@ -40,6 +57,7 @@ class LLMConfig:
     price_input: float | None = None
     price_output: float | None = None
     max_prompt_tokens: int = 8000
+    context: int | None = None  # the model's context window, when neither known nor reported
     token_margin: float | None = None
     batch: bool = False
     batch_poll: float = 30.0
@@ -51,7 +69,7 @@ class LLMConfig:
         ALLABEL_LLM_MAX_TOKENS, ALLABEL_LLM_TIMEOUT, ALLABEL_LLM_MAX_RETRIES,
         ALLABEL_LLM_CONCURRENCY, ALLABEL_LLM_RESPONSE_FORMAT (ALLABEL_LLM_JSON_MODE=0 means
         "none"), ALLABEL_LLM_LOGPROBS, ALLABEL_PRICE_INPUT, ALLABEL_PRICE_OUTPUT,
-        ALLABEL_MAX_PROMPT_TOKENS, ALLABEL_TOKEN_MARGIN, ALLABEL_LLM_BATCH,
+        ALLABEL_MAX_PROMPT_TOKENS, ALLABEL_LLM_CONTEXT, ALLABEL_TOKEN_MARGIN, ALLABEL_LLM_BATCH,
         ALLABEL_LLM_BATCH_POLL. Keyword overrides win over the environment. A value that does
         not parse (``ALLABEL_LLM_BATCH=ture``) raises ``env.SettingError`` naming the variable."""
         default_fmt = "json_schema" if env.flag("ALLABEL_LLM_JSON_MODE", True) else "none"
@@ -61,7 +79,7 @@ class LLMConfig:
             model=env.text("ALLABEL_LLM_MODEL", "gpt-4o"),
             temperature=env.number("ALLABEL_LLM_TEMPERATURE", 0.0, minimum=0),
             max_tokens=env.number("ALLABEL_LLM_MAX_TOKENS", 2048, integer=True, minimum=1),
-            timeout=env.number("ALLABEL_LLM_TIMEOUT", 60.0, above=0, unit=" s"),
+            timeout=env.number("ALLABEL_LLM_TIMEOUT", None, above=0, unit=" s"),
             max_retries=env.number("ALLABEL_LLM_MAX_RETRIES", 5, integer=True, minimum=0),
             concurrency=env.number("ALLABEL_LLM_CONCURRENCY", 4, integer=True, minimum=1),
             response_format=env.choice(
@@ -73,6 +91,7 @@ class LLMConfig:
             max_prompt_tokens=env.number(
                 "ALLABEL_MAX_PROMPT_TOKENS", 8000, integer=True, minimum=1
             ),
+            context=env.number("ALLABEL_LLM_CONTEXT", None, integer=True, minimum=1),
             token_margin=env.number("ALLABEL_TOKEN_MARGIN", None, above=0),
             batch=env.flag("ALLABEL_LLM_BATCH", False),
             batch_poll=env.number("ALLABEL_LLM_BATCH_POLL", 30.0, above=0, unit=" s"),
@@ -87,6 +106,8 @@ class LLMConfig:
         return cfg
 
     def check(self) -> None:
+        if self.timeout is None:
+            self.timeout = LOCAL_TIMEOUT if is_local(self.base_url) else DEFAULT_TIMEOUT
         if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
             raise ValueError("LLM concurrency must be >= 1, max_retries >= 0 and timeout > 0")
         if self.response_format not in RESPONSE_FORMATS:
@@ -94,13 +115,23 @@ class LLMConfig:
                 f"ALLABEL_LLM_RESPONSE_FORMAT must be one of {', '.join(RESPONSE_FORMATS)}, "
                 f"got {self.response_format!r}"
             )
-        context = KNOWN_CONTEXT.get(self.model)
-        if context and self.max_prompt_tokens + self.max_tokens > context:
+        context = self.context or KNOWN_CONTEXT.get(self.model)
+        if context:
+            self.fit_context(context, "ALLABEL_LLM_CONTEXT" if self.context else "known")
+
+    def fit_context(self, context: int, source: str) -> None:
+        """Shrink the prompt and reply budgets so both fit ``context`` tokens (the reply keeps at
+        most a quarter); refuse when not even a small prompt fits."""
+        if self.max_prompt_tokens + self.max_tokens <= context:
+            return
+        reply = min(self.max_tokens, max(256, context // 4))
+        prompt = min(self.max_prompt_tokens, context - reply)
+        if prompt < 512:
             raise ValueError(
-                f"{self.model} holds {context} tokens: ALLABEL_MAX_PROMPT_TOKENS "
-                f"({self.max_prompt_tokens}) plus ALLABEL_LLM_MAX_TOKENS ({self.max_tokens}) "
-                "must not exceed it"
+                f"{self.model} holds {context} tokens ({source}): too few for a prompt with "
+                f"demonstrations and a {reply}-token reply; use a model with a larger context"
             )
+        self.max_tokens, self.max_prompt_tokens = reply, prompt
 
     @property
     def configured(self) -> bool:

@@ -9,7 +9,8 @@ Confidence - one score per span, and the task's score is its weakest span's:
 * ``PreAnnotation.score`` = min over the spans shown, so Label Studio's prediction score (the
   task's, in %) is exactly the lowest region score in the Regions panel, and review ordered by
   it puts the task with the weakest span first;
-* a prediction with no spans gets the reply's own score - exp(mean logprob) over all reply tokens
+* a prediction with no spans gets the reply's own score - exp(mean logprob) over the reply tokens
+  that are not JSON punctuation (a grammar forces those)
   (min over windows), or the mean demonstration similarity - lowered to the best score of any span
   that ``min_span_score`` dropped, so an emptied prediction still sorts early in review.
 
@@ -99,6 +100,17 @@ def make_version(annotator: str, model: str, prompt: str, demos: Sequence) -> di
         "prompt": prompt,
         "demos": [d.index for d in demos],
     }
+
+
+_SYNTAX = set('{}[]":, \n\t')
+
+
+def content_logprobs(logprobs: list[tuple[str, float]]) -> list[float]:
+    """The log-probabilities of the tokens that say something: JSON punctuation is forced by a
+    grammar (``json_object``), and llama.cpp reports it from the unconstrained distribution (a
+    forced ``{`` at -10), which is no confidence of the model's. All of them if none is left."""
+    said = [lp for t, lp in logprobs if not set(t) <= _SYNTAX]
+    return said or [lp for _, lp in logprobs]
 
 
 def span_logprob_scores(

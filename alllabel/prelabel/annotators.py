@@ -28,6 +28,7 @@ from alllabel.llm.client import Completion, LLMClient
 from alllabel.llm.tokens import TokenCounter
 from alllabel.prelabel.annotation import (
     PreAnnotation,
+    content_logprobs,
     make_version,
     similarity_confidence,
     span_logprob_scores,
@@ -272,7 +273,8 @@ class LLMAnnotator:
 
 def _score(c: Completion, spans: list[Span], demos: list[Demo]) -> tuple[list[Span], float, str]:
     if c.logprobs:
-        reply = math.exp(sum(lp for _, lp in c.logprobs) / len(c.logprobs))
+        lps = content_logprobs(c.logprobs)
+        reply = math.exp(sum(lps) / len(lps))
         return span_logprob_scores(c.text, c.logprobs, spans, reply), reply, "logprobs"
     sim = similarity_confidence(demos)
     return [dataclasses.replace(s, score=round(sim, 6)) for s in spans], sim, "similarity"

@@ -9,7 +9,7 @@ lift (the backend's controller compares it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,22 @@ def waiting_for_batch(batch_ids: list[str], tasks: int = 1) -> Hold:
     )
 
 
+RAISE_THE_CAP = "; raise the cap (ALLABEL_MAX_COST_USD, --max-cost) and run again to continue"
+
+
+def _cause_fix(cause: str) -> str:
+    return f"; the spend went to failed calls: {cause} - fix that before raising the cap"
+
+
+def with_cause(hold: Hold, cause: str) -> Hold:
+    """A cap hold that names what an earlier run's failed calls spent the cap on."""
+    if hold.kind != "cost_cap" or hold.cause or RAISE_THE_CAP not in hold.message:
+        return hold
+    return replace(
+        hold, message=hold.message.replace(RAISE_THE_CAP, _cause_fix(cause)), cause=cause
+    )
+
+
 def cost_cap(
     cap_usd: float, counted_usd: float, tasks: int = 1, *, cause: str | None = None
 ) -> Hold:
@@ -54,10 +70,7 @@ def cost_cap(
         f"held: the cost cap of US${cap_usd:.2f} would be exceeded (US${counted_usd:.4f} counted "
         f"so far); {tasks} task(s) not pre-annotated"
     )
-    if cause:
-        fix = f"; the spend went to failed calls: {cause} - fix that before raising the cap"
-    else:
-        fix = "; raise the cap (ALLABEL_MAX_COST_USD, --max-cost) and run again to continue"
+    fix = _cause_fix(cause) if cause else RAISE_THE_CAP
     return Hold(
         "cost_cap", head + fix, tasks=tasks, cap_usd=cap_usd, counted_usd=counted_usd, cause=cause
     )

@@ -46,7 +46,8 @@ def retrieve(
         idx = queries[start : start + step]
         vals = sim.scores(idx, pool_idx) if hasattr(sim, "scores") else sim.rows(idx)[:, pool_idx]
         vals[pool_idx[None, :] == idx[:, None]] = -np.inf  # never itself
-        order = np.argsort(-vals, axis=1, kind="stable")[:, :k]
+        keys = sim.order_keys(idx, pool_idx, vals) if hasattr(sim, "order_keys") else vals
+        order = np.argsort(-keys, axis=1, kind="stable")[:, :k]
         for r in range(len(idx)):
             out.append(
                 [
@@ -56,3 +57,32 @@ def retrieve(
                 ]
             )
     return out
+
+
+DEMONSTRATIONS = ("similar", "random")
+
+
+class RandomDemonstrations:
+    """``sim`` whose retrieval picks the k demonstrations at random (the paper's ablation of
+    similarity-based retrieval); everything else - selection, the similarity values that score
+    confidence - is ``sim``'s. Each query's draw depends only on ``seed`` and the query."""
+
+    def __init__(self, sim: Similarity, seed: int = 0):
+        self.sim, self.seed = sim, seed
+
+    def __getattr__(self, name: str):
+        return getattr(self.sim, name)
+
+    def order_keys(self, rows: np.ndarray, pool: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        keys = np.stack(
+            [np.random.default_rng([self.seed, int(r)]).random(len(pool)) for r in rows]
+        )
+        keys[~np.isfinite(vals)] = -np.inf  # never itself
+        return keys
+
+
+def demonstrations(sim: Similarity, kind: str, seed: int = 0) -> Similarity:
+    """``sim`` for ``kind`` "similar" (the paper's retrieval), or random demonstrations."""
+    if kind not in DEMONSTRATIONS:
+        raise ValueError(f"demonstrations must be one of {', '.join(DEMONSTRATIONS)}, got {kind!r}")
+    return sim if kind == "similar" else RandomDemonstrations(sim, seed)
