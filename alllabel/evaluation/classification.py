@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from alllabel.evaluation.protocol import plot_vs_pool, write_table
 from alllabel.prelabel.classify import choice_demos, classification_metrics
 from alllabel.selection.similarity import DenseSimilarity, Similarity, matrix
 from alllabel.selection.stages import select
@@ -105,37 +106,7 @@ def write_choice_reports(
             seed = "" if r.seed is None else r.seed
             w.writerow([r.method, seed, r.pool_size, f"{r.accuracy:.4f}", f"{r.macro_f1:.4f}"])
     summary = summarise_choices(rows)
-    sizes = sorted({r.pool_size for r in rows})
-    lines = [f"# {title}".rstrip() if title else "# Evaluation", ""]
-    lines += ["Accuracy in %, mean ± std over seeds; macro F1 in brackets.", ""]
-    lines.append("| method | " + " | ".join(map(str, sizes)) + " |")
-    lines.append("|---|" + "---|" * len(sizes))
-    for method, by_size in summary.items():
-        cells = [
-            f"{a:.1f}" + (f" ± {s:.1f}" if s else "") + f" [{f:.1f}]"
-            for a, s, f in (by_size[m] for m in sizes)
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    paths["table"].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(summary, paths["plot"], title)
+    legend = "Accuracy in %, mean ± std over seeds; macro F1 in brackets."
+    write_table(summary, paths["table"], title, legend)
+    plot_vs_pool(summary, paths["plot"], title or "accuracy vs pool size", "accuracy (%)")
     return paths
-
-
-def _plot(summary, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for method, by_size in summary.items():
-        xs = sorted(by_size)
-        ax.plot(xs, [by_size[x][0] for x in xs], marker="o", label=method)
-    ax.set_xlabel("demonstration pool size (human-annotated samples)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "accuracy vs pool size")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -184,36 +184,35 @@ def write_reports(rows: list[Row], out_dir: str | Path, title: str = "") -> dict
             ]
         )
         for r in rows:
-            w.writerow(
-                [
-                    r.method,
-                    "" if r.seed is None else r.seed,
-                    r.pool_size,
-                    f"{r.f1:.4f}",
-                    f"{r.span_f1:.4f}",
-                    f"{r.span_precision:.4f}",
-                    f"{r.span_recall:.4f}",
-                    r.failed,
-                ]
-            )
+            seed = "" if r.seed is None else r.seed
+            scores = (r.f1, r.span_f1, r.span_precision, r.span_recall)
+            w.writerow([r.method, seed, r.pool_size, *(f"{x:.4f}" for x in scores), r.failed])
     summary = summarise(rows)
-    sizes = sorted({r.pool_size for r in rows})
-    lines = [
-        f"# {title}".rstrip() if title else "# Evaluation",
-        "",
-        "F1 (paper, Appendix B.2) in %, mean ± std over seeds; span-level micro F1 in brackets.",
-        "",
-    ]
+    legend = (
+        "F1 (paper, Appendix B.2) in %, mean ± std over seeds; span-level micro F1 in brackets."
+    )
+    write_table(summary, paths["table"], title, legend)
+    plot_vs_pool(summary, paths["plot"], title or "F1 vs pool size", "F1 (%)")
+    return paths
+
+
+def write_table(summary: dict, path: Path, title: str, legend: str) -> None:
+    """table.md: one row per method, one column per pool size: mean ± std [second figure]."""
+    sizes = sorted({m for by_size in summary.values() for m in by_size})
+    lines = [f"# {title}".rstrip() if title else "# Evaluation", "", legend, ""]
     lines.append("| method | " + " | ".join(map(str, sizes)) + " |")
     lines.append("|---|" + "---|" * len(sizes))
     for method, by_size in summary.items():
-        cells = []
-        for m in sizes:
-            mean, std, span = by_size[m]
-            cells.append(f"{mean:.1f}" + (f" ± {std:.1f}" if std else "") + f" [{span:.1f}]")
+        cells = [
+            f"{mean:.1f}" + (f" ± {std:.1f}" if std else "") + f" [{second:.1f}]"
+            for mean, std, second in (by_size[m] for m in sizes)
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    paths["table"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
+
+def plot_vs_pool(summary: dict, path: Path, title: str, ylabel: str) -> None:
+    """The metric against pool size, one line per method, ± std shaded where seeds vary."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -226,19 +225,13 @@ def write_reports(rows: list[Row], out_dir: str | Path, title: str = "") -> dict
         sd = [by_size[x][1] for x in xs]
         (line,) = ax.plot(xs, ys, marker="o", label=method)
         if any(sd):
-            ax.fill_between(
-                xs,
-                [y - s for y, s in zip(ys, sd)],
-                [y + s for y, s in zip(ys, sd)],
-                color=line.get_color(),
-                alpha=0.2,
-            )
+            low, high = [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)]
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("demonstration pool size (human-annotated samples)")
-    ax.set_ylabel("F1 (%)")
-    ax.set_title(title or "F1 vs pool size")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(paths["plot"], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
