@@ -86,3 +86,17 @@ def test_label_descriptions_come_from_a_json_file(tmp_path):
         Settings.from_env({"ALLABEL_LABEL_DESCRIPTIONS": str(path)})
     with pytest.raises(env.SettingError, match="ALLABEL_LABEL_DESCRIPTIONS must name a JSON file"):
         Settings.from_env({"ALLABEL_LABEL_DESCRIPTIONS": str(tmp_path / "missing.json")})
+
+
+def test_the_command_line_reads_its_defaults_through_the_same_reader(monkeypatch, capsys):
+    """`prelabel`'s --max-cost/--min-f1/--min-span-score defaults come from the variables the
+    backend reads, with the same rules: 60% is a fraction, a typo is an error naming it."""
+    from alllabel.cli import build_parser, main
+
+    monkeypatch.setenv("ALLABEL_MIN_F1", "60%")
+    monkeypatch.setenv("ALLABEL_MAX_COST_USD", "2.5")
+    args = build_parser().parse_args(["prelabel", "x.jsonl"])
+    assert args.min_f1 == 0.6 and args.max_cost == 2.5 and args.min_span_score is None
+    monkeypatch.setenv("ALLABEL_MIN_SPAN_SCORE", "high")
+    assert main(["prelabel", "x.jsonl"]) == 2
+    assert "ALLABEL_MIN_SPAN_SCORE must be a fraction in [0, 1]" in capsys.readouterr().err

@@ -11,8 +11,9 @@ import logging
 import os
 import sys
 
+from alllabel import env
 from alllabel.cli.commands import cmd_demo, cmd_evaluate, cmd_select, cmd_status
-from alllabel.cli.common import DEFAULT_BACKEND_URL, EXAMPLE_DATA, _env_number
+from alllabel.cli.common import DEFAULT_BACKEND_URL, EXAMPLE_DATA
 from alllabel.cli.compare import VARIANT_KEYS, cmd_compare
 from alllabel.cli.prelabel import cmd_prelabel
 from alllabel.selection.duplicates import DEFAULT_THRESHOLD
@@ -131,20 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-cost",
         type=float,
-        default=_env_number("ALLABEL_MAX_COST_USD"),
+        default=env.number("ALLABEL_MAX_COST_USD", None, minimum=0, unit=" (US$)"),
         help="stop before spending more than this many US$ (default ALLABEL_MAX_COST_USD); the quality check counts too; "
         "cached answers count at their price, so a higher cap resumes",
     )
     p.add_argument(
         "--min-f1",
         type=float,
-        default=_env_number("ALLABEL_MIN_F1"),
+        default=env.fraction("ALLABEL_MIN_F1", None),
         help="hold the run when the leave-one-out F1 (paper metric, 0..1) is below this (default ALLABEL_MIN_F1)",
     )
     p.add_argument(
         "--min-span-score",
         type=float,
-        default=_env_number("ALLABEL_MIN_SPAN_SCORE"),
+        default=env.fraction("ALLABEL_MIN_SPAN_SCORE", None),
         help="drop spans scored below this (0..1; default ALLABEL_MIN_SPAN_SCORE)",
     )
     p.add_argument(
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-cost",
         type=float,
-        default=_env_number("ALLABEL_MAX_COST_USD"),
+        default=env.number("ALLABEL_MAX_COST_USD", None, minimum=0, unit=" (US$)"),
         help="US$ for the whole comparison, every billed call counted (default ALLABEL_MAX_COST_USD)",
     )
     p.add_argument("--json", help="also write the reports to this JSON file")
@@ -264,7 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # defaults come from the environment, read strictly
+    except env.SettingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -128,8 +127,3 @@ def _usage(annotator) -> None:
     c = getattr(annotator, "client", None)
     if c is not None:
         print("LLM usage: " + json.dumps(c.report()), file=sys.stderr)
-
-
-def _env_number(name: str) -> float | None:
-    value = os.environ.get(name)
-    return float(value) if value not in (None, "") else None
