@@ -107,11 +107,7 @@ def cmd_evaluate(args) -> int:
     labels = _labels(args, records)
     schema = LabelSchema(labels, _descriptions(args.descriptions, labels))
     annotator, concurrency = _annotator(args, schema)
-    sizes = (
-        [int(x) for x in args.pool_sizes.split(",")]
-        if args.pool_sizes
-        else list(DEFAULT_POOL_SIZES)
-    )
+    sizes = _pool_sizes(args)
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
     methods = [m.strip() for m in args.methods.split(",")]
     runs = len(sizes) * sum(1 if m.startswith("allabel") else args.seeds for m in methods)
@@ -147,8 +143,7 @@ def cmd_evaluate(args) -> int:
         title=f"{Path(args.input).name}: {annotator.name}, k={args.k}, {args.similarity}, "
         f"{args.demos} demonstrations",
     )
-    print(paths["table"].read_text(encoding="utf-8"))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    _show_reports(paths)
     _usage(annotator)
     return 0
 
@@ -164,11 +159,7 @@ def _evaluate_choices(args) -> int:
     values = tuple(sorted({c for g in gold for c in g}))
     multiple = args.multiple or any(len(g) != 1 for g in gold)
     classifier = _classifier(args, ChoiceSchema(values, multiple=multiple))
-    sizes = (
-        [int(x) for x in args.pool_sizes.split(",")]
-        if args.pool_sizes
-        else list(DEFAULT_POOL_SIZES)
-    )
+    sizes = _pool_sizes(args)
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
     methods = [m.strip() for m in args.methods.split(",")]
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
@@ -185,10 +176,22 @@ def _evaluate_choices(args) -> int:
     )
     title = f"{Path(args.input).name} ({args.choices_field}): {classifier.name}, k={args.k}, {args.similarity}"
     paths = write_choice_reports(rows, args.out_dir, title=title)
-    print(paths["table"].read_text(encoding="utf-8"))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    _show_reports(paths)
     _usage(classifier)
     return 0
+
+
+def _pool_sizes(args) -> list[int]:
+    """--pool-sizes (comma-separated), else the paper's 10..60 step 5."""
+    if not args.pool_sizes:
+        return list(DEFAULT_POOL_SIZES)
+    return [int(x) for x in args.pool_sizes.split(",")]
+
+
+def _show_reports(paths: dict) -> None:
+    """The table on stdout, where the reports went on stderr."""
+    print(paths["table"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
 
 
 def cmd_demo(args) -> int:
