@@ -243,5 +243,5 @@ def _cap_hold(state: State, pid: int, hold: Hold, order: list[int], cap: float) 
         errors = [preds[t].error for t in order if t in preds and preds[t].error]
         if errors:
             cause = f"{len(errors)} task(s) failed in earlier calls ({errors[0]})"
-            hold = holds.cost_cap(hold.cap_usd, hold.counted_usd, hold.tasks, cause=cause)
+            hold = holds.with_cause(hold, cause)  # keeps what the hold says before (quality check)
     return dataclasses.replace(hold, key=cap)
