@@ -201,3 +201,15 @@ def test_available_counts_what_label_studio_can_serve_in_our_order(tmp_path):
     assert s.available(1) == 3  # held by Label Studio now
     s.record_annotation(1, annotation(9, 100), s.tick())
     assert s.available(1) == 2 and s.available(1, [101]) == 1
+
+
+def test_run_rows_read_what_the_run_decides_on_without_the_results(tmp_path):
+    s = State(tmp_path)
+    s.register(1, NER)
+    s.add_to_queue(1, [(100, 0, "diversity")])
+    s.save_prelabel(1, 101, RESULT, 0.5, "x", None, None)
+    s.save_prelabel(1, 102, None, None, "x", None, "HTTP 500")
+    rows = s.run_rows(1)
+    assert rows[100] == (False, 0, None, 0)
+    assert rows[101].has_result and rows[101].failures == 0 and rows[101].position is None
+    assert not rows[102].has_result and rows[102].failures == 1 and rows[102].error == "HTTP 500"

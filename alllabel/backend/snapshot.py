@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from alllabel.backend import actions as A
@@ -29,7 +30,7 @@ def read_snapshot(
     pending, oldest = st.pending_summary(pid)
     claims = st.claims(pid)
     extra = (
-        _run_fields(st.predictions(pid), usable, annotated)
+        _run_fields(st.run_rows(pid), usable, annotated)
         if p["phase"] in ("prelabeling", "done")
         else {}
     )
@@ -74,18 +75,17 @@ def read_snapshot(
 
 def _run_fields(preds: dict, usable: list[int], annotated: frozenset[int]) -> dict:
     """What the run's decisions need: tasks left to pre-annotate, failures, queue positions."""
-    todo = [
-        t for t in usable if t not in annotated and getattr(preds.get(t), "result", None) is None
-    ]
+    todo = [t for t in usable if t not in annotated and not (t in preds and preds[t].has_result)]
     return {
         "todo": tuple(todo),
         "failed": frozenset(t for t in todo if preds.get(t) and preds[t].failures),
         "first_error": next((preds[t].error for t in todo if t in preds and preds[t].error), None),
-        "prelabeled": sum(x.result is not None for x in preds.values()),
+        "prelabeled": sum(x.has_result for x in preds.values()),
         "queue_positions": {t: x.position for t, x in preds.items() if x.position is not None},
     }
 
 
+@functools.lru_cache(maxsize=16)  # parsed once per config, not at every snapshot
 def _prelabels(label_config: str) -> bool:
     try:
         return parse_label_config(label_config).prelabeled is not None

