@@ -147,24 +147,35 @@ class MajorityClassifier:
         return 0.0
 
     def classify(self, text: str, demos: Sequence[ChoiceDemo]) -> Classification:
-        weight = {c: 0.0 for c in self.schema.choices}
-        total = 0.0
-        for d in demos:
-            w = max(d.similarity, 1e-6)
-            total += w
-            for c in d.choices:
-                if c in weight:
-                    weight[c] += w
-        if total == 0:
+        if not demos:
             return Classification([], 0.0, "vote")
-        share = {c: w / total for c, w in weight.items()}
-        if self.schema.multiple:
-            chosen = [c for c in self.schema.choices if share[c] >= 0.5]
-            score = min((share[c] for c in chosen), default=1 - max(share.values()))
-        else:
-            best = max(self.schema.choices, key=lambda c: (share[c], -self.schema.choices.index(c)))
-            chosen, score = [best], share[best]
-        return Classification(chosen, round(score, 6), "vote")
+        s = self.schema
+        chosen, score = vote(s.choices, s.multiple, [(d.choices, d.similarity) for d in demos])
+        return Classification(chosen, score, "vote")
+
+
+def vote(
+    values: Sequence[str], multiple: bool, answers: Sequence[tuple[Sequence[str], float]]
+) -> tuple[list[str], float]:
+    """The similarity-weighted vote of demonstrations' answers (each weighs at least a tiny bit,
+    so equal-zero similarities still vote): the values with half the vote or more (multiple),
+    else the best one; score = the winners' weakest share (multiple, none won: 1 - the best)."""
+    weight = {c: 0.0 for c in values}
+    total = 0.0
+    for chosen, similarity in answers:
+        w = max(similarity, 1e-6)
+        total += w
+        for c in chosen:
+            if c in weight:
+                weight[c] += w
+    if total == 0:
+        return [], 0.0
+    share = {c: w / total for c, w in weight.items()}
+    if multiple:
+        won = [c for c in values if share[c] >= 0.5]
+        return won, round(min((share[c] for c in won), default=1 - max(share.values())), 6)
+    best = max(values, key=lambda c: (share[c], -list(values).index(c)))
+    return [best], round(share[best], 6)
 
 
 class LLMClassifier:
