@@ -12,7 +12,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from alllabel.prelabel.classify import ChoiceSchema
 from alllabel.prelabel.prompt import ChoiceGroup, LabelSchema
 
 # Joins the values of several <Text> objects (config order) into the one text the selection reads.
@@ -30,9 +29,6 @@ class ChoicesConfig:
     choices: tuple[str, ...]
     descriptions: tuple[tuple[str, str], ...] = ()
     multiple: bool = False  # choice="multiple"; "single" and "single-radio" take one value
-
-    def schema(self) -> ChoiceSchema:
-        return ChoiceSchema(self.choices, dict(self.descriptions), self.multiple)
 
     def group(self) -> ChoiceGroup:
         """The group as the one-call prompt asks for it."""
