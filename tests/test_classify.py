@@ -24,7 +24,8 @@ from tests.fake_openai import FakeOpenAI
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "mof_classify.jsonl"
 SINGLE = LabelSchema(
-    [], choices=(ChoiceGroup("mood", ("pos", "neg"), (("pos", "the author likes it"),)),)
+    [],
+    choices=(ChoiceGroup("mood", ("pos", "neg"), descriptions=(("pos", "the author likes it"),)),),
 )
 MULTI = LabelSchema([], choices=(ChoiceGroup("tags", ("a", "b", "c"), multiple=True),))
 

@@ -32,7 +32,9 @@ class ChoicesConfig:
 
     def group(self) -> ChoiceGroup:
         """The group as the one-call prompt asks for it."""
-        return ChoiceGroup(self.from_name, self.choices, self.descriptions, self.multiple)
+        return ChoiceGroup(
+            self.from_name, self.choices, descriptions=self.descriptions, multiple=self.multiple
+        )
 
 
 @dataclass(frozen=True)

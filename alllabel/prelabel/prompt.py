@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from alllabel.text.spans import is_whole_word, occurrence_of
 
@@ -38,6 +38,7 @@ class ChoiceGroup:
 
     name: str
     values: tuple[str, ...]
+    _: KW_ONLY  # a positional True would be read as descriptions
     descriptions: tuple[tuple[str, str], ...] = ()
     multiple: bool = False
 
