@@ -11,6 +11,9 @@ Every annotator has a ``name`` and a ``version(demos, prompts)`` (``Versioned``)
   by an executor (``executor``: online, or the Batch API, ``alllabel.prelabel.executors``), and
   hands the answers back to ``read``: parse -> align -> score (``LLMAnnotator``, the paper's).
 
+Both answer every group of the schema at once: the spans of the <Labels> groups and the values of
+the <Choices> groups (``LabelSchema.choices``; offline, the demonstrations' weighted vote).
+
 ``Priced`` annotators have prices, so a cost cap and an estimate apply to them.
 """
 
@@ -158,12 +161,7 @@ class ProjectionAnnotator:
         """Each <Choices> group: the demonstrations' similarity-weighted vote (``classify.vote``)."""
         choices, scores = {}, {}
         for g in self.schema.choices:
-            answers = []
-            for d in demos:
-                v = (d.example.choices or {}).get(g.name)
-                answers.append(
-                    (v if isinstance(v, list) else [] if v is None else [v], d.similarity)
-                )
+            answers = [(d.example.chosen(g.name), d.similarity) for d in demos]
             chosen, score = vote(g.values, g.multiple, answers)
             if chosen:
                 choices[g.name], scores[g.name] = chosen, score
@@ -268,14 +266,12 @@ class LLMAnnotator:
         spans: list[Span] = []
         replies, source = [], "logprobs"
         dropped_nf = dropped_bl = 0
-        choices: dict[str, tuple[float, list[str]]] = {}
+        choices: dict[str, tuple[float, list[str]]] = {}  # group -> its best window's answer
         for w, c in zip(prompts.windows, answers):
             r = c.parsed if isinstance(c.parsed, Reply) else self.parse(c.text)
             aligned = align_entities(text[w.start : w.end], r.entities, self.schema.labels)
             window_spans, reply, src = _score(c, aligned.spans, demos)
-            for name, score in _choice_scores(c, r.choices, reply).items():
-                if score > choices.get(name, (-1.0, []))[0]:
-                    choices[name] = (score, r.choices[name])
+            _keep_surest(choices, _choice_scores(c, r.choices, reply), r.choices)
             spans.extend(
                 dataclasses.replace(s, start=s.start + w.start, end=s.end + w.start)
                 for s in window_spans
@@ -303,6 +299,13 @@ class LLMAnnotator:
             choices={name: chosen for name, (_, chosen) in choices.items()},
             choice_scores=scores,
         )
+
+
+def _keep_surest(best: dict, scores: dict[str, float], chosen: dict[str, list[str]]) -> None:
+    """Keep, per group, the answer of the window most confident in it."""
+    for name, score in scores.items():
+        if score > best.get(name, (-1.0, []))[0]:
+            best[name] = (score, chosen[name])
 
 
 def _choice_scores(c: Completion, chosen: dict[str, list[str]], reply: float) -> dict[str, float]:

@@ -83,8 +83,12 @@ class Annotated(list):
 
     def chosen(self, group: str) -> list[str]:
         """The values chosen in ``group`` (empty when none)."""
-        v = self.choices.get(group)
-        return list(v) if isinstance(v, list) else [] if v is None else [v]
+        return unshape(self.choices.get(group))
+
+
+def unshape(value) -> list[str]:
+    """A reply's value of a group (``ChoiceGroup.shape``) as the list of values chosen."""
+    return list(value) if isinstance(value, list) else [] if value is None else [value]
 
 
 def annotated(
@@ -105,6 +109,10 @@ class Example:
     )  # answer(self), kept once made
     choices: dict | None = None  # the reply's "choices" object (None: the config has no <Choices>)
     shows_entities: bool = True  # False: the config has no <Labels>
+
+    def chosen(self, group: str) -> list[str]:
+        """The values this demonstration chose in ``group``."""
+        return unshape((self.choices or {}).get(group))
 
 
 def example_from_spans(text: str, spans: Sequence[dict], *, like: Example | None = None) -> Example:
