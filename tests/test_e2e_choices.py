@@ -113,21 +113,20 @@ def test_a_choices_project_gets_the_queue_then_choices_predictions(
 def test_labels_with_choices_get_the_queue_then_one_prediction_with_spans_and_the_choice(
     ls, tmp_path
 ):
-    """Issue 19: a <Labels> + <Choices> project. The queue is ``alllabel select``'s order; after the
-    budget every remaining task has exactly one prediction of our version, made by one call,
-    holding its span regions and its choices region, each with its own from_name."""
+    """Issue 19: a <Labels> + two <Choices> project. The queue is ``alllabel select``'s order; after
+    the budget every remaining task has exactly one prediction of our version, made by one call,
+    holding its span regions and a choices region per group, each with its own from_name."""
     from scripts.derive_classification import derive
     from tests.data import mof_records
     from tests.test_e2e_label_studio import CONFIG, gold_spans, result_of
 
-    config = CONFIG.replace(
-        "</View>", SINGLE[SINGLE.index("<Choices") : SINGLE.index("</View>")] + "</View>"
-    )
+    groups = [x[x.index("<Choices") : x.index("</View>")] for x in (SINGLE, MULTIPLE)]
+    config = CONFIG.replace("</View>", "".join(groups) + "</View>")
     records = [{**r, **derive(r)} for r in mof_records()[300:360] if r["entities"]][:N]
     answers = {
         r["text"]: {
             "entities": example_from_spans(r["text"], gold_spans(r)).entities,
-            "choices": {"modulator": r["choices"][0]},
+            "choices": {"modulator": r["choices"][0], "quantities": r["quantities"]},
         }
         for r in records
     }
@@ -150,7 +149,9 @@ def test_labels_with_choices_get_the_queue_then_one_prediction_with_spans_and_th
                 task = api.next(pid)
                 served.append(task["id"])
                 rec = rec_of[task["id"]]
-                body = {"result": result_of(rec) + choices_of(rec, "choices", "modulator")}
+                chosen = choices_of(rec, "choices", "modulator")
+                chosen += choices_of(rec, "quantities", "quantities")
+                body = {"result": result_of(rec) + chosen}
                 r = api.send("POST", f"/api/tasks/{task['id']}/annotations/", body)
                 assert r.status_code == 201, r.text
             assert served == queue[:BUDGET]
@@ -163,7 +164,7 @@ def test_labels_with_choices_get_the_queue_then_one_prediction_with_spans_and_th
             for t in rest:
                 (p,) = preds[t]  # exactly one
                 spans = [r for r in p.result if r["type"] == "labels"]
-                (choice,) = [r for r in p.result if r["type"] == "choices"]
+                chosen = {r["from_name"]: r for r in p.result if r["type"] == "choices"}
                 assert spans and {r["from_name"] for r in spans} == {"label"}
                 got = {
                     (r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) for r in spans
@@ -171,11 +172,16 @@ def test_labels_with_choices_get_the_queue_then_one_prediction_with_spans_and_th
                 made = b.orch.state.predictions(pid)[t].annotator
                 gold = {(s["start"], s["end"], s["label"]) for s in gold_spans(rec_of[t])}
                 assert got <= gold or made == "near-duplicate-projection", (t, made, got - gold)
-                assert choice["from_name"] == "modulator" and choice["to_name"] == "text"
-                assert choice["value"]["choices"] == rec_of[t]["choices"]
+                quantities = rec_of[t]["quantities"]
+                assert set(chosen) == ({"modulator", "quantities"} if quantities else {"modulator"})
+                assert chosen["modulator"]["value"]["choices"] == rec_of[t]["choices"]
+                assert all(r["to_name"] == "text" and 0 < r["score"] <= 1 for r in chosen.values())
+                if quantities:  # a group that chose nothing has no region
+                    assert chosen["quantities"]["value"]["choices"] == quantities
                 assert 0 < p.score <= 1
             system = fake.requests[-1]["messages"][0]["content"]
             assert 'Category group "modulator"' in system and '"entities"' in system
+            assert 'Category group "quantities" (choose every category that applies' in system
             shown = [
                 json.loads(m["content"])
                 for m in fake.requests[-1]["messages"]
@@ -184,5 +190,6 @@ def test_labels_with_choices_get_the_queue_then_one_prediction_with_spans_and_th
             assert shown and all(d["choices"]["modulator"] and "entities" in d for d in shown)
             q = b.status(pid)["run"]["quality"]
             assert q["choices"]["modulator"]["accuracy"] == 1.0 and q["gate_f1"] is not None
+            assert q["choices"]["quantities"]["accuracy"] == 1.0
         finally:
             b.stop()
