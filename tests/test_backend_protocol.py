@@ -174,12 +174,10 @@ def test_one_event_carries_at_most_1000_claims(tmp_path):
 def test_labels_plus_other_controls_is_accepted_with_a_warning(tmp_path):
     from alllabel.backend.orchestrator import config_warnings
 
-    mixed = NER.replace(
-        "</View>", '<Choices name="quality" toName="text"><Choice value="ok"/></Choices></View>'
-    )
+    mixed = NER.replace("</View>", '<TextArea name="quality" toName="text"/></View>')
     (warning,) = config_warnings(mixed)
     assert warning.startswith(
-        '<Labels name="label"> is pre-annotated; <Choices name="quality"> left to annotators'
+        '<Labels name="label"> is pre-annotated; <TextArea name="quality"> left to annotators'
     )
     assert config_warnings(NER) == []
 

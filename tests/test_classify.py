@@ -1,4 +1,5 @@
-"""Classification (<Choices>): prompt, enum outputs through the real openai client, offline vote, metrics."""
+"""Classification (<Choices>) through the one-call annotator: prompt, enum outputs through the real
+openai client with the format fallback, offline vote, metrics, leave-one-out, ``evaluate``."""
 
 import json
 import math
@@ -6,80 +7,97 @@ from pathlib import Path
 
 from alllabel import BM25Similarity
 from alllabel.llm.client import LLMClient, LLMConfig
-from alllabel.prelabel.classify import (
-    ChoiceDemo,
-    ChoicePromptBuilder,
-    ChoiceSchema,
-    LLMClassifier,
-    MajorityClassifier,
-    classification_metrics,
-    leave_one_out_choices,
-    parse_choices,
+from alllabel.prelabel.annotators import Demo, LLMAnnotator, ProjectionAnnotator
+from alllabel.prelabel.classify import classification_metrics
+from alllabel.prelabel.prompt import (
+    ChoiceGroup,
+    LabelSchema,
+    PromptBuilder,
+    annotated,
+    example_from_spans,
+    parse_answer,
 )
+from alllabel.prelabel.quality import leave_one_out
+from alllabel.prelabel.run import prelabel
 from alllabel.text.jsonl import read_jsonl
 from tests.fake_openai import FakeOpenAI
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "mof_classify.jsonl"
-SINGLE = ChoiceSchema(("pos", "neg"), {"pos": "the author likes it"})
-MULTI = ChoiceSchema(("a", "b", "c"), multiple=True)
+SINGLE = LabelSchema(
+    [],
+    choices=(ChoiceGroup("mood", ("pos", "neg"), descriptions=(("pos", "the author likes it"),)),),
+)
+MULTI = LabelSchema([], choices=(ChoiceGroup("tags", ("a", "b", "c"), multiple=True),))
 
 
-def demo(text, choices, sim):
-    return ChoiceDemo(text, tuple(choices), sim)
+def demo(schema, text, choices, sim):
+    (g,) = schema.choices
+    return Demo(example_from_spans(text, annotated([], {g.name: choices}, schema)), sim)
 
 
 def test_the_prompt_follows_the_papers_structure():
-    msgs = ChoicePromptBuilder(SINGLE).messages([demo("great", ["pos"], 0.9)], "awful")
+    msgs = PromptBuilder(SINGLE).messages([demo(SINGLE, "great", ["pos"], 0.9).example], "awful")
     system = msgs[0]["content"]
-    assert "Task description:\nYour task is to choose the one category" in system
+    assert "Task description:\nYour task is to choose the category of" in system
     assert '- "pos": the author likes it\n- "neg"' in system
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     assert msgs[1]["content"] == "Example input 1:\ngreat"
-    assert json.loads(msgs[2]["content"]) == {"choice": "pos"}
+    assert json.loads(msgs[2]["content"]) == {"choices": {"mood": "pos"}}
     assert msgs[3]["content"] == "Input:\nawful"
 
 
 def test_replies_keep_only_valid_values():
-    assert parse_choices('```json\n{"choice": "neg"}\n```', SINGLE) == ["neg"]
-    assert parse_choices('{"choice": "meh"}', SINGLE) == []
-    assert parse_choices('{"choices": ["c", "x", "a", "a"]}', MULTI) == ["a", "c"]
-    try:
-        parse_choices("no idea", SINGLE)
-    except ValueError:
-        pass
-    else:
-        raise AssertionError("a reply without JSON must raise (it is then not cached)")
+    assert parse_answer('```json\n{"choices": {"mood": "neg"}}\n```', SINGLE).choices == {
+        "mood": ["neg"]
+    }
+    reply = parse_answer('{"choices": {"tags": ["c", "x", "a", "a"]}}', MULTI)
+    assert reply.choices == {"tags": ["a", "c"]}
+    for bad in ("no idea", '{"choices": {"mood": "meh"}}'):
+        try:
+            parse_answer(bad, SINGLE)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("a reply without a valid choice must raise (it is not cached)")
 
 
 def test_the_offline_vote_is_weighted_by_similarity():
-    vote = MajorityClassifier(SINGLE).classify(
-        "x", [demo("1", ["neg"], 0.2), demo("2", ["neg"], 0.2), demo("3", ["pos"], 0.6)]
-    )
-    assert vote.choices == ["pos"] and math.isclose(vote.score, 0.6)
-    multi = MajorityClassifier(MULTI).classify(
-        "x", [demo("1", ["a", "b"], 0.5), demo("2", ["a"], 0.3), demo("3", ["c"], 0.2)]
-    )
-    assert multi.choices == ["a", "b"] and math.isclose(multi.score, 0.5)
+    demos = [demo(SINGLE, "1", ["neg"], 0.2), demo(SINGLE, "2", ["neg"], 0.2)]
+    vote = ProjectionAnnotator(SINGLE).annotate("x", demos + [demo(SINGLE, "3", ["pos"], 0.6)])
+    assert vote.choices == {"mood": ["pos"]} and math.isclose(vote.score, 0.6)
+    demos = [demo(MULTI, "1", ["a", "b"], 0.5), demo(MULTI, "2", ["a"], 0.3)]
+    multi = ProjectionAnnotator(MULTI).annotate("x", demos + [demo(MULTI, "3", ["c"], 0.2)])
+    assert multi.choices == {"tags": ["a", "b"]} and math.isclose(multi.score, 0.5)
+
+
+def classify(fake, schema, demos, **kw):
+    """One task answered by the LLM annotator from ``demos`` [(text, choices)], via ``prelabel``."""
+    a = LLMAnnotator(LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, **kw)), schema)
+    texts = ["t"] + [text for text, _ in demos]
+    name = schema.choices[0].name
+    gold = {i: annotated([], {name: c}, schema) for i, (_, c) in enumerate(demos, start=1)}
+    (r,) = prelabel(texts, gold, a, BM25Similarity(texts), queries=[0], k=len(demos))
+    return r.annotation
 
 
 def test_llm_answers_are_restricted_to_an_enum_and_scored_by_logprobs():
-    with FakeOpenAI(lambda req: '{"choices": ["b", "c"]}', logprob=math.log(0.8)) as fake:
-        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url))
-        out = LLMClassifier(client, MULTI).classify("t", [demo("d", ["a"], 0.4)])
+    reply = '{"choices": {"tags": ["b", "c"]}}'
+    with FakeOpenAI(lambda req: reply, logprob=math.log(0.8)) as fake:
+        out = classify(fake, MULTI, [("d", ["a"])])
         fmt = fake.requests[0]["response_format"]
-    items = fmt["json_schema"]["schema"]["properties"]["choices"]["items"]
-    assert items == {"type": "string", "enum": ["a", "b", "c"]}
-    assert out.choices == ["b", "c"] and out.confidence_source == "logprobs"
+    tags = fmt["json_schema"]["schema"]["properties"]["choices"]["properties"]["tags"]
+    assert tags["items"] == {"type": "string", "enum": ["a", "b", "c"]}
+    assert out.choices == {"tags": ["b", "c"]} and out.confidence_source == "logprobs"
     assert math.isclose(out.score, 0.8, rel_tol=1e-4)
 
 
 def test_without_json_schema_support_the_client_falls_back_and_similarity_scores():
-    with FakeOpenAI(lambda req: '{"choice": "neg"}') as fake:
+    with FakeOpenAI(lambda req: '{"choices": {"mood": "neg"}}') as fake:
         fake.refuse_json_schema = True
-        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url))
-        out = LLMClassifier(client, SINGLE).classify("t", [demo("d", ["pos"], 0.4)])
+        out = classify(fake, SINGLE, [("d t", ["pos"])], logprobs=False)
         formats = [(r.get("response_format") or {}).get("type") for r in fake.requests]
-    assert out.choices == ["neg"] and out.confidence_source == "similarity" and out.score == 0.4
+    assert out.choices == {"mood": ["neg"]} and out.confidence_source == "similarity"
+    assert out.score == out.choice_scores["mood"] == out.reply_score
     assert formats[0] == "json_schema" and formats[-1] in ("json_object", None)
 
 
@@ -93,11 +111,13 @@ def test_metrics_accuracy_and_per_class_prf():
 def test_leave_one_out_on_the_shipped_classification_set_beats_the_majority_class():
     recs = read_jsonl(DATA)[:200]
     texts = [r["text"] for r in recs]
-    gold = {i: r["choices"] for i, r in enumerate(recs)}
-    schema = ChoiceSchema(("with modulator", "without modulator"))
-    m = leave_one_out_choices(texts, gold, BM25Similarity(texts), MajorityClassifier(schema), k=5)
-    share = max(sum(g == [c] for g in gold.values()) for c in schema.choices) / len(gold)
-    assert m["n"] == 200 and m["accuracy"] > share
+    group = ChoiceGroup("modulator", ("with modulator", "without modulator"))
+    schema = LabelSchema([], choices=(group,))
+    gold = {i: annotated([], {"modulator": r["choices"]}, schema) for i, r in enumerate(recs)}
+    q = leave_one_out(texts, gold, [], ProjectionAnnotator(schema), BM25Similarity(texts), k=5)
+    m = q.choices["modulator"]
+    share = max(sum(r["choices"] == [c] for r in recs) for c in group.values) / len(recs)
+    assert m["n"] == 200 and m["accuracy"] > share and q.gate_f1 == m["macro_f1"]
 
 
 def _cls_args(tmp_path, field, *extra):
@@ -129,7 +149,8 @@ def test_evaluate_a_classification_set_with_an_oracle_llm_is_perfect(tmp_path, m
     gold = {r["text"]: r["choices"][0] for r in read_jsonl(DATA)[:60]}
 
     def respond(req):
-        return json.dumps({"choice": gold[req["messages"][-1]["content"].split("Input:\n", 1)[1]]})
+        text = req["messages"][-1]["content"].split("Input:\n", 1)[1]
+        return json.dumps({"choices": {"choices": gold[text]}})
 
     out, args = _cls_args(tmp_path, "choices", "--methods", "allabel", "--cache", "")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -156,7 +156,8 @@ def test_a_choices_pre_annotation_is_selected_in_the_browser(label_studio, brows
     gold = {r["text"]: r["choices"][0] for r in records}
 
     def respond(req):
-        return json.dumps({"choice": gold[req["messages"][-1]["content"].split("Input:\n", 1)[1]]})
+        text = req["messages"][-1]["content"].split("Input:\n", 1)[1]
+        return json.dumps({"choices": {"modulator": gold[text]}})
 
     with FakeOpenAI(respond) as fake:
         b = Backend(tmp_path, ls, fake)

@@ -44,17 +44,33 @@ def test_any_control_on_a_text_gets_the_queue_and_is_left_to_humans(controls):
 def test_one_choices_group_is_pre_annotated(mode, multiple):
     xml = view(TEXT, CHOICES.replace('"single"', f'"{mode}"').replace('"pos"', '"pos" hint="good"'))
     cfg = parse_label_config(xml)
-    assert cfg.ner is None and cfg.prelabeled is cfg.classify and config_warning(cfg) is None
-    schema = cfg.classify.schema()
-    assert schema.choices == ("pos", "neg") and schema.multiple is multiple
-    assert schema.descriptions == {"pos": "good"}
-    assert (cfg.classify.from_name, cfg.classify.to_name) == ("label", "text")
+    assert cfg.prelabeled is cfg.ner and cfg.ner.labels == () and config_warning(cfg) is None
+    (group,) = cfg.ner.schema().choices
+    assert group.name == "label" and group.values == ("pos", "neg")
+    assert group.multiple is multiple and group.descriptions == (("pos", "good"),)
+    assert (cfg.ner.choices[0].from_name, cfg.ner.choices[0].to_name) == ("label", "text")
 
 
-def test_labels_with_choices_pre_annotates_the_spans_and_leaves_the_choices():
+def test_labels_with_choices_are_pre_annotated_together():
     cfg = parse_label_config(view(TEXT, NER, CHOICES))
-    assert cfg.prelabeled is cfg.ner and cfg.classify is None
-    assert cfg.left_to_humans == ('<Choices name="label">',)
+    assert cfg.prelabeled is cfg.ner and cfg.ner.labels == ("PER", "ORG")
+    assert [c.from_name for c in cfg.ner.choices] == ["label"]
+    assert cfg.left_to_humans == () and config_warning(cfg) is None
+
+
+def test_several_choices_groups_and_labels_are_one_schema_per_region_choices_left():
+    second = CHOICES.replace('name="label"', 'name="topic"').replace('"single"', '"multiple"')
+    per_region = CHOICES.replace('name="label"', 'name="certain"').replace(
+        "<Choices ", '<Choices perRegion="true" '
+    )
+    cfg = parse_label_config(view(TEXT, NER, CHOICES, second, per_region))
+    schema = cfg.ner.schema()
+    assert schema.labels == ["PER", "ORG"]
+    assert [(g.name, g.multiple) for g in schema.choices] == [("label", False), ("topic", True)]
+    assert cfg.left_to_humans == ('<Choices name="certain">',)
+    assert config_warning(cfg).startswith(
+        '<Labels name="ner">, <Choices name="label">, <Choices name="topic"> are pre-annotated;'
+    )
 
 
 def test_two_labels_groups_are_pre_annotated_in_one_prompt_and_relations_left():

@@ -62,7 +62,14 @@ def status(phase="prelabeling", **run) -> dict:
                 "rate_per_min": 12.5,
                 "seconds_left": 300,
             },
-            "quality": {"k": 3, "f1": 0.8, "per_label": {EVIL: {"precision": 1, "f1": 0.5}}},
+            "quality": {
+                "k": 3,
+                "f1": 0.8,
+                "per_label": {EVIL: {"precision": 1, "f1": 0.5}},
+                "choices": {
+                    "mood": {"accuracy": 0.75, "macro_f1": 0.6, "per_class": {EVIL: {"f1": 0.4}}}
+                },
+            },
             **run,
         },
     }
@@ -81,6 +88,9 @@ def test_the_page_shows_the_status_figures_and_escapes_everything_users_wrote():
     assert f["run.spent_usd"] == "US$0.0123" and f["run.cap_usd"] == "US$0.0500"
     assert f["run.progress.rate_per_min"] == "12.5" and f["run.progress.done"] == "40"
     assert f[f"run.quality.per_label.{EVIL}.f1"] == "50.0"
+    assert f["run.quality.choices.mood.accuracy"] == "75.0"
+    assert f["run.quality.choices.mood.macro_f1"] == "60.0"
+    assert f[f"run.quality.choices.mood.per_class.{EVIL}.f1"] == "40.0"
     assert "Raise ALLABEL_MAX_COST_USD" in page  # what to do about the hold
     assert f["run.progress.seconds_left"] == "held, so no time"  # not at its rate
     unheld = status(hold=None, hold_kind=None)

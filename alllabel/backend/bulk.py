@@ -2,7 +2,8 @@
 
 ``run`` loads nothing itself: it takes the project's ``Corpus`` (from the state), runs
 ``alllabel.prelabel.pipeline`` (near-duplicate carry-over -> prepare -> estimate -> quality check
--> holds -> run), maps each result to Label Studio's format and saves it (the controller streams
+-> holds -> run), maps each result to Label Studio's format (the spans of every <Labels> group and
+the values of every <Choices> group, each region with its own from_name) and saves it (the controller streams
 them to Label Studio). Every bill the endpoint sends is added to the project's spend in the state
 at the time of the call (``State.add_spent``), so ``ALLABEL_MAX_COST_USD`` holds across runs and
 restarts; answers from the cache are free.
@@ -28,6 +29,7 @@ from alllabel.prelabel import holds
 from alllabel.prelabel.annotation import stale_reasons
 from alllabel.prelabel.holds import Hold
 from alllabel.prelabel.pipeline import PipelineSettings, run_pipeline
+from alllabel.prelabel.prompt import annotated
 from alllabel.prelabel.run import PrelabelResult, current_versions
 
 __all__ = ["Corpus", "Hold", "RunOutcome", "gold_key", "run", "stale"]
@@ -42,7 +44,9 @@ class Corpus:
     cfg: NERConfig
     ids: list[int]
     texts: list[str]
-    gold: dict[int, list[dict]]  # index -> human spans (each annotated task's latest answer)
+    # index -> human spans (each annotated task's latest answer); with <Choices> groups, an
+    # ``Annotated`` that also holds their values
+    gold: dict[int, list[dict]]
     gold_key: str = ""  # see ``gold_key``
 
     @classmethod
@@ -51,7 +55,11 @@ class Corpus:
         ids = [t for t, _ in tasks]
         index = {t: i for i, t in enumerate(ids)}
         human = {t: r for t, r in state.human_results(pid).items() if t in index}
-        gold = {index[t]: ls_format.result_spans(r, cfg) for t, r in human.items()}
+        gold = {index[t]: _gold(r, cfg) for t, r in human.items()}
+        if not cfg.labels:  # only <Choices>: an annotation that chose nothing shows nothing
+            gold = {
+                i: g for i, g in gold.items() if any(g.chosen(c.from_name) for c in cfg.choices)
+            }
         return cls(cfg, ids, [text for _, text in tasks], gold, _key(human))
 
     def index(self, task_ids: Iterable[int]) -> list[int]:
@@ -61,6 +69,14 @@ class Corpus:
     def version(self, a_version: dict) -> dict:
         """A pre-annotation's version with its demonstrations as task ids (indices change with the corpus)."""
         return {**a_version, "demos": [self.ids[i] for i in a_version.get("demos", [])]}
+
+
+def _gold(result: list, cfg: NERConfig) -> list[dict]:
+    spans = ls_format.result_spans(result, cfg) if cfg.labels else []
+    if not cfg.choices:
+        return spans
+    chosen = {c.from_name: ls_format.result_choices(result, c) or [] for c in cfg.choices}
+    return annotated(spans, chosen, cfg.schema())
 
 
 def gold_key(state: State, pid: int) -> str:
@@ -163,8 +179,15 @@ class _Saver:
             out.failed += 1
             out.blocker = r.error if r.blocking and not out.done else out.blocker
         else:
-            a = r.annotation
-            result = [ls_format.span_result(self.corpus.cfg, sp) for sp in a.spans]
+            a, cfg = r.annotation, self.corpus.cfg
+            result = [ls_format.span_result(cfg, sp) for sp in a.spans]
+            result += [
+                ls_format.choices_result(
+                    c, a.choices[c.from_name], a.choice_scores.get(c.from_name)
+                )
+                for c in cfg.choices
+                if a.choices.get(c.from_name)
+            ]
             version = version or self.corpus.version(a.version or {})
             score = round(a.score, 6)
             self.state.save_prelabel(self.pid, tid, result, score, a.annotator, version, None)

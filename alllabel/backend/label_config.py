@@ -1,18 +1,18 @@
 """Reading a Label Studio labeling config with the SDK's own parser (``LabelInterface``).
 
-Any config whose controls all point at ``<Text>`` objects gets the ALLabel queue; what can be
-pre-annotated today is one ``<Labels>`` group on the config's only ``<Text>``. Everything else
-is left to annotators, and said so (``TextConfig.left_to_humans``).
+Any config whose controls all point at ``<Text>`` objects gets the ALLabel queue. On a config
+with one ``<Text>``, every ``<Labels>`` group and every ``<Choices>`` group (not ``perRegion``) is
+pre-annotated, all in one call per task (``NERConfig``). Everything else is left to annotators,
+and said so (``TextConfig.left_to_humans``).
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from alllabel.prelabel.classify import ChoiceSchema
-from alllabel.prelabel.prompt import LabelSchema
+from alllabel.prelabel.prompt import ChoiceGroup, LabelSchema
 
 # Joins the values of several <Text> objects (config order) into the one text the selection reads.
 TEXT_JOIN = "\n\n"
@@ -23,8 +23,26 @@ class UnsupportedConfig(ValueError):
 
 
 @dataclass(frozen=True)
+class ChoicesConfig:
+    from_name: str  # the <Choices name=...>
+    to_name: str  # the <Text name=...>
+    choices: tuple[str, ...]
+    descriptions: tuple[tuple[str, str], ...] = ()
+    multiple: bool = False  # choice="multiple"; "single" and "single-radio" take one value
+
+    def group(self) -> ChoiceGroup:
+        """The group as the one-call prompt asks for it."""
+        return ChoiceGroup(
+            self.from_name, self.choices, descriptions=self.descriptions, multiple=self.multiple
+        )
+
+
+@dataclass(frozen=True)
 class NERConfig:
-    from_name: str  # the (first) <Labels name=...>
+    """The groups pre-annotated together, one call per task: the <Labels> groups' spans and the
+    <Choices> groups' values (either may be absent, not both)."""
+
+    from_name: str  # the (first) <Labels name=...> (no <Labels>: the first <Choices name=...>)
     to_name: str  # the <Text name=...>
     value_key: str  # task["data"][value_key] holds the text ("$text" -> "text")
     labels: tuple[str, ...]  # the labels the prompt shows (all groups)
@@ -32,9 +50,13 @@ class NERConfig:
     # Several <Labels> groups, answered in one call: (prompt label, <Labels name>, its value).
     # A value found in two groups is shown as "<group>: <value>" so each answer has one home.
     groups: tuple[tuple[str, str, str], ...] = ()
+    choices: tuple[ChoicesConfig, ...] = ()  # the <Choices> groups answered in the same call
 
     def schema(self) -> LabelSchema:
-        return LabelSchema(list(self.labels), dict(self.descriptions))
+        return LabelSchema(list(self.labels), dict(self.descriptions), self.choice_groups())
+
+    def choice_groups(self) -> tuple[ChoiceGroup, ...]:
+        return tuple(c.group() for c in self.choices)
 
     def source(self, label: str) -> tuple[str, str]:
         """(<Labels name>, value) of a prompt label."""
@@ -54,35 +76,22 @@ class NERConfig:
 
 
 @dataclass(frozen=True)
-class ChoicesConfig:
-    from_name: str  # the <Choices name=...>
-    to_name: str  # the <Text name=...>
-    choices: tuple[str, ...]
-    descriptions: tuple[tuple[str, str], ...] = ()
-    multiple: bool = False  # choice="multiple"; "single" and "single-radio" take one value
-
-    def schema(self) -> ChoiceSchema:
-        return ChoiceSchema(self.choices, dict(self.descriptions), self.multiple)
-
-
-@dataclass(frozen=True)
 class TextConfig:
-    """A text project: the texts the selection reads, and the one group we pre-annotate, if any."""
+    """A text project: the texts the selection reads, and the groups we pre-annotate, if any."""
 
     texts: tuple[tuple[str, str], ...]  # (<Text name>, task data key), in config order
-    ner: NERConfig | None  # the pre-annotated <Labels> group
-    left_to_humans: tuple[str, ...] = ()  # e.g. '<Choices name="x">'
+    ner: NERConfig | None  # the pre-annotated <Labels> and <Choices> groups
+    left_to_humans: tuple[str, ...] = ()  # e.g. '<TextArea name="x">'
     why_left: str = ""  # why those controls are not pre-annotated
-    classify: ChoicesConfig | None = None  # or the pre-annotated <Choices> group (never both)
 
     @property
     def value_keys(self) -> tuple[str, ...]:
         return tuple(key for _, key in self.texts)
 
     @property
-    def prelabeled(self) -> NERConfig | ChoicesConfig | None:
-        """The group the backend pre-annotates, if any."""
-        return self.ner or self.classify
+    def prelabeled(self) -> NERConfig | None:
+        """The groups the backend pre-annotates, if any."""
+        return self.ner
 
 
 def _interface(xml: str):
@@ -178,41 +187,49 @@ def parse_label_config(xml: str) -> TextConfig:
                 "which is not a <Text> object of the config"
             )
     labels = [c for c in controls if c.tag == "Labels"]
-    choices = [c for c in controls if c.tag == "Choices"]
-    ner, classify, why = None, None, ""
+    # A perRegion <Choices> answers about a region, not about the text: left to annotators.
+    choices = [c for c in controls if c.tag == "Choices" and not _per_region(c)]
+    ner, why = None, ""
     if len(texts) > 1:
         why = f"the config has {len(texts)} <Text> objects; pre-annotation needs exactly one"
-    elif len(labels) > 1:
-        ner = _ner_groups(labels, texts[0][1])
-    elif labels:
-        ner = _ner(labels[0], texts[0][1])
-    elif len(choices) > 1:
-        why = f"the config has {len(choices)} <Choices> groups; pre-annotation covers exactly one"
-    elif choices:
-        classify = _choices(choices[0])
-    done = {g.name for g in labels} if ner else {classify.from_name} if classify else set()
+    elif labels or choices:
+        ner = _groups(labels, [_choices(c) for c in choices], texts[0][1])
+    done = {g.name for g in labels} | {c.name for c in choices} if ner else set()
     left = tuple(f'<{c.tag} name="{c.name}">' for c in controls if c.name not in done)
     if ET.fromstring(xml).find(".//Relations") is not None:
         left += ("<Relations>",)
     if left and not why:
-        why = "ALLabel pre-annotates the <Labels> groups, else one <Choices> group, of one <Text>"
-    return TextConfig(texts, ner, left, why if left else "", classify)
+        why = "ALLabel pre-annotates the <Labels> and <Choices> groups of one <Text>"
+    return TextConfig(texts, ner, left, why if left else "")
+
+
+def _per_region(ctl) -> bool:
+    return str(ctl.attr.get("perRegion", "")).lower() == "true"
+
+
+def _groups(labels: list, choices: list[ChoicesConfig], value_key: str) -> NERConfig:
+    """Every <Labels> and <Choices> group of the one <Text>, answered in one call."""
+    if len(labels) > 1:
+        ner = _ner_groups(labels, value_key)
+    elif labels:
+        ner = _ner(labels[0], value_key)
+    else:
+        ner = NERConfig(choices[0].from_name, choices[0].to_name, value_key, ())
+    return replace(ner, choices=tuple(choices))
 
 
 def config_warning(cfg: TextConfig) -> str | None:
     """What annotators must do themselves, in one line (``/status`` warnings and the log)."""
     if not cfg.left_to_humans:
         return None
+    done = ""
     if cfg.ner is not None:
-        names = sorted({g[1] for g in cfg.ner.groups}) or [cfg.ner.from_name]
-        shown = ", ".join(f'<Labels name="{n}">' for n in names)
-    elif cfg.classify is not None:
-        shown = f'<Choices name="{cfg.classify.from_name}">'
-    done = (
-        f"{shown} {'are' if cfg.ner and len(cfg.ner.groups) else 'is'} pre-annotated; "
-        if cfg.prelabeled
-        else ""
-    )
+        names = sorted({g[1] for g in cfg.ner.groups}) or (
+            [cfg.ner.from_name] if cfg.ner.labels else []
+        )
+        shown = [f'<Labels name="{n}">' for n in names]
+        shown += [f'<Choices name="{c.from_name}">' for c in cfg.ner.choices]
+        done = f"{', '.join(shown)} {'are' if len(shown) > 1 else 'is'} pre-annotated; "
     return (
         f"{done}{', '.join(cfg.left_to_humans)} left to annotators ({cfg.why_left}); "
         "the queue follows the ALLabel order for every control"

@@ -24,7 +24,6 @@ from alllabel.backend import ls_format
 from alllabel.backend.controller import ProjectController, Services
 from alllabel.backend.decide import MAX_CLAIMS_PER_EVENT, backend_listed
 from alllabel.backend.label_config import (
-    ChoicesConfig,
     NERConfig,
     TextConfig,
     config_warning,
@@ -37,7 +36,6 @@ from alllabel.backend.status import config_warnings, project_status
 from alllabel.backend.webhook_auth import WebhookAuth
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
 from alllabel.prelabel.annotators import LLMAnnotator, ProjectionAnnotator
-from alllabel.prelabel.classify import ChoicePromptBuilder, LLMClassifier, MajorityClassifier
 from alllabel.prelabel.prompt import LabelSchema, PromptBuilder
 
 log = logging.getLogger("alllabel")
@@ -300,15 +298,14 @@ class Orchestrator:
             else "offline (no LLM configured: projection for spans, demonstration vote for choices)"
         )
 
-    def annotator(self, cfg: NERConfig | ChoicesConfig):
-        """The NER annotator, or for a <Choices> group the classifier (LLM, else the offline vote)."""
-        if isinstance(cfg, ChoicesConfig):
-            return self._classifier(cfg)
+    def annotator(self, cfg: NERConfig):
+        """The annotator of the config's <Labels> and <Choices> groups, all in one call per task
+        (LLM, else offline: projection for spans, the demonstrations' vote for choices)."""
         descriptions = {
             **dict(cfg.descriptions),
             **{k: v for k, v in self.settings.label_descriptions.items() if k in cfg.labels},
         }
-        schema = LabelSchema(list(cfg.labels), descriptions)
+        schema = LabelSchema(list(cfg.labels), descriptions, cfg.choice_groups())
         if not self._uses_llm():
             log.warning(
                 "no LLM configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the offline projection annotator"
@@ -328,13 +325,6 @@ class Orchestrator:
                     self.llm_config, LLMCache(self.settings.state_dir / "llm_cache.sqlite3")
                 )
         return self._llm
-
-    def _classifier(self, cfg: ChoicesConfig):
-        if not self._uses_llm():
-            log.warning("no LLM configured: classifying with the offline demonstration vote")
-            return MajorityClassifier(cfg.schema())
-        prompt = ChoicePromptBuilder(cfg.schema(), **self._wording())
-        return LLMClassifier(self._llm_client(), cfg.schema(), prompt)
 
     # --- progress --------------------------------------------------------------------------------
     def status(self, pid: int | None = None) -> dict:

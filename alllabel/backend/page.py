@@ -212,6 +212,18 @@ def quality_html(q: dict | None) -> str:
         f"{fig('run.quality.scored', q.get('scored'))} of {v(q.get('tasks'))} "
         f"human-annotated tasks; span F1 {pct(q.get('span_f1'))}.</p>"
         + prf_table(q.get("per_label") or {}, "run.quality.per_label")
+        + "".join(choices_html(name, m) for name, m in (q.get("choices") or {}).items())
+    )
+
+
+def choices_html(name: str, m: dict) -> str:
+    """A <Choices> group's leave-one-out: accuracy, macro F1, per-class P/R/F1."""
+    key = f"run.quality.choices.{name}"
+    return (
+        f"<p>&lt;Choices name=&quot;{v(name)}&quot;&gt;: accuracy "
+        f"{fig(f'{key}.accuracy', m.get('accuracy'), pct(m.get('accuracy')))}, macro F1 "
+        f"{fig(f'{key}.macro_f1', m.get('macro_f1'), pct(m.get('macro_f1')))}.</p>"
+        + prf_table(m.get("per_class") or {}, f"{key}.per_class")
     )
 
 

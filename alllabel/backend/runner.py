@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from alllabel.backend import bulk, choices_run
+from alllabel.backend import bulk
 from alllabel.backend.actions import Approval
 from alllabel.backend.decide import approval_covers, approval_used
 from alllabel.backend.label_config import parse_label_config
@@ -100,10 +100,6 @@ def pre_annotate(
         end.hold = live.hold
         return end
     config = parse_label_config(state.project(pid)["label_config"])
-    if config.classify is not None:
-        run = dict(annotator_for=annotator_for, similarity=similarity, order=order, report=report)
-        run.update(saved=saved, stop=stop, approval=approval)
-        return _classify(state, pid, settings, config.classify, run)
     corpus = _span_corpus(state, pid, config)
     annotator = annotator_for(corpus.cfg)
     sim = similarity(corpus.texts)
@@ -162,37 +158,6 @@ def _with_stale(
     if old:
         log.info("project %d: %d pre-annotation(s) are out of date; redoing them", pid, len(old))
     return order + [t for t in old if t not in set(order)]
-
-
-def _classify(state, pid, settings, cfg, run: dict) -> RunEnd:
-    """A <Choices> project's run (``choices_run``): no carry-over, Batch API or min-F1 gate."""
-    classifier = run["annotator_for"](cfg)
-    report = run["report"]
-    _start_progress(report, len(run["order"]), classifier.name)
-    log.info("project %d: classifying with %s", pid, classifier.name)
-    end = RunEnd(approval=run["approval"])
-
-    def publish(name, value):
-        if name == "estimate":
-            end.estimate = value
-        report[name] = {**report.get(name, {}), **value} if name == "progress" else value
-
-    gate = Gate(run["approval"], lambda: end.estimate)
-    out = choices_run.run_choices(
-        state,
-        pid,
-        cfg,
-        classifier,
-        run["similarity"],
-        run["order"],
-        settings=settings,
-        report=publish,
-        saved=run["saved"],
-        stop=run["stop"],
-        approved=gate,
-    )
-    end.failed, end.hold, end.blocker, end.approval = out.failed, out.hold, out.blocker, gate.used
-    return end
 
 
 def _start_progress(report: dict, total: int, annotator: str) -> None:

@@ -14,7 +14,6 @@ from alllabel.backend.settings import parse_budget, parse_ratios, resolve_budget
 from alllabel.cli.common import (
     Bar,
     _annotator,
-    _classifier,
     _descriptions,
     _labels,
     _spans,
@@ -27,8 +26,7 @@ from alllabel.evaluation.protocol import (
     score_pool,
     write_reports,
 )
-from alllabel.prelabel.classify import ChoiceSchema
-from alllabel.prelabel.prompt import LabelSchema
+from alllabel.prelabel.prompt import ChoiceGroup, LabelSchema
 from alllabel.prelabel.run import prelabel
 from alllabel.selection.blocks import make_runner
 from alllabel.selection.screening import screen
@@ -158,7 +156,8 @@ def _evaluate_choices(args) -> int:
         raise ValueError(f"every record needs a list in {args.choices_field!r}; #{bad[0]} has none")
     values = tuple(sorted({c for g in gold for c in g}))
     multiple = args.multiple or any(len(g) != 1 for g in gold)
-    classifier = _classifier(args, ChoiceSchema(values, multiple=multiple))
+    group = ChoiceGroup(args.choices_field, values, multiple=multiple)
+    annotator, concurrency = _annotator(args, LabelSchema([], choices=(group,)))
     sizes = _pool_sizes(args)
     sim = make_similarity(texts, args.similarity, model=args.sbert_model)
     methods = [m.strip() for m in args.methods.split(",")]
@@ -166,18 +165,19 @@ def _evaluate_choices(args) -> int:
     rows = evaluate_choices(
         texts,
         gold,
-        classifier,
+        annotator,
         sim,
         pool_sizes=sizes,
         methods=methods,
         seeds=args.seeds,
         k=args.k,
+        concurrency=concurrency,
         progress=say,
     )
-    title = f"{Path(args.input).name} ({args.choices_field}): {classifier.name}, k={args.k}, {args.similarity}"
+    title = f"{Path(args.input).name} ({args.choices_field}): {annotator.name}, k={args.k}, {args.similarity}"
     paths = write_choice_reports(rows, args.out_dir, title=title)
     _show_reports(paths)
-    _usage(classifier)
+    _usage(annotator)
     return 0
 
 

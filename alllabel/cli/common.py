@@ -10,7 +10,6 @@ from tqdm import tqdm
 
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig
 from alllabel.prelabel.annotators import LLMAnnotator, ProjectionAnnotator
-from alllabel.prelabel.classify import ChoiceSchema, LLMClassifier, MajorityClassifier
 from alllabel.prelabel.prompt import LabelSchema
 
 
@@ -105,22 +104,6 @@ def _annotator(args, schema: LabelSchema):
     annotator = LLMAnnotator(LLMClient(config, cache), schema)
     print(f"annotator: {annotator.name} at {config.base_url or 'api.openai.com'}", file=sys.stderr)
     return annotator, config.concurrency
-
-
-def _classifier(args, schema: ChoiceSchema):
-    """For a classification set: the LLM classifier, or offline the demonstrations' vote."""
-    config = LLMConfig.from_env(
-        model=args.model, concurrency=args.concurrency, base_url=args.base_url, timeout=args.timeout
-    )
-    if args.annotator == "projection" or (args.annotator == "auto" and not config.configured):
-        print("classifier: majority-offline (no LLM configured)", file=sys.stderr)
-        return MajorityClassifier(schema)
-    cache = LLMCache(args.cache) if args.cache else None
-    classifier = LLMClassifier(LLMClient(config, cache), schema)
-    print(
-        f"classifier: {classifier.name} at {config.base_url or 'api.openai.com'}", file=sys.stderr
-    )
-    return classifier
 
 
 def _usage(annotator) -> None:

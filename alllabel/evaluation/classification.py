@@ -1,7 +1,8 @@
 """The paper's protocol (Section 5.1; Appendix D.2 runs ALLabel on other NLP tasks) on a
 classification set: for each pool size and method (ALLabel; random and core-set with several
 seeds) the pool is the human-annotated set, every other sample is classified from its k most
-similar pool members, and we report accuracy and macro F1 (``alllabel.prelabel.classify``).
+similar pool members by the backend's annotator (one ``<Choices>`` group, ``prelabel.run``), and
+we report accuracy and macro F1 (``alllabel.prelabel.classify``).
 
 Reports: results.csv (every run), table.md (mean ± std per method and pool size) and
 accuracy_vs_pool.png.
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alllabel.evaluation.protocol import plot_vs_pool, write_table
-from alllabel.prelabel.classify import choice_demos, classification_metrics
+from alllabel.prelabel.classify import classification_metrics
+from alllabel.prelabel.prompt import annotated
+from alllabel.prelabel.run import prelabel
 from alllabel.selection.similarity import DenseSimilarity, Similarity, matrix
 from alllabel.selection.stages import select
 
@@ -30,28 +33,34 @@ class ChoiceRow:
     macro_f1: float
 
 
-def score_choice_pool(texts, gold, pool, classifier, sim, k: int) -> tuple[float, float]:
-    """(accuracy, macro F1) over the samples outside the pool, classified from the pool."""
-    chosen = {i: gold[i] for i in pool}
+def score_choice_pool(
+    texts, gold, pool, annotator, sim, k: int, concurrency: int = 1
+) -> tuple[float, float]:
+    """(accuracy, macro F1) over the samples outside the pool, classified from the pool (a task
+    whose call failed counts as answered wrong)."""
+    (group,) = annotator.schema.choices
+    chosen = {i: annotated([], {group.name: gold[i]}, annotator.schema) for i in pool}
     queries = [i for i in range(len(texts)) if i not in chosen]
-    rows = choice_demos(texts, chosen, sim, queries, k)
-    pred = [classifier.classify(texts[i], row).choices for i, row in zip(queries, rows)]
-    m = classification_metrics([gold[i] for i in queries], pred, classifier.schema.choices)
+    results = prelabel(texts, chosen, annotator, sim, queries=queries, k=k, concurrency=concurrency)
+    pred = [r.annotation.choices.get(group.name, []) if r.annotation else [] for r in results]
+    m = classification_metrics([gold[i] for i in queries], pred, group.values)
     return m["accuracy"], m["macro_f1"]
 
 
 def evaluate_choices(
     texts: Sequence[str],
     gold: Sequence[Sequence[str]],
-    classifier,
+    annotator,
     sim: Similarity,
     *,
     pool_sizes: Sequence[int],
     methods: Sequence[str] = ("allabel", "random", "coreset"),
     seeds: int = 5,
     k: int = 3,
+    concurrency: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> list[ChoiceRow]:
+    """The protocol's runs; ``annotator`` answers one <Choices> group (``LabelSchema.choices``)."""
     n = len(texts)
     bad = [m for m in pool_sizes if not 1 <= m < n]
     if bad:
@@ -62,7 +71,7 @@ def evaluate_choices(
         for seed in [None] if method == "allabel" else range(seeds):
             for m in pool_sizes:
                 pool = select(dense, m, k=k, method=method, seed=seed or 0).indices
-                acc, f1 = score_choice_pool(texts, gold, pool, classifier, dense, k)
+                acc, f1 = score_choice_pool(texts, gold, pool, annotator, dense, k, concurrency)
                 rows.append(ChoiceRow(method, seed, m, acc, f1))
                 if progress:
                     tag = "" if seed is None else f" seed {seed}"

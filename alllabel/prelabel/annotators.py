@@ -11,6 +11,9 @@ Every annotator has a ``name`` and a ``version(demos, prompts)`` (``Versioned``)
   by an executor (``executor``: online, or the Batch API, ``alllabel.prelabel.executors``), and
   hands the answers back to ``read``: parse -> align -> score (``LLMAnnotator``, the paper's).
 
+Both answer every group of the schema at once: the spans of the <Labels> groups and the values of
+the <Choices> groups (``LabelSchema.choices``; offline, the demonstrations' weighted vote).
+
 ``Priced`` annotators have prices, so a cost cap and an estimate apply to them.
 """
 
@@ -28,20 +31,23 @@ from alllabel.llm.client import Completion, LLMClient
 from alllabel.llm.tokens import TokenCounter
 from alllabel.prelabel.annotation import (
     PreAnnotation,
+    choice_logprob_scores,
     content_logprobs,
     make_version,
     similarity_confidence,
     span_logprob_scores,
     task_score,
 )
+from alllabel.prelabel.classify import vote
 from alllabel.prelabel.executors import BatchExecutor, Executor, OnlineExecutor
 from alllabel.prelabel.fit import PromptFitter, TaskPrompts
 from alllabel.prelabel.prompt import (
     Example,
     LabelSchema,
     PromptBuilder,
+    Reply,
     example_from_spans,
-    parse_entities,
+    parse_answer,
     response_schema,
 )
 from alllabel.selection.retrieval import retrieve
@@ -113,9 +119,9 @@ class ProjectionAnnotator:
         self.schema = schema
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(
-            json.dumps(["projection", 1, self.schema.labels]).encode()
-        ).hexdigest()[:16]
+        groups = [[g.name, list(g.values), g.multiple] for g in self.schema.choices]
+        material = ["projection", 1, self.schema.labels] + ([groups] if groups else [])
+        return hashlib.sha256(json.dumps(material).encode()).hexdigest()[:16]
 
     def version(self, demos: list[Demo], prompts: TaskPrompts | None = None) -> dict:
         return make_version(self.name, self.name, self.fingerprint(), demos)
@@ -139,14 +145,27 @@ class ProjectionAnnotator:
                     spans.append(Span(start, end, label, value, round(max(0.0, min(1.0, sim)), 6)))
         spans.sort(key=lambda s: (s.start, s.end, s.label))
         reply = similarity_confidence(demos)
+        choices, scores = self._vote(demos)
         return PreAnnotation(
             spans,
-            task_score(spans, reply),
+            task_score(spans, reply, (), list(scores.values())),
             self.name,
             "similarity",
             reply_score=reply,
             version=self.version(demos),
+            choices=choices,
+            choice_scores=scores,
         )
+
+    def _vote(self, demos: list[Demo]) -> tuple[dict[str, list[str]], dict[str, float]]:
+        """Each <Choices> group: the demonstrations' similarity-weighted vote (``classify.vote``)."""
+        choices, scores = {}, {}
+        for g in self.schema.choices:
+            answers = [(d.example.chosen(g.name), d.similarity) for d in demos]
+            chosen, score = vote(g.values, g.multiple, answers)
+            if chosen:
+                choices[g.name], scores[g.name] = chosen, score
+        return choices, scores
 
 
 class LLMAnnotator:
@@ -169,7 +188,7 @@ class LLMAnnotator:
         self.fitter = PromptFitter(
             self.prompt, self.counter, self.max_prompt_tokens, max_reply_tokens=cfg.max_tokens
         )
-        self.response_schema = response_schema(schema.labels)
+        self.response_schema = response_schema(schema.labels, schema.choices)
         self.name = f"llm-{cfg.model}"
         self.concurrency = cfg.concurrency
         self.batch = cfg.batch
@@ -213,7 +232,7 @@ class LLMAnnotator:
     ) -> Executor:
         """What answers this annotator's prompts: online, or through the Batch API (its
         bookkeeping under ``run_key``, polled ``wait`` seconds at most; None: until done)."""
-        args = (self.client, self.response_schema, parse_entities)
+        args = (self.client, self.response_schema, self.parse)
         if self.batch if batch is None else batch:
             return BatchExecutor(*args, on_billed=on_billed, run_key=run_key, wait=wait)
         return OnlineExecutor(*args, on_billed=on_billed)
@@ -233,18 +252,26 @@ class LLMAnnotator:
                 total += hit.cost(self.prices()) or 0.0
         return total
 
+    def parse(self, reply: str) -> Reply:
+        """A reply read (``prompt.parse_answer``); raises on one that is not the JSON asked for."""
+        return parse_answer(reply, self.schema)
+
     def read(
         self, text: str, demos: list[Demo], prompts: TaskPrompts, answers: list[Completion]
     ) -> PreAnnotation:
-        """Parse -> align -> score each window's answer, merged at exact offsets."""
+        """Parse -> align -> score each window's answer, merged at exact offsets. Each <Choices>
+        group takes the answer of the window most confident in it (a long text's choice is
+        the one its clearest window makes)."""
         prices = self.prices()
         spans: list[Span] = []
         replies, source = [], "logprobs"
         dropped_nf = dropped_bl = 0
+        choices: dict[str, tuple[float, list[str]]] = {}  # group -> its best window's answer
         for w, c in zip(prompts.windows, answers):
-            entities = c.parsed if c.parsed is not None else parse_entities(c.text)
-            aligned = align_entities(text[w.start : w.end], entities, self.schema.labels)
+            r = c.parsed if isinstance(c.parsed, Reply) else self.parse(c.text)
+            aligned = align_entities(text[w.start : w.end], r.entities, self.schema.labels)
             window_spans, reply, src = _score(c, aligned.spans, demos)
+            _keep_surest(choices, _choice_scores(c, r.choices, reply), r.choices)
             spans.extend(
                 dataclasses.replace(s, start=s.start + w.start, end=s.end + w.start)
                 for s in window_spans
@@ -255,9 +282,10 @@ class LLMAnnotator:
             dropped_bl += len(aligned.bad_label)
         spans.sort(key=lambda sp: (sp.start, sp.end, sp.label))
         reply = min(replies) if replies else similarity_confidence(demos)
+        scores = {name: score for name, (score, _) in choices.items()}
         return PreAnnotation(
             spans,
-            float(task_score(spans, reply)),
+            float(task_score(spans, reply, (), list(scores.values()))),
             self.name,
             source,
             dropped_not_found=dropped_nf,
@@ -268,7 +296,24 @@ class LLMAnnotator:
             version=self.version(demos, prompts),
             cost_usd=sum(c.cost(prices) or 0.0 for c in answers) if prices else None,
             billed_usd=sum(c.billed_usd for c in answers),
+            choices={name: chosen for name, (_, chosen) in choices.items()},
+            choice_scores=scores,
         )
+
+
+def _keep_surest(best: dict, scores: dict[str, float], chosen: dict[str, list[str]]) -> None:
+    """Keep, per group, the answer of the window most confident in it."""
+    for name, score in scores.items():
+        if score > best.get(name, (-1.0, []))[0]:
+            best[name] = (score, chosen[name])
+
+
+def _choice_scores(c: Completion, chosen: dict[str, list[str]], reply: float) -> dict[str, float]:
+    """The score of each group that chose something (see ``annotation``'s module doc)."""
+    chosen = {name: values for name, values in chosen.items() if values}
+    if c.logprobs:
+        return choice_logprob_scores(c.text, c.logprobs, chosen, reply)
+    return {name: round(reply, 6) for name in chosen}
 
 
 def _score(c: Completion, spans: list[Span], demos: list[Demo]) -> tuple[list[Span], float, str]:

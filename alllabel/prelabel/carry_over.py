@@ -192,8 +192,17 @@ def project_duplicates(
             continue
         j, jac = src
         p = project_spans(texts[j], gold[j], texts[q])
+        # Its <Choices> answers are copied as they are: a near-duplicate text, the same answer.
+        given = getattr(gold[j], "choices", {})
+        chosen = {n: v for n in given if (v := gold[j].chosen(n))}
         ann = PreAnnotation(
-            p.spans, float(jac), PROJECTION_ANNOTATOR, "duplicate", dropped_not_found=len(p.dropped)
+            p.spans,
+            float(jac),
+            PROJECTION_ANNOTATOR,
+            "duplicate",
+            dropped_not_found=len(p.dropped),
+            choices=chosen,
+            choice_scores={n: round(float(jac), 6) for n in chosen},
         )
         out[q] = PrelabelResult(q, ann)
     return out

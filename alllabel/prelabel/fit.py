@@ -174,7 +174,7 @@ class PromptFitter:
             take += 1
         while take > 0:
             short_text, short_spans = excerpt(ex.text, spans, units[:take])
-            short = example_from_spans(short_text, short_spans)
+            short = example_from_spans(short_text, short_spans, like=ex)
             if self._cost(n, short) <= allowance:
                 return short
             take -= 1

@@ -5,7 +5,10 @@ tasks: each one a query, its k demonstrations from the others. It reports the pa
 (Appendix B.2: per sample and entity type, predicted strings matched exactly against the gold
 strings as multisets; a type empty in both scores 1; the sample's F1 is the mean over types, the
 data set's the mean over samples), per-label precision/recall/F1 (string matches summed over
-tasks) and strict span-level P/R/F1. ``quality_gate`` says why a run should wait.
+tasks) and strict span-level P/R/F1; for each ``<Choices>`` group answered in the same reply, accuracy and
+per-class P/R/F1 with their macro F1 (``classify.classification_metrics``). ``quality_gate`` says
+why a run should wait: its metric (``QualityReport.gate_f1``) is the lowest of the paper F1 (when
+the config has <Labels>) and every group's macro F1, so each kind must reach ALLABEL_MIN_F1.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 
 from alllabel.prelabel import holds
 from alllabel.prelabel.annotators import Prompted
+from alllabel.prelabel.classify import classification_metrics
 from alllabel.prelabel.holds import Hold
 from alllabel.prelabel.run import PrelabelResults, prelabel
 from alllabel.selection.similarity import Similarity
@@ -81,9 +85,20 @@ class QualityReport:
     cost_usd: float = 0.0  # what its answers cost (cached ones at their price); 0 offline
     billed_usd: float = 0.0  # what the endpoint billed for the check now (failed calls included)
     hold: Hold | None = field(default=None, repr=False)  # why tasks were held (the cost cap)
+    choices: dict[str, dict] = field(default_factory=dict)  # <Choices name> -> its metrics
+
+    @property
+    def gate_f1(self) -> float | None:
+        """What ALLABEL_MIN_F1 is compared with: the lowest of the paper F1 and every group's
+        macro F1 (None: nothing could be scored)."""
+        if self.scored == 0:
+            return None
+        found = [m["macro_f1"] for m in self.choices.values()]
+        return min(found + ([self.f1] if self.f1 is not None else []), default=None)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "hold"}
+        d = {k: v for k, v in self.__dict__.items() if k != "hold"}
+        return {**d, "gate_f1": self.gate_f1} if self.choices else d
 
     def table(self) -> str:
         """The report as text: one line per label, then the totals."""
@@ -98,6 +113,15 @@ class QualityReport:
             + (f"; {self.failed} failed" if self.failed else "")
             + (f"; {self.held} held by the cost cap" if self.held else "")
         )
+        for name, m in self.choices.items():
+            head += (
+                f'\n  <Choices name="{name}">: accuracy {100 * m["accuracy"]:.1f}, '
+                f"macro F1 {100 * m['macro_f1']:.1f} over {m['n']} task(s); per class P/R/F1: "
+                + ", ".join(
+                    f"{c} {100 * v['precision']:.0f}/{100 * v['recall']:.0f}/{100 * v['f1']:.0f}"
+                    for c, v in m["per_class"].items()
+                )
+            )
         width = max([len("label"), *map(len, self.per_label)])
         lines = [head, f"  {'label':<{width}}  precision  recall    F1   gold  predicted"]
         for label, m in self.per_label.items():
@@ -111,11 +135,15 @@ def quality_gate(report: QualityReport, min_f1: float | None) -> str | None:
     """Why a bulk run should wait (None: go ahead). ``min_f1`` is the paper's F1 as a fraction."""
     if min_f1 is None:
         return None
-    if report.f1 is None:
+    f1 = report.gate_f1
+    if f1 is None:
         return f"the quality check could not score any task ({report.failed} failed, {report.held} held); the minimum F1 is {min_f1:.2f}"
-    if report.f1 < min_f1:
+    if f1 < min_f1:
+        what = (
+            "F1 (the lowest of the span F1 and each <Choices> macro F1)" if report.choices else "F1"
+        )
         return (
-            f"leave-one-out F1 {report.f1:.3f} is below the minimum {min_f1:.3f} (ALLABEL_MIN_F1): annotate more tasks, "
+            f"leave-one-out {what} {f1:.3f} is below the minimum {min_f1:.3f} (ALLABEL_MIN_F1): annotate more tasks, "
             "improve the label definitions, or lower the minimum"
         )
     return None
@@ -162,7 +190,9 @@ def leave_one_out(
         else None,
         ledger=ledger,
     )
-    return score(texts, gold, labels, results, getattr(annotator, "name", "?"), k, spent_usd)
+    groups = getattr(getattr(annotator, "schema", None), "choices", ())
+    name = getattr(annotator, "name", "?")
+    return score(texts, gold, labels, results, name, k, spent_usd, groups)
 
 
 def score(
@@ -173,13 +203,13 @@ def score(
     annotator: str,
     k: int,
     spent_usd: float = 0.0,
+    groups: Sequence = (),
 ) -> QualityReport:
     """The report of a leave-one-out run: each answered task against its human annotation."""
     counts = {label: [0, 0, 0] for label in labels}
     f1s, gold_sets, pred_sets = [], [], []
-    for r in results:
-        if r.annotation is None:
-            continue
+    answered = [r for r in results if r.annotation is not None]
+    for r in answered if labels else ():
         text, g = texts[r.index], gold[r.index]
         g_items = [(s["label"], text[s["start"] : s["end"]]) for s in g]
         p_items = [(s.label, s.text) for s in r.annotation.spans]
@@ -197,7 +227,7 @@ def score(
         annotator,
         k,
         len(results),
-        len(f1s),
+        len(answered),
         sum(r.status == "failed" for r in results),
         sum(r.status == "held" for r in results),
         sum(f1s) / len(f1s) if f1s else None,
@@ -206,7 +236,18 @@ def score(
         results.cost_usd - spent_usd,
         results.billed_usd,
         results.hold(),
+        _choices_metrics(gold, answered, groups),
     )
+
+
+def _choices_metrics(gold: dict, answered: list, groups: Sequence) -> dict[str, dict]:
+    """Each <Choices> group's classification metrics over the answered tasks."""
+    out = {}
+    for group in groups:
+        g = [gold[r.index].chosen(group.name) for r in answered]
+        p = [r.annotation.choices.get(group.name, []) for r in answered]
+        out[group.name] = classification_metrics(g, p, group.values)
+    return out
 
 
 def quality_hold(report: QualityReport, min_f1: float | None, key: object = None) -> Hold | None:
