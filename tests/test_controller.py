@@ -1,6 +1,8 @@
 """The controller applies what ``decide`` says, with its services passed in: here a fake Label
 Studio client that records every call (no server, no thread: ``step()`` is called directly)."""
 
+import time
+
 import pytest
 
 from alllabel.backend.controller import ProjectController, Services
@@ -137,6 +139,75 @@ def test_one_step_connects_pushes_the_queue_then_sets_the_settings(setup):
     # A second step with nothing new asks Label Studio nothing.
     before = len(fake.calls)
     assert c.step() == [] and len(fake.calls) == before
+
+
+def test_a_connect_switches_to_the_first_stage_then_pushes_the_rest_and_the_reserve(tmp_path):
+    """Label Studio serves the ALLabel order as soon as the lowest positions are in: the switch
+    comes after one push of push_batch entries, not after the whole queue and the reserve."""
+    settings = Settings(
+        model_version=MV,
+        state_dir=tmp_path / "state",
+        budget=4,
+        queue_reserve=2,
+        push_batch=2,
+        exclude_duplicates=False,
+        exclude_outliers=False,
+    )
+    state = State(settings.state_dir)
+    state.register(7, CONFIG)
+    fake = FakeLS(7)
+    services = Services(ls=lambda: fake, annotator=lambda cfg: None, annotator_name=lambda: "none")
+    c = ProjectController(7, state, settings, services, start=False)
+    try:
+        applied = [type(a).__name__ for a in c.step()]
+        switch = next(
+            i for i, x in enumerate(fake.calls) if x[0] == "update_project" and "sampling" in x[2]
+        )
+        pushes = [(i, x[2]) for i, x in enumerate(fake.calls) if x[0] == "import_predictions"]
+        queue = [q.task_id for q in state.queue(7)]
+        assert [t for i, ts in pushes if i < switch for t in ts] == queue[:2]  # positions 0, 1
+        assert sorted(t for _, ts in pushes for t in ts) == sorted(queue) and len(queue) == 6
+        extends = [i for i, a in enumerate(applied) if a == "ExtendQueue"]
+        assert len(extends) == 2 and applied.index("ApplySettings") < extends[1]
+        assert c.planned.is_set() and state.project(7)["phase"] == "planned"
+        assert [p.score for p in sorted(fake.preds, key=lambda p: p.score)] == [
+            pytest.approx(n * 1e-6) for n in range(6)
+        ]
+    finally:
+        state.close()
+
+
+def test_what_was_annotated_before_the_order_was_in_is_not_an_allabel_pick(setup):
+    """Until the switch Label Studio serves its previous order: a task annotated then is no pick,
+    also when the selection queued it (it was being annotated while the selection ran)."""
+    from alllabel.backend.status import project_status
+
+    c, fake, state = setup
+    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(t))  # noqa: E731
+    early = stamp(time.time() - 60)
+    fake.annotations[1] = {"id": 1, "task": 100, "project": 7, "result": [], "updated_at": early}
+    st = project_status(state, 7)
+    assert st["order"] == {"since": None, "annotated_before": 0} and st["annotated_from_queue"] == 0
+    c.step()
+    st = project_status(state, 7)
+    assert st["order"]["since"] is not None and st["order"]["annotated_before"] == 1
+    queue = [q.task_id for q in state.queue(7)]
+    assert 100 not in queue  # annotated: pre-chosen, never queued
+    # Served before the switch, submitted before it, confirmed after it: not a pick.
+    fake.annotations[2] = {
+        "id": 2,
+        "task": queue[0],
+        "project": 7,
+        "result": [],
+        "updated_at": early,
+    }
+    now = stamp(time.time() + 1)
+    fake.annotations[3] = {"id": 3, "task": queue[1], "project": 7, "result": [], "updated_at": now}
+    state.claim_annotations(7, [(2, queue[0]), (3, queue[1])])
+    c.step()
+    st = project_status(state, 7)
+    assert st["annotated_tasks"] == 3 and st["annotated_from_queue"] == 1
+    assert st["order"]["annotated_before"] == 2
 
 
 def test_a_forged_claim_adds_no_queue_entry_and_a_confirmed_one_replans(setup):
