@@ -210,6 +210,55 @@ def test_what_was_annotated_before_the_order_was_in_is_not_an_allabel_pick(setup
     assert st["order"]["annotated_before"] == 2
 
 
+@pytest.mark.parametrize("kind", ["bm25", "sbert"])
+def test_imports_deletions_and_annotations_replan_incrementally_as_a_full_replan_would(
+    tmp_path, kind
+):
+    """The planner kept since the connect is updated (tasks added at the end, one removed, one
+    more pre-chosen), not rebuilt; a new Picker's full scan of the same data picks the same."""
+    from alllabel.backend.picks import Picker
+
+    settings = Settings(
+        model_version=MV,
+        state_dir=tmp_path / "state",
+        budget=3,
+        queue_reserve=2,
+        exclude_duplicates=False,
+        exclude_outliers=False,
+        similarity=kind,
+    )
+    state = State(settings.state_dir)
+    state.register(7, CONFIG)
+    fake = FakeLS(7)
+    services = Services(ls=lambda: fake, annotator=lambda cfg: None, annotator_name=lambda: "none")
+    c = ProjectController(7, state, settings, services, start=False)
+    try:
+        c.step()
+        plan = c.picker._plan
+        assert plan is not None  # scanned once at connect; the reserve and spares reuse it
+        fake.tasks_ += [
+            {"id": 200 + i, "data": {"text": f"{w} {WORDS[(i + 5) % 12]} imported {i}"}}
+            for i, w in enumerate(WORDS[:3])  # 12 - 1 + 3: N stays under 16 (the grid)
+        ]
+        del fake.tasks_[4]
+        queued = [q.task_id for q in state.queue(7)]
+        ann = {"id": 1, "task": queued[0], "project": 7, "result": [], "was_cancelled": False}
+        fake.annotations[1] = ann
+        c.wake(full=True)  # as a TASKS_CREATED / TASKS_DELETED event asks
+        c.step()
+        assert c.picker._plan is plan and c.picker.last_plan == "incremental"
+        assert plan.n == 14 and state.annotated_tasks(7) == {queued[0]}
+        if kind == "sbert":
+            assert plan.last_rescan is None  # merged and subtracted, no scan of the corpus
+        usable, taken = c.picker._taken()
+        for count in (1, 6):
+            fresh = Picker(state, 7, settings, {})  # a full re-plan
+            assert c.picker._select(usable, taken, count) == fresh._select(usable, taken, count)
+            assert fresh.last_plan == "full scan" and c.picker.last_plan == "incremental"
+    finally:
+        state.close()
+
+
 def test_a_forged_claim_adds_no_queue_entry_and_a_confirmed_one_replans(setup):
     c, fake, state = setup
     c.step()

@@ -1,16 +1,25 @@
 """Queue extension, applied: ALLabel's selection of the next picks, and *spares* selected ahead so a
-confirmed annotation refills the reserve at once (``decide`` says how many; ``planner`` counts)."""
+confirmed annotation refills the reserve at once (``decide`` says how many; ``planner`` counts).
+
+The selection's statistics live in a ``replan.Planner`` kept between plans: new annotations,
+imported and deleted tasks update it (``Planner.add``/``remove``, pre-chosen tasks) instead of a
+scan of the whole corpus, with the picks of a full re-plan. It is rebuilt (one full scan) when
+the order of the tasks or the screening of tasks already planned changes, or a setting does.
+"""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from alllabel.backend import planner
 from alllabel.backend.state import State
 from alllabel.selection.blocks import make_runner
+from alllabel.selection.replan import Planner
 from alllabel.selection.screening import LengthRule, screen
 from alllabel.selection.simcache import SimilarityCache
-from alllabel.selection.stages import select
+from alllabel.selection.similarity import make_similarity
 
 log = logging.getLogger("alllabel")
 
@@ -21,6 +30,9 @@ class Picker:
         self.similarities = SimilarityCache(settings.state_dir / "similarity", keep=1)
         self._spare: list[tuple[int, str]] = []  # next reserve picks already selected
         self._spare_key: tuple[int, ...] | None = None  # the usable tasks they were selected among
+        self._plan: Planner | None = None
+        self._plan_of: tuple = ()  # (settings, task ids, their texts) the planner holds
+        self.last_plan: str | None = None  # "full scan" or "incremental" (tests, the log)
 
     def similarity(self, texts: list[str]):
         """One similarity per corpus for planning, re-planning and pre-annotation (``simcache``)."""
@@ -66,7 +78,6 @@ class Picker:
             return []
         texts = dict(self.state.usable_tasks(self.pid))
         corpus = [texts[t] for t in usable]
-        sim = self.similarity(corpus)
         index = {t: i for i, t in enumerate(usable)}
         exclude = None
         if s.exclude_duplicates or s.exclude_outliers:
@@ -83,24 +94,63 @@ class Picker:
             count = min(count, int((~exclude).sum()) - len(taken & set(usable)))
             if count <= 0:
                 return []
-        runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
+        plan = self._planner(usable, corpus, exclude, count + len(taken))
 
         def pick(pre, n):
-            sel = select(
-                sim,
-                n,
-                k=s.k,
-                ratios=s.ratios,
-                order=s.order,
-                pre_chosen=pre,
-                exclude=exclude,
-                runner=runner,
-            )
+            sel = plan.select(n, pre_chosen=pre)
             return list(zip(sel.indices, sel.stages))
 
-        picks = [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
-        self.similarities.save(sim)  # the scan's row maxima, for the next plan and the run
-        return picks
+        return [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
+
+    def _planner(self, usable: list[int], corpus: list[str], exclude, budget: int) -> Planner:
+        """The kept planner, brought up to date with the tasks (added at the end, removed), or a
+        new one (a full scan) when that cannot give the picks of a full re-plan."""
+        s = self.settings
+        key = (s.similarity, s.sbert_model, s.k, tuple(s.ratios), s.order, s.dask_scheduler)
+        ok = np.ones(len(usable), dtype=bool) if exclude is None else ~np.asarray(exclude)
+        p, (was_key, ids, texts) = self._plan, (self._plan_of or (None, (), ()))
+        if p is not None and was_key == key:
+            now = dict(zip(usable, corpus))
+            gone = [i for i, t in enumerate(ids) if now.get(t) != texts[i]]
+            kept = [t for i, t in enumerate(ids) if now.get(t) == texts[i]]
+            new = usable[len(kept) :]
+            if usable[: len(kept)] == kept:  # new tasks come last (Label Studio's ids grow)
+                p.remove(gone)
+                extra = [corpus[len(kept) + j] for j in range(len(new))]
+                p.add(
+                    extra,
+                    self._vectors(extra),
+                    [j for j in range(len(new)) if not ok[len(kept) + j]],
+                )
+                if (p.rankable == ok).all():
+                    self._plan_of, self.last_plan = (
+                        (key, tuple(usable), tuple(corpus)),
+                        "incremental",
+                    )
+                    return p
+        vectors = self._vectors(corpus)
+        runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
+        self._plan = Planner(
+            corpus,
+            kind=s.similarity,
+            embeddings=vectors,
+            budget=budget,
+            k=s.k,
+            ratios=s.ratios,
+            order=s.order,
+            exclude=np.flatnonzero(~ok),
+            runner=runner,
+        )
+        self._plan_of, self.last_plan = (key, tuple(usable), tuple(corpus)), "full scan"
+        log.info("project %d: selection statistics scanned for %d task(s)", self.pid, len(usable))
+        return self._plan
+
+    def _vectors(self, texts: list[str]):
+        """SBERT embeddings of ``texts`` (the configured model, each text embedded once)."""
+        if self.settings.similarity != "sbert" or not texts:
+            return None
+        cache, model = self.similarities.embeddings, self.settings.sbert_model
+        return make_similarity(texts, "sbert", model=model, embeddings=cache).embeddings
 
     def _top_up_spare(self, usable: list[int], taken: set[int], want: int) -> None:
         want = min(want, len(set(usable) - taken))
