@@ -35,7 +35,9 @@ class Picker:
         self.last_plan: str | None = None  # "full scan" or "incremental" (tests, the log)
 
     def similarity(self, texts: list[str]):
-        """One similarity per corpus for planning, re-planning and pre-annotation (``simcache``)."""
+        """The corpus's similarity for the pre-annotation's retrieval (``simcache``; the plans
+        keep their own statistics in the Planner, and SBERT embeddings are shared through the
+        cache's embedding store)."""
         s = self.settings
         return self.similarities.get(texts, s.similarity, model=s.sbert_model)
 
