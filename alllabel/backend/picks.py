@@ -105,47 +105,44 @@ class Picker:
         return [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
 
     def _planner(self, usable: list[int], corpus: list[str], exclude, budget: int) -> Planner:
-        """The kept planner, brought up to date with the tasks (added at the end, removed), or a
-        new one (a full scan) when that cannot give the picks of a full re-plan."""
+        """The kept planner brought up to date, or a new one (a full scan)."""
         s = self.settings
         key = (s.similarity, s.sbert_model, s.k, tuple(s.ratios), s.order, s.dask_scheduler)
         ok = np.ones(len(usable), dtype=bool) if exclude is None else ~np.asarray(exclude)
-        p, (was_key, ids, texts) = self._plan, (self._plan_of or (None, (), ()))
-        if p is not None and was_key == key:
-            now = dict(zip(usable, corpus))
-            gone = [i for i, t in enumerate(ids) if now.get(t) != texts[i]]
-            kept = [t for i, t in enumerate(ids) if now.get(t) == texts[i]]
-            new = usable[len(kept) :]
-            if usable[: len(kept)] == kept:  # new tasks come last (Label Studio's ids grow)
-                p.remove(gone)
-                extra = [corpus[len(kept) + j] for j in range(len(new))]
-                p.add(
-                    extra,
-                    self._vectors(extra),
-                    [j for j in range(len(new)) if not ok[len(kept) + j]],
-                )
-                if (p.rankable == ok).all():
-                    self._plan_of, self.last_plan = (
-                        (key, tuple(usable), tuple(corpus)),
-                        "incremental",
-                    )
-                    return p
-        vectors = self._vectors(corpus)
-        runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
-        self._plan = Planner(
-            corpus,
-            kind=s.similarity,
-            embeddings=vectors,
-            budget=budget,
-            k=s.k,
-            ratios=s.ratios,
-            order=s.order,
-            exclude=np.flatnonzero(~ok),
-            runner=runner,
-        )
-        self._plan_of, self.last_plan = (key, tuple(usable), tuple(corpus)), "full scan"
-        log.info("project %d: selection statistics scanned for %d task(s)", self.pid, len(usable))
+        if self._plan is not None and self._plan_of[0] == key and self._update(usable, corpus, ok):
+            self.last_plan = "incremental"
+        else:
+            runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
+            self._plan = Planner(
+                corpus,
+                kind=s.similarity,
+                embeddings=self._vectors(corpus),
+                budget=budget,
+                k=s.k,
+                ratios=s.ratios,
+                order=s.order,
+                exclude=np.flatnonzero(~ok),
+                runner=runner,
+            )
+            self.last_plan = "full scan"
+            log.info("project %d: selection statistics scanned for %d task(s)", self.pid, len(ok))
+        self._plan_of = (key, tuple(usable), tuple(corpus))
         return self._plan
+
+    def _update(self, usable: list[int], corpus: list[str], ok: np.ndarray) -> bool:
+        """Remove the kept planner's deleted (or changed) tasks, add the new ones; False when
+        only a new planner gives a full re-plan's picks: tasks not last (Label Studio's ids
+        grow, so new tasks come last), or the screening of planned tasks changed."""
+        _, ids, texts = self._plan_of
+        now = dict(zip(usable, corpus))
+        kept = [i for i, t in enumerate(ids) if now.get(t) == texts[i]]
+        n = len(kept)
+        if list(usable[:n]) != [ids[i] for i in kept]:
+            return False
+        self._plan.remove(sorted(set(range(len(ids))) - set(kept)))
+        new = list(corpus[n:])
+        self._plan.add(new, self._vectors(new), np.flatnonzero(~ok[n:]))
+        return bool((self._plan.rankable == ok).all())
 
     def _vectors(self, texts: list[str]):
         """SBERT embeddings of ``texts`` (the configured model, each text embedded once)."""
