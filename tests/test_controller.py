@@ -98,6 +98,17 @@ class FakeLS:
         return [{"title": MV, "url": "http://127.0.0.1:1"}]
 
 
+def controller(tmp_path, **kw):
+    """A controller on a fresh state with the fake Label Studio (no thread; ``step()`` by hand)."""
+    base = dict(budget=3, queue_reserve=2, exclude_duplicates=False, exclude_outliers=False)
+    settings = Settings(model_version=MV, state_dir=tmp_path / "state", **{**base, **kw})
+    state = State(settings.state_dir)
+    state.register(7, CONFIG)
+    fake = FakeLS(7)
+    services = Services(ls=lambda: fake, annotator=lambda cfg: None, annotator_name=lambda: "none")
+    return ProjectController(7, state, settings, services, start=False), fake, state
+
+
 @pytest.fixture
 def setup(tmp_path):
     settings = Settings(
@@ -144,20 +155,7 @@ def test_one_step_connects_pushes_the_queue_then_sets_the_settings(setup):
 def test_a_connect_switches_to_the_first_stage_then_pushes_the_rest_and_the_reserve(tmp_path):
     """Label Studio serves the ALLabel order as soon as the lowest positions are in: the switch
     comes after one push of push_batch entries, not after the whole queue and the reserve."""
-    settings = Settings(
-        model_version=MV,
-        state_dir=tmp_path / "state",
-        budget=4,
-        queue_reserve=2,
-        push_batch=2,
-        exclude_duplicates=False,
-        exclude_outliers=False,
-    )
-    state = State(settings.state_dir)
-    state.register(7, CONFIG)
-    fake = FakeLS(7)
-    services = Services(ls=lambda: fake, annotator=lambda cfg: None, annotator_name=lambda: "none")
-    c = ProjectController(7, state, settings, services, start=False)
+    c, fake, state = controller(tmp_path, budget=4, push_batch=2)
     try:
         applied = [type(a).__name__ for a in c.step()]
         switch = next(
@@ -177,37 +175,62 @@ def test_a_connect_switches_to_the_first_stage_then_pushes_the_rest_and_the_rese
         state.close()
 
 
-def test_what_was_annotated_before_the_order_was_in_is_not_an_allabel_pick(setup):
+def test_what_was_annotated_before_the_order_was_in_is_not_an_allabel_pick(tmp_path):
     """Until the switch Label Studio serves its previous order: a task annotated then is no pick,
     also when the selection queued it (it was being annotated while the selection ran)."""
     from alllabel.backend.status import project_status
 
-    c, fake, state = setup
-    stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(t))  # noqa: E731
-    early = stamp(time.time() - 60)
-    fake.annotations[1] = {"id": 1, "task": 100, "project": 7, "result": [], "updated_at": early}
-    st = project_status(state, 7)
-    assert st["order"] == {"since": None, "annotated_before": 0} and st["annotated_from_queue"] == 0
-    c.step()
-    st = project_status(state, 7)
-    assert st["order"]["since"] is not None and st["order"]["annotated_before"] == 1
-    queue = [q.task_id for q in state.queue(7)]
-    assert 100 not in queue  # annotated: pre-chosen, never queued
-    # Served before the switch, submitted before it, confirmed after it: not a pick.
-    fake.annotations[2] = {
-        "id": 2,
-        "task": queue[0],
-        "project": 7,
-        "result": [],
-        "updated_at": early,
-    }
-    now = stamp(time.time() + 1)
-    fake.annotations[3] = {"id": 3, "task": queue[1], "project": 7, "result": [], "updated_at": now}
-    state.claim_annotations(7, [(2, queue[0]), (3, queue[1])])
-    c.step()
-    st = project_status(state, 7)
-    assert st["annotated_tasks"] == 3 and st["annotated_from_queue"] == 1
-    assert st["order"]["annotated_before"] == 2
+    c, fake, state = controller(tmp_path, budget=6)  # three annotations stay under the budget
+    try:
+        stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(t))  # noqa: E731
+        early = stamp(time.time() - 60)
+        fake.annotations[1] = {
+            "id": 1,
+            "task": 100,
+            "project": 7,
+            "result": [],
+            "updated_at": early,
+        }
+        st = project_status(state, 7)
+        assert (
+            st["order"] == {"since": None, "annotated_before": 0}
+            and st["annotated_from_queue"] == 0
+        )
+        c.step()
+        st = project_status(state, 7)
+        assert st["order"]["since"] is not None and st["order"]["annotated_before"] == 1
+        queue = [q.task_id for q in state.queue(7)]
+        assert 100 not in queue  # annotated: pre-chosen, never queued
+        # Served before the switch, submitted before it, confirmed after it: not a pick.
+        fake.annotations[2] = {
+            "id": 2,
+            "task": queue[0],
+            "project": 7,
+            "result": [],
+            "updated_at": early,
+        }
+        now = stamp(time.time() + 1)
+        fake.annotations[3] = {
+            "id": 3,
+            "task": queue[1],
+            "project": 7,
+            "result": [],
+            "updated_at": now,
+        }
+        state.claim_annotations(7, [(2, queue[0]), (3, queue[1])])
+        c.step()
+        st = project_status(state, 7)
+        assert st["annotated_tasks"] == 3 and st["annotated_from_queue"] == 1
+        assert st["order"]["annotated_before"] == 2
+        # Settings applied by an earlier version (no ordered_at): every queued task counts, as then.
+        applied = {
+            k: v for k, v in state.project(7)["applied_settings"].items() if k != "ordered_at"
+        }
+        state.update_project(7, applied_settings=applied)
+        st = project_status(state, 7)
+        assert st["annotated_from_queue"] == 2 and st["order"]["annotated_before"] == 0
+    finally:
+        state.close()
 
 
 @pytest.mark.parametrize("kind", ["bm25", "sbert"])
@@ -218,20 +241,7 @@ def test_imports_deletions_and_annotations_replan_incrementally_as_a_full_replan
     more pre-chosen), not rebuilt; a new Picker's full scan of the same data picks the same."""
     from alllabel.backend.picks import Picker
 
-    settings = Settings(
-        model_version=MV,
-        state_dir=tmp_path / "state",
-        budget=3,
-        queue_reserve=2,
-        exclude_duplicates=False,
-        exclude_outliers=False,
-        similarity=kind,
-    )
-    state = State(settings.state_dir)
-    state.register(7, CONFIG)
-    fake = FakeLS(7)
-    services = Services(ls=lambda: fake, annotator=lambda cfg: None, annotator_name=lambda: "none")
-    c = ProjectController(7, state, settings, services, start=False)
+    c, fake, state = controller(tmp_path, similarity=kind)
     try:
         c.step()
         plan = c.picker._plan
@@ -252,7 +262,7 @@ def test_imports_deletions_and_annotations_replan_incrementally_as_a_full_replan
             assert plan.last_rescan is None  # merged and subtracted, no scan of the corpus
         usable, taken = c.picker._taken()
         for count in (1, 6):
-            fresh = Picker(state, 7, settings, {})  # a full re-plan
+            fresh = Picker(state, 7, c.settings, {})  # a full re-plan
             assert c.picker._select(usable, taken, count) == fresh._select(usable, taken, count)
             assert fresh.last_plan == "full scan" and c.picker.last_plan == "incremental"
     finally:

@@ -72,7 +72,14 @@ def order_status(p: dict, annotated: set[int], queue_ids: set[int], first: dict)
     queued tasks annotated after that. Until then Label Studio serves the project's previous
     order; a task annotated then is not a pick, even if the selection later queued it (it was
     being annotated while the selection ran). It still counts toward the budget, pre-chosen."""
-    since = (p["applied_settings"] or {}).get("ordered_at")
+    applied = p["applied_settings"]
+    if applied and "ordered_at" not in applied:  # set by an earlier version: the switch unknown
+        return {
+            "since": applied.get("applied_at"),
+            "picks": len(annotated & queue_ids),
+            "annotated_before": 0,
+        }
+    since = (applied or {}).get("ordered_at")
     before = {t for t in annotated if since is None or _before(first.get(t), since)}
     picks = len((annotated & queue_ids) - before)
     return {"since": since, "picks": picks, "annotated_before": len(before)}
