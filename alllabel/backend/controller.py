@@ -313,8 +313,6 @@ class ProjectController:
         }
         m.info = {**(m.info or {}), **set_now}  # what Label Studio holds now
         m.next_probe = min(m.next_probe, time.monotonic() + 3)  # what LS's connect did
-        if self.state.queue(self.pid):
-            self.planned.set()  # Label Studio serves the ALLabel order from here
 
     def _do_CreateQueueTab(self, a: A.CreateQueueTab) -> None:
         lsops.create_queue_tab(self.state, self.services.ls(), self.pid)
