@@ -92,6 +92,12 @@ SHOWN = A.Shown(6, 0.5, NOW - 10)
 CASES = [
     # --- claims ---------------------------------------------------------------------------------
     ("a claim is confirmed first", snap(claims=3, fresh_claims=3), S, ["ConfirmClaims"]),
+    (
+        "connecting: claims wait until Label Studio serves the ALLabel order",
+        snap(phase="new", applied=None, view_id=None, claims=3, fresh_claims=3, done=("Probe",)),
+        S,
+        ["ExtendQueue"],
+    ),
     ("failed reads are retried when due", snap(claims=3), S, ["ConfirmClaims"]),
     (
         "a claim arriving mid-step is confirmed in the same step",

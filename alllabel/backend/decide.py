@@ -164,6 +164,11 @@ def decide(s: Snapshot, settings, now: float) -> list:
 def _claims(s: Snapshot, settings, now: float) -> list:
     """Claims first, also between a step's other actions: the reserve is refilled from what is
     confirmed, and the annotator who submitted is already on the next reserve task."""
+    if s.phase == "new" and s.applied is None:
+        # Connecting: Label Studio serves its previous order until the switch, so the switch
+        # comes first (one read per claim, 30 of them cost 10 s on a busy 30,000-task server);
+        # the sync reads annotations too, and a task queued meanwhile and annotated is no pick.
+        return []
     retries = s.claims > s.fresh_claims and now >= s.memory.claim_retry_at
     if "ConfirmClaims" in s.done:
         retries = False  # failed reads wait for their retry time, once a step
