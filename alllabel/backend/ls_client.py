@@ -25,7 +25,7 @@ REVIEW_VIEW_TITLE = "ALLabel review"
 SAMPLING = "Uncertainty sampling"
 # Task pages: Label Studio pays ~0.6 s per page (it counts the page's annotations and predictions)
 # on top of the tasks, and caps page_size only when TASK_API_PAGE_SIZE_MAX is set (then the cap
-# applies silently and more pages are read). 10,000 tasks: 20 pages of 500 took 26 s, 2 of 5000 15 s.
+# applies silently and more pages are read). 10,000 tasks: 20 pages of 500 took 26 s, one page 15 s.
 PAGE_SIZE = 5000
 PAGE_TIMEOUT = 180.0  # seconds for one page of PAGE_SIZE tasks on a busy server
 
