@@ -92,6 +92,12 @@ SHOWN = A.Shown(6, 0.5, NOW - 10)
 CASES = [
     # --- claims ---------------------------------------------------------------------------------
     ("a claim is confirmed first", snap(claims=3, fresh_claims=3), S, ["ConfirmClaims"]),
+    (
+        "connecting: claims wait until Label Studio serves the ALLabel order",
+        snap(phase="new", applied=None, view_id=None, claims=3, fresh_claims=3, done=("Probe",)),
+        S,
+        ["ExtendQueue"],
+    ),
     ("failed reads are retried when due", snap(claims=3), S, ["ConfirmClaims"]),
     (
         "a claim arriving mid-step is confirmed in the same step",
@@ -247,6 +253,12 @@ CASES = [
         snap(mem(info={**INFO, "task_number": 12}), done=("Probe", "Sync")),
         S,
         ["Sync"],
+    ),
+    (
+        "counts off after a full read that followed the probe: the probe is older, no re-read",
+        snap(mem(info={**INFO, "task_number": 12}, full_synced=True), done=("Probe", "Sync")),
+        S,
+        ["ExtendQueue"],
     ),
     (
         "never more than two syncs a step",
@@ -484,6 +496,34 @@ CASES = [
 @pytest.mark.parametrize("name,snapshot,settings,expected", CASES, ids=[c[0] for c in CASES])
 def test_decide(name, snapshot, settings, expected):
     assert kinds(decide(snapshot, settings, NOW)) == expected
+
+
+def test_a_connect_pushes_a_first_stage_then_switches_then_the_rest():
+    """Label Studio serves its previous order until ours is in: at connect only the budget's picks
+    are selected, only the lowest push_batch positions go before the switch, the rest straight
+    after it, and the reserve's selection once the project is planned."""
+    new = dict(phase="new", applied=None, view_id=None, budget=None, available=0)
+    assert decide(snap(**new, predicted=frozenset(), done=("Probe",)), S, NOW) == [
+        A.ExtendQueue(4, 4, 0, reserve_later=True)
+    ]
+    queued = dict(new, predicted=frozenset(range(1, 5)), available=4, pending=40)
+    s = snap(mem(plan_now=True), **queued, oldest_pending=WALL, done=("Probe", "ExtendQueue"))
+    assert decide(s, S, NOW) == [A.Push(force=True, limit=S.push_batch)]
+    s = replace(s, done=(*s.done, "Push"), pending=30)  # nothing selected before the switch
+    assert kinds(decide(s, S, NOW)) == ["ApplySettings"]
+    s = replace(s, done=(*s.done, "ApplySettings"))
+    assert decide(s, S, NOW) == [A.Push(force=True)]  # the rest, at once
+    done = ("Probe", "ExtendQueue", "Push", "ApplySettings", "Push", "CreateQueueTab", "SetPhase")
+    planned = snap(mem(plan_now=True), predicted=frozenset(range(1, 5)), available=4, done=done)
+    assert decide(planned, S, NOW) == [A.ExtendQueue(4, 0, 2)]
+
+
+def test_a_small_first_queue_goes_in_one_push_and_a_planned_project_selects_its_reserve_at_once():
+    s = snap(phase="new", applied=None, view_id=None, pending=5, done=("Probe", "ExtendQueue"))
+    assert decide(s, S, NOW) == [A.Push(force=True)]
+    assert decide(snap(mem(plan_now=True), available=3, done=("Probe",)), S, NOW) == [
+        A.ExtendQueue(4, 1, 2)
+    ]
 
 
 def test_start_training_accepts_the_versions_a_live_hold_named():

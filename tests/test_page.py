@@ -139,3 +139,17 @@ def test_the_page_is_html_behind_the_same_credentials(tmp_path):
         st["annotated_tasks"]
     )
     assert client.get("/health", headers=good).json["status"] == "UP"
+
+
+def test_the_page_says_whether_label_studio_serves_the_allabel_order_yet():
+    st = status()
+    p = st["projects"][0]
+    p["order"] = {"since": None, "annotated_before": 2}
+    page = render(st, now=0)
+    assert "does not serve the ALLabel order yet" in page
+    assert Figures(page).figures["order.annotated_before"] == "2"
+    p["order"] = {"since": 1_700_000_000.0, "annotated_before": 3}
+    page = render(st, now=0)
+    assert "serves the ALLabel order since" in page and "not ALLabel picks" in page
+    assert Figures(page).figures["order.annotated_before"] == "3"
+    assert Figures(page).figures["order.since"].startswith("2023-11-1")

@@ -48,6 +48,7 @@ class Memory:
     llm_backoff: float = 0.0
     probes: int = 0
     info: dict | None = None  # the last probe's project as Label Studio reported it
+    full_synced: bool = False  # every task was read after that probe: its counts are older
     backend_titles: tuple[str, ...] | None = None  # listed ML backends, at the last check
     backend_listed: bool | None = None  # by title or URL, at that check
     backends_checked_at: int = -1  # the probe count of that check
@@ -167,6 +168,7 @@ class ExtendQueue:
     budget: int
     for_budget: int
     for_reserve: int
+    reserve_later: bool = False  # at connect: the reserve is selected once the order is in
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class TopUpSpares:
 @dataclass(frozen=True)
 class Push:
     force: bool
+    limit: int | None = None  # only the lowest queue positions (the first stage at connect)
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,7 @@ class ProjectController:
         with self._lock:
             m = self.memory
             m.info, m.probe_now, m.probes = info, False, m.probes + 1
+            m.full_synced = False
             m.next_probe = time.monotonic() + self.settings.sync_interval
 
     def _do_CheckBackends(self, a: A.CheckBackends) -> None:
@@ -272,7 +273,7 @@ class ProjectController:
         cfg = parse_label_config(self.state.project(self.pid)["label_config"])
         lsops.sync(self.state, self.services.ls(), self.pid, cfg, full=a.full)
         if a.full:
-            self.memory.full_sync = False
+            self.memory.full_sync, self.memory.full_synced = False, True
 
     def _do_Audit(self, a: A.Audit) -> None:
         mv = self.settings.model_version
@@ -284,7 +285,7 @@ class ProjectController:
         self.state.update_project(self.pid, message=a.text)
 
     def _do_ExtendQueue(self, a: A.ExtendQueue) -> None:
-        self.memory.plan_now = False
+        self.memory.plan_now = a.reserve_later  # the reserve follows once the order is in
         self.picker.extend(a.for_budget, a.for_reserve)
         self.state.update_project(self.pid, budget=a.budget)
 
@@ -294,6 +295,8 @@ class ProjectController:
     def _do_Push(self, a: A.Push) -> None:
         st, mv = self.state, self.settings.model_version
         todo = st.pending_pushes(self.pid)
+        if a.limit is not None:  # the lowest positions (scores) first: what LS serves first
+            todo = dict(sorted(todo.items(), key=lambda kv: kv[1][1])[: a.limit])
         sent = reconcile.push(st, self.services.ls(), self.pid, mv, todo, self.settings.push_batch)
         if sent:
             log.info("project %d: %d prediction(s) sent to Label Studio", self.pid, sent)
@@ -309,9 +312,7 @@ class ProjectController:
             "show_collab_predictions": a.show_predictions,
         }
         m.info = {**(m.info or {}), **set_now}  # what Label Studio holds now
-        m.next_probe = min(
-            m.next_probe, time.monotonic() + 3
-        )  # see what Label Studio's connect did
+        m.next_probe = min(m.next_probe, time.monotonic() + 3)  # what LS's connect did
 
     def _do_CreateQueueTab(self, a: A.CreateQueueTab) -> None:
         lsops.create_queue_tab(self.state, self.services.ls(), self.pid)
@@ -320,14 +321,8 @@ class ProjectController:
         p = self.state.project(self.pid)
         self.state.update_project(self.pid, phase=a.phase, message=a.message)
         queued = len(self.state.queue(self.pid))
-        log.info(
-            "project %d: %s -> %s (budget %s, %d queued)",
-            self.pid,
-            p["phase"],
-            a.phase,
-            p["budget"],
-            queued,
-        )
+        args = (self.pid, p["phase"], a.phase, p["budget"], queued)
+        log.info("project %d: %s -> %s (budget %s, %d queued)", *args)
 
     def _do_ShowPredictions(self, a: A.ShowPredictions) -> None:
         lsops.show_predictions(self.state, self.services.ls(), self.pid)

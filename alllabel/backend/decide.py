@@ -164,6 +164,11 @@ def decide(s: Snapshot, settings, now: float) -> list:
 def _claims(s: Snapshot, settings, now: float) -> list:
     """Claims first, also between a step's other actions: the reserve is refilled from what is
     confirmed, and the annotator who submitted is already on the next reserve task."""
+    if s.phase == "new" and s.applied is None:
+        # Connecting: Label Studio serves its previous order until the switch, so the switch
+        # comes first (one read per claim, 30 of them cost 10 s on a busy 30,000-task server);
+        # the sync reads annotations too, and a task queued meanwhile and annotated is no pick.
+        return []
     retries = s.claims > s.fresh_claims and now >= s.memory.claim_retry_at
     if "ConfirmClaims" in s.done:
         retries = False  # failed reads wait for their retry time, once a step
@@ -229,7 +234,9 @@ def _sync(s: Snapshot, settings, now: float) -> list:
     syncs = s.done.count("Sync")
     if s.memory.full_sync and syncs < 2:
         return [Sync(full=True)]
-    if "Probe" in s.done and counts_differ(s) and syncs < 2:
+    # A full read after the probe is newer than the probe's counts (annotations arriving while
+    # 10,000 tasks are read): reading everything again would only chase them.
+    if "Probe" in s.done and counts_differ(s) and syncs < 2 and not s.memory.full_synced:
         return [Sync(full=syncs == 1)]  # the changed tasks first; all of them if still off
     return []
 
@@ -249,6 +256,8 @@ def _queue(s: Snapshot, settings, now: float) -> list:
     probed = "Probe" in s.done and "ExtendQueue" not in s.done
     if "SetMessage" in s.done or not (m.plan_now or probed):
         return []
+    if s.phase == "new" and "ExtendQueue" in s.done:
+        return []  # the connect's first selection is in: the switch to it comes first
     if not s.usable:
         text = "no usable tasks yet (import tasks with text)"
         return [SetMessage(text)] if s.message != text else []
@@ -264,7 +273,10 @@ def _queue(s: Snapshot, settings, now: float) -> list:
         budget_reached=reached,
         untaken=untaken,
     )
-    return [ExtendQueue(budget, for_budget, for_reserve)]
+    # At connect Label Studio serves its previous order until ours is in: the reserve (a second
+    # selection) is left for after the switch, when it is needed only at the budget.
+    later = s.phase == "new" and for_budget > 0 and for_reserve > 0
+    return [ExtendQueue(budget, for_budget, 0 if later else for_reserve, reserve_later=later)]
 
 
 def _reached(s: Snapshot, budget: int | None) -> bool:
@@ -273,8 +285,17 @@ def _reached(s: Snapshot, budget: int | None) -> bool:
 
 
 def _push_queue(s: Snapshot, settings, now: float) -> list:
-    """Queue entries reach Label Studio before the project is switched to them, and at once."""
-    return _push(s, settings, now, force=True) if _after(s.done, "ExtendQueue", "Push") else []
+    """Queue entries reach Label Studio before the project is switched to them, and at once.
+
+    At connect (no settings applied yet) only a first stage goes before the switch: the lowest
+    ``push_batch`` positions, one request, so Label Studio serves the ALLabel order seconds
+    earlier; the rest follows straight after the switch, behind those positions."""
+    if _after(s.done, "ExtendQueue", "Push"):
+        first = settings.push_batch if s.applied is None else None
+        return _push(s, settings, now, force=True, limit=first)
+    if _after(s.done, "ApplySettings", "Push") and s.pending:
+        return [Push(force=True)]
+    return []
 
 
 def _after(done: tuple[str, ...], a: str, b: str) -> bool:
@@ -283,13 +304,13 @@ def _after(done: tuple[str, ...], a: str, b: str) -> bool:
     return a in last and last[a] > last.get(b, -1)
 
 
-def _push(s: Snapshot, settings, now: float, *, force: bool) -> list:
+def _push(s: Snapshot, settings, now: float, *, force: bool, limit: int | None = None) -> list:
     if not s.pending or ("Push" in s.done and not force):
         return []
     young = s.wall - (s.oldest_pending or 0) < settings.push_delay
     if not force and s.run_alive and s.pending < settings.push_batch and young:
         return []  # wait for a fuller batch, but never longer than push_delay
-    return [Push(force=force)]
+    return [Push(force=force, limit=limit if limit is not None and s.pending > limit else None)]
 
 
 def _settings(s: Snapshot, settings, now: float) -> list:

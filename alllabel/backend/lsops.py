@@ -123,7 +123,10 @@ def apply_settings(state: State, ls: LabelStudioAPI, pid: int, mv: str, show: bo
     """The project settings the queue needs, set once (and again on Start Training only)."""
     want = {"sampling": SAMPLING, "model_version": mv, "show_collab_predictions": show}
     ls.update_project(pid, **want)
-    state.update_project(pid, applied_settings={**want, "applied_at": time.time()})
+    now, before = time.time(), state.project(pid)["applied_settings"] or {}
+    # ordered_at: since when Label Studio serves the ALLabel order (the first switch, kept).
+    ordered = before.get("ordered_at") or now
+    state.update_project(pid, applied_settings={**want, "applied_at": now, "ordered_at": ordered})
     log.info("project %d: %s", pid, ", ".join(f"{k} = {v!r}" for k, v in want.items()))
 
 

@@ -121,7 +121,8 @@ def budget_html(p: dict) -> str:
     return (
         "<h3>Human annotations</h3>"
         + bar([("a", from_queue), ("b", n - from_queue)], max(budget or 0, n))
-        + '<p class="muted">green: from the ALLabel queue; blue: outside it</p>'
+        + '<p class="muted">green: ALLabel picks (from the queue); blue: not picks</p>'
+        + order_html(p.get("order"))
         + f"<p>{fig('annotated_tasks', n)} annotated of a budget of {fig('budget', budget)} "
         f"({fig('annotated_from_queue', from_queue)} from the queue, "
         f"{fig('annotated_outside_queue', n - from_queue)} outside it); "
@@ -133,6 +134,25 @@ def budget_html(p: dict) -> str:
         f"</p><p>Pre-annotations: {fig('prelabels.done', pre['done'])} made, "
         f"{fig('prelabels.pushed', pre['pushed'])} in Label Studio, "
         f"{fig('prelabels.failed', pre['failed'])} failed.</p>"
+    )
+
+
+def order_html(order: dict | None) -> str:
+    """Whether Label Studio serves the ALLabel order yet, and what was annotated before it."""
+    if not order:
+        return ""
+    before = fig("order.annotated_before", order.get("annotated_before"))
+    if order.get("since") is None:
+        return (
+            "<p><b>Label Studio does not serve the ALLabel order yet</b> (the queue is being "
+            f"selected): it serves the project's previous order; {before} task(s) annotated so "
+            "far are not ALLabel picks (they count toward the budget, pre-chosen).</p>"
+        )
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(order["since"]))
+    return (
+        f"<p>Label Studio serves the ALLabel order since {fig('order.since', at)}; {before} "
+        "task(s) annotated before that are not ALLabel picks (they count toward the budget, "
+        "pre-chosen).</p>"
     )
 
 

@@ -1,16 +1,25 @@
 """Queue extension, applied: ALLabel's selection of the next picks, and *spares* selected ahead so a
-confirmed annotation refills the reserve at once (``decide`` says how many; ``planner`` counts)."""
+confirmed annotation refills the reserve at once (``decide`` says how many; ``planner`` counts).
+
+The selection's statistics live in a ``replan.Planner`` kept between plans: new annotations,
+imported and deleted tasks update it (``Planner.add``/``remove``, pre-chosen tasks) instead of a
+scan of the whole corpus, with the picks of a full re-plan. It is rebuilt (one full scan) when
+the order of the tasks or the screening of tasks already planned changes, or a setting does.
+"""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from alllabel.backend import planner
 from alllabel.backend.state import State
 from alllabel.selection.blocks import make_runner
+from alllabel.selection.replan import Planner
 from alllabel.selection.screening import LengthRule, screen
 from alllabel.selection.simcache import SimilarityCache
-from alllabel.selection.stages import select
+from alllabel.selection.similarity import make_similarity
 
 log = logging.getLogger("alllabel")
 
@@ -21,9 +30,14 @@ class Picker:
         self.similarities = SimilarityCache(settings.state_dir / "similarity", keep=1)
         self._spare: list[tuple[int, str]] = []  # next reserve picks already selected
         self._spare_key: tuple[int, ...] | None = None  # the usable tasks they were selected among
+        self._plan: Planner | None = None
+        self._plan_of: tuple = ()  # (settings, task ids, their texts) the planner holds
+        self.last_plan: str | None = None  # "full scan" or "incremental" (tests, the log)
 
     def similarity(self, texts: list[str]):
-        """One similarity per corpus for planning, re-planning and pre-annotation (``simcache``)."""
+        """The corpus's similarity for the pre-annotation's retrieval (``simcache``; the plans
+        keep their own statistics in the Planner, and SBERT embeddings are shared through the
+        cache's embedding store)."""
         s = self.settings
         return self.similarities.get(texts, s.similarity, model=s.sbert_model)
 
@@ -66,7 +80,6 @@ class Picker:
             return []
         texts = dict(self.state.usable_tasks(self.pid))
         corpus = [texts[t] for t in usable]
-        sim = self.similarity(corpus)
         index = {t: i for i, t in enumerate(usable)}
         exclude = None
         if s.exclude_duplicates or s.exclude_outliers:
@@ -83,24 +96,60 @@ class Picker:
             count = min(count, int((~exclude).sum()) - len(taken & set(usable)))
             if count <= 0:
                 return []
-        runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
+        plan = self._planner(usable, corpus, exclude, count + len(taken))
 
         def pick(pre, n):
-            sel = select(
-                sim,
-                n,
+            sel = plan.select(n, pre_chosen=pre)
+            return list(zip(sel.indices, sel.stages))
+
+        return [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
+
+    def _planner(self, usable: list[int], corpus: list[str], exclude, budget: int) -> Planner:
+        """The kept planner brought up to date, or a new one (a full scan)."""
+        s = self.settings
+        key = (s.similarity, s.sbert_model, s.k, tuple(s.ratios), s.order, s.dask_scheduler)
+        ok = np.ones(len(usable), dtype=bool) if exclude is None else ~np.asarray(exclude)
+        if self._plan is not None and self._plan_of[0] == key and self._update(usable, corpus, ok):
+            self.last_plan = "incremental"
+        else:
+            runner = make_runner(s.dask_scheduler) if s.dask_scheduler else None
+            self._plan = Planner(
+                corpus,
+                kind=s.similarity,
+                embeddings=self._vectors(corpus),
+                budget=budget,
                 k=s.k,
                 ratios=s.ratios,
                 order=s.order,
-                pre_chosen=pre,
-                exclude=exclude,
+                exclude=np.flatnonzero(~ok),
                 runner=runner,
             )
-            return list(zip(sel.indices, sel.stages))
+            self.last_plan = "full scan"
+            log.info("project %d: selection statistics scanned for %d task(s)", self.pid, len(ok))
+        self._plan_of = (key, tuple(usable), tuple(corpus))
+        return self._plan
 
-        picks = [(e.task_id, e.stage) for e in planner.extend_queue(usable, taken, count, 0, pick)]
-        self.similarities.save(sim)  # the scan's row maxima, for the next plan and the run
-        return picks
+    def _update(self, usable: list[int], corpus: list[str], ok: np.ndarray) -> bool:
+        """Remove the kept planner's deleted (or changed) tasks, add the new ones; False when
+        only a new planner gives a full re-plan's picks: tasks not last (Label Studio's ids
+        grow, so new tasks come last), or the screening of planned tasks changed."""
+        _, ids, texts = self._plan_of
+        now = dict(zip(usable, corpus))
+        kept = [i for i, t in enumerate(ids) if now.get(t) == texts[i]]
+        n = len(kept)
+        if list(usable[:n]) != [ids[i] for i in kept]:
+            return False
+        self._plan.remove(sorted(set(range(len(ids))) - set(kept)))
+        new = list(corpus[n:])
+        self._plan.add(new, self._vectors(new), np.flatnonzero(~ok[n:]))
+        return bool((self._plan.rankable == ok).all())
+
+    def _vectors(self, texts: list[str]):
+        """SBERT embeddings of ``texts`` (the configured model, each text embedded once)."""
+        if self.settings.similarity != "sbert" or not texts:
+            return None
+        cache, model = self.similarities.embeddings, self.settings.sbert_model
+        return make_similarity(texts, "sbert", model=model, embeddings=cache).embeddings
 
     def _top_up_spare(self, usable: list[int], taken: set[int], want: int) -> None:
         want = min(want, len(set(usable) - taken))

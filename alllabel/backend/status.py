@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from alllabel.backend.label_config import config_warning, parse_label_config
 from alllabel.backend.live import live_accuracy
@@ -18,6 +19,7 @@ def project_status(state: State, pid: int, controller=None) -> dict:
     annotated = state.annotated_tasks(pid)
     preds = state.predictions(pid)
     queue_ids = {q.task_id for q in queue}
+    order = order_status(p, annotated, queue_ids, state.first_annotated(pid))
     c = controller
     out = {
         "project": pid,
@@ -26,7 +28,8 @@ def project_status(state: State, pid: int, controller=None) -> dict:
         "total_tasks": p["total_tasks"],
         "budget": p["budget"],
         "annotated_tasks": len(annotated),
-        "annotated_from_queue": len(annotated & queue_ids),
+        "annotated_from_queue": order.pop("picks"),
+        "order": order,
         "unconfirmed_claims": len(state.claims(pid)),
         "queue": {
             "selected": len(queue),
@@ -62,6 +65,32 @@ def project_status(state: State, pid: int, controller=None) -> dict:
             run["blocked"] = c.blocker
         out["run"] = run
     return out
+
+
+def order_status(p: dict, annotated: set[int], queue_ids: set[int], first: dict) -> dict:
+    """Since when Label Studio serves the ALLabel order, and which annotations are ALLabel picks:
+    queued tasks annotated after that. Until then Label Studio serves the project's previous
+    order; a task annotated then is not a pick, even if the selection later queued it (it was
+    being annotated while the selection ran). It still counts toward the budget, pre-chosen."""
+    applied = p["applied_settings"]
+    if applied and "ordered_at" not in applied:  # set by an earlier version: the switch unknown
+        return {
+            "since": applied.get("applied_at"),
+            "picks": len(annotated & queue_ids),
+            "annotated_before": 0,
+        }
+    since = (applied or {}).get("ordered_at")
+    before = {t for t in annotated if since is None or _before(first.get(t), since)}
+    picks = len((annotated & queue_ids) - before)
+    return {"since": since, "picks": picks, "annotated_before": len(before)}
+
+
+def _before(ls_time: str | None, epoch: float) -> bool:
+    """A Label Studio timestamp (ISO 8601) lies before ``epoch``; unknown: not before."""
+    try:
+        return datetime.fromisoformat(str(ls_time).replace("Z", "+00:00")).timestamp() < epoch
+    except ValueError:
+        return False
 
 
 def with_rate(progress: dict, now: float) -> dict:

@@ -111,6 +111,16 @@ class AnnotationRows:
             )
         }
 
+    def first_annotated(self, project_id: int) -> dict[int, str | None]:
+        """Each annotated task's earliest verified, non-cancelled annotation time (Label Studio's
+        ``updated_at``): whether it was made before the ALLabel order was in Label Studio."""
+        rows = self._q(
+            "SELECT task_id, MIN(ls_updated) FROM annotations WHERE project_id = ? "
+            "AND status = 'verified' AND cancelled = 0 GROUP BY task_id",
+            (project_id,),
+        )
+        return {t: u for t, u in rows}
+
     def annotation_count(self, project_id: int) -> tuple[int, int]:
         """(verified non-cancelled annotations, verified cancelled ones), to compare with Label Studio's counts."""
         row = self._q(
