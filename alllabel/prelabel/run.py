@@ -32,6 +32,10 @@ from alllabel.selection.similarity import Similarity
 
 log = logging.getLogger(__name__)
 
+# Replies waiting for ``online``'s reader beyond which a caller reads its own: when the CPU is
+# starved the reader falls behind, and a backlog read after the last reply only delays the end.
+READ_BACKLOG = 8
+
 
 @dataclass
 class PrelabelResult:
@@ -173,6 +177,19 @@ def prelabel(
     return r.results
 
 
+class _Counter:
+    """A count under its own lock (``with counter: counter.n += 1``)."""
+
+    def __init__(self):
+        self.n, self._lock = 0, threading.Lock()
+
+    def __enter__(self):
+        self._lock.acquire()
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
 def _outcome(r: object) -> object:
     """A task's result, or the error it raised, from ``online``'s reader or its caller."""
     if not isinstance(r, Future):
@@ -206,6 +223,7 @@ class _Run:
         self.guard, self.executor, self.at_price = guard, executor, at_price
         self.results = PrelabelResults([None] * len(work.queries))
         self.on_done = self.min_span_score = self.stop = None
+        self._reader, self._backlog = None, _Counter()  # ``online``'s reader and its queue
 
     def finish(self, j: int, result: PrelabelResult) -> PrelabelResult:
         if result.annotation is not None and self.min_span_score is not None:
@@ -238,37 +256,46 @@ class _Run:
         # A caller sends its next prompt as soon as its reply is in and billed; one reader thread
         # parses, aligns, scores and reports behind the callers (reading in each caller delayed
         # every next call by the time it took: issue 17, concurrency 64).
-        with ThreadPoolExecutor(1, thread_name_prefix="prelabel-read") as reader:
-
-            def one(j: int) -> PrelabelResult | Future:
-                if self.stop is not None and self.stop.is_set():
-                    return self.finish(
-                        j, PrelabelResult(self.work.queries[j], None, held=holds.stopped())
-                    )
-                if self.guard.max_usd is not None:  # admission in task order
-                    worst = float("inf")
-                    try:
-                        worst = self.worst(j, False)
-                    finally:  # every task takes its admission turn, or later ones would wait
-                        admitted = self.guard.admit(j, j, worst)
-                    if not admitted:
-                        return self.finish(
-                            j, PrelabelResult(self.work.queries[j], None, held=self.cap_hold())
-                        )
-                if self.work.prompts[j] is None:  # a direct annotator: no call to overlap
-                    return self.finish(j, self.attempt(j))
-                answers = self.executor.execute(self.work.prompts[j].windows)
-                self.settle(j, answers)  # before the next admission, as the cap needs
-                return reader.submit(lambda: self.finish(j, self.read(j, answers)))
-
-            raw = [
-                _outcome(r) for r in run_bounded(one, range(len(self.work.queries)), concurrency)
-            ]
+        with ThreadPoolExecutor(1, thread_name_prefix="prelabel-read") as self._reader:
+            raw = run_bounded(self._one, range(len(self.work.queries)), concurrency)
+            raw = [_outcome(r) for r in raw]
         for j, r in enumerate(raw):
             if not isinstance(r, PrelabelResult):  # an unexpected error: recorded, never raised
                 self.finish(
                     j, PrelabelResult(self.work.queries[j], None, f"{type(r).__name__}: {r}")
                 )
+
+    def _one(self, j: int) -> PrelabelResult | Future:
+        """Task ``j`` online: admitted under the cap, called, settled; read now or behind."""
+        if self.stop is not None and self.stop.is_set():
+            return self.finish(j, PrelabelResult(self.work.queries[j], None, held=holds.stopped()))
+        if self.guard.max_usd is not None:  # admission in task order
+            worst = float("inf")
+            try:
+                worst = self.worst(j, False)
+            finally:  # every task takes its admission turn, or later ones would wait forever
+                admitted = self.guard.admit(j, j, worst)
+            if not admitted:
+                return self.finish(
+                    j, PrelabelResult(self.work.queries[j], None, held=self.cap_hold())
+                )
+        if self.work.prompts[j] is None:  # a direct annotator: no call to overlap
+            return self.finish(j, self.attempt(j))
+        answers = self.executor.execute(self.work.prompts[j].windows)
+        self.settle(j, answers)  # before the next admission, as the cap needs
+        with self._backlog:
+            behind = self._backlog.n >= READ_BACKLOG
+            self._backlog.n += not behind
+        if behind:  # a starved CPU: the reader lags, the callers read as they go
+            return self.finish(j, self.read(j, answers))
+        return self._reader.submit(self._read_behind, j, answers)
+
+    def _read_behind(self, j: int, answers: list[Answer]) -> PrelabelResult:
+        try:
+            return self.finish(j, self.read(j, answers))
+        finally:
+            with self._backlog:
+                self._backlog.n -= 1
 
     def attempt(self, j: int, answers: list[Answer] | None = None) -> PrelabelResult:
         """Execute (unless ``answers`` are given) -> settle the task's cost -> read."""
