@@ -5,15 +5,25 @@ with logprobs) runs in its own process and answers every chat call after ``--lat
 For each concurrency C the CLI (``python -m alllabel prelabel``, fresh SQLite cache, the real
 openai client) pre-annotates ``--tasks`` MOF paragraphs from a pool of ``--pool`` annotated ones.
 
-The bound is C / latency tasks/s (C calls always in flight, zero client time). Printed per C:
+The bound is C / latency tasks/s (C calls always in flight, zero client time). Printed per C,
+the median of ``--repeat`` runs (each run's figures in ``--json``):
 
-* ``e2e``: tasks / wall time of the whole CLI process (start-up included), as a % of the bound;
-* ``calls``: tasks / (last reply - first request), start-up excluded, as a % of the bound;
+* ``run``: tasks / (first request -> last push), the bulk run's end-to-end rate, as a % of the
+  bound. The CLI's push is its output file (the last write to it, the JSONL of every result): this
+  bench covers the calls, reading the replies and writing the results, not a push to Label Studio
+  (the backend's bulk run pushes through ``alllabel/backend/bulk.py``, see tests/test_e2e_bulk.py);
+* ``e2e``: tasks / wall time of the whole CLI process (start-up and exit included);
+* ``calls``: tasks / (last reply - first request), as a % of the bound;
 * ``attainable``: the best any client can do with whole rounds, ceil(tasks / C) x latency;
 * start-up (process start -> first request), client CPU ms per task (user + sys of the whole CLI
-  process, start-up included), and the fake server's own CPU per call (it shares the machine).
+  process, start-up included), the fake server's own CPU per call (it shares the machine), the
+  most calls the fake saw in flight and the lowest concurrency the client's adaptive limit took.
+
+``--baseline DIR`` runs another checkout's code (e.g. main's worktree) in the same session,
+alternating with this one at each repetition, so both meet the same load.
 
     .venv/bin/python bench/prelabel.py                         # 600 tasks at C = 1, 4, 16, 64
+    .venv/bin/python bench/prelabel.py --concurrency 16,64 --repeat 5 --baseline /work/main
     .venv/bin/python bench/prelabel.py --concurrency 64 --profile out/prelabel.prof
 
 Data: examples/mof_zhang2024.jsonl (MIT (c) 2023 zw-SIMM).
@@ -24,6 +34,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,6 +50,70 @@ def _get(url: str, method: str = "GET") -> dict:
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+def _run(args, base: str, work: Path, data: Path, c: int, code: str, profile) -> dict:
+    """One CLI run at concurrency ``c`` with ``code``'s alllabel: its figures."""
+    _get(base + "/_reset", "POST")
+    fake_cpu = _get(base + "/_stats")["cpu_s"]
+    cache, out = work / f"cache-{c}.sqlite3", work / f"out-{c}.jsonl"
+    for f in (cache, out):
+        f.unlink(missing_ok=True)
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": base,
+        "OPENAI_API_KEY": "bench",
+        "PYTHONPATH": os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")])),
+    }
+    cmd = [*args.prefix.split(), sys.executable]
+    if profile:
+        cmd += ["-m", "cProfile", "-o", profile]
+    cmd += ["-m", "alllabel", "prelabel", str(data), "-o", str(out), "--cache", str(cache)]
+    cmd += ["--concurrency", str(c), "--quiet", "--skip-quality", *args.cli_args.split()]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"the CLI failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    stats = _get(base + "/_stats")
+    if stats["requests"] != args.tasks:
+        raise SystemExit(f"expected {args.tasks} LLM calls, the fake saw {stats['requests']}")
+    usage = next(x for x in proc.stderr.splitlines() if x.startswith("LLM usage: "))
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {
+        "wall_s": wall,
+        "run_s": out.stat().st_mtime - stats["first_request_at"],  # first call -> last push
+        "calls_s": stats["last_response_at"] - stats["first_request_at"],
+        "startup_s": stats["first_request_at"] - t0,
+        "cpu_ms_task": cpu / args.tasks * 1000,
+        "fake_ms_call": (stats["cpu_s"] - fake_cpu) / args.tasks * 1000,
+        "in_flight": stats["max_in_flight"],
+        "lowest": json.loads(usage.split(": ", 1)[1])["concurrency_lowest"],
+        "load": os.getloadavg()[0],
+    }
+
+
+def _print(name: str, c: int, args, runs: list[dict]) -> None:
+    """The median of ``runs``, rates as % of the bound."""
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    bound = c / args.latency
+    attainable = args.tasks / (math.ceil(args.tasks / c) * args.latency)
+
+    def pct(key: str) -> str:
+        return f"{100 * args.tasks / med(key) / bound:>5.1f}%"
+
+    print(
+        f"{name:>8} {c:>3} {bound:>8.1f} {pct('run_s')} {pct('wall_s')} {pct('calls_s')}"
+        f" {100 * attainable / bound:>9.1f}% {med('startup_s'):>10.2f} {med('cpu_ms_task'):>11.2f}"
+        f" {med('fake_ms_call'):>12.2f} {max(r['in_flight'] for r in runs):>9}"
+        f" {min(r['lowest'] for r in runs):>6}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -65,6 +140,9 @@ def main() -> None:
         default=str(ROOT),
         help="directory whose alllabel package the CLI runs (e.g. an older checkout, for a baseline)",
     )
+    ap.add_argument("--baseline", help="a second checkout, run alternately with --code")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per C (and code); medians shown")
+    ap.add_argument("--json", help="write every run's figures here")
     args = ap.parse_args()
 
     records = [json.loads(line) for line in Path(args.data).open(encoding="utf-8")]
@@ -114,68 +192,28 @@ def main() -> None:
     )
     try:
         base = server.stdout.readline().strip()
-        env = {
-            **os.environ,
-            "OPENAI_BASE_URL": base,
-            "OPENAI_API_KEY": "bench",
-            "PYTHONPATH": os.pathsep.join(filter(None, [args.code, os.environ.get("PYTHONPATH")])),
-        }
         print(
-            f"{args.tasks} tasks, {args.pool} demonstrations, latency {args.latency} s; {os.cpu_count()} CPUs, load before: {os.getloadavg()[0]:.2f}"
+            f"{args.tasks} tasks, {args.pool} demonstrations, latency {args.latency} s, median of"
+            f" {args.repeat}; {os.cpu_count()} CPUs, load before: {os.getloadavg()[0]:.2f}"
         )
         print(
-            f"{'C':>3} {'bound/s':>8} {'tasks/s':>8} {'e2e':>6} {'calls':>6} {'attainable':>10} {'start-up s':>10} {'CPU ms/task':>11} {'fake ms/call':>12} {'in flight':>9}"
+            f"{'code':>8} {'C':>3} {'bound/s':>8} {'run':>6} {'e2e':>6} {'calls':>6} {'attainable':>10}"
+            f" {'start-up s':>10} {'CPU ms/task':>11} {'fake ms/call':>12} {'in flight':>9} {'lowest':>6}"
         )
+        codes = [("this", args.code)] + ([("baseline", args.baseline)] if args.baseline else [])
         levels = [int(c) for c in args.concurrency.split(",")]
-        for n, c in enumerate(levels):
-            _get(base + "/_reset", "POST")
-            fake_cpu = _get(base + "/_stats")["cpu_s"]
-            cache = work / f"cache-{c}.sqlite3"
-            cmd = [*args.prefix.split(), sys.executable]
-            if args.profile and n == len(levels) - 1:
-                cmd += ["-m", "cProfile", "-o", args.profile]
-            cmd += [
-                "-m",
-                "alllabel",
-                "prelabel",
-                str(data),
-                "-o",
-                str(work / f"out-{c}.jsonl"),
-                "--cache",
-                str(cache),
-                "--concurrency",
-                str(c),
-                "--quiet",
-                "--skip-quality",
-                *args.cli_args.split(),
-            ]  # the bulk calls only
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.time()
-            proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-            wall = time.time() - t0
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if proc.returncode != 0:
-                raise SystemExit(f"the CLI failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-            stats = _get(base + "/_stats")
-            if stats["requests"] != args.tasks:
-                raise SystemExit(
-                    f"expected {args.tasks} LLM calls, the fake saw {stats['requests']}"
-                )
-            calls = stats["last_response_at"] - stats["first_request_at"]
-            bound = c / args.latency
-            attainable = args.tasks / (math.ceil(args.tasks / c) * args.latency)
-            cpu = (
-                (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-                / args.tasks
-                * 1000
-            )
-            print(
-                f"{c:>3} {bound:>8.1f} {args.tasks / wall:>8.1f} {100 * args.tasks / wall / bound:>5.1f}% {100 * args.tasks / calls / bound:>5.1f}%"
-                f" {100 * attainable / bound:>9.1f}% {stats['first_request_at'] - t0:>10.2f} {cpu:>11.2f}"
-                f" {(stats['cpu_s'] - fake_cpu) / args.tasks * 1000:>12.2f} {stats['max_in_flight']:>9}",
-                flush=True,
-            )
+        runs: dict = {}
+        for c in levels:
+            for rep in range(args.repeat):
+                for name, code in codes:
+                    last = c == levels[-1] and rep == args.repeat - 1 and name == "this"
+                    one = _run(args, base, work, data, c, code, profile=last and args.profile)
+                    runs.setdefault((name, c), []).append(one)
+            for name, _ in codes:
+                _print(name, c, args, runs[(name, c)])
         print(f"load after: {os.getloadavg()[0]:.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({f"{n} C={c}": r for (n, c), r in runs.items()}))
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -40,6 +40,28 @@ def test_a_parallel_server_keeps_the_configured_concurrency():
     assert c.report()["concurrency"] == 4 and c.report()["concurrency_lowered"] == 0
 
 
+def test_a_parallel_server_with_a_fixed_latency_keeps_it_for_short_and_long_replies():
+    """A cloud endpoint answers in about the same time whatever the reply's length: short replies
+    are slower per token than long ones without any queueing, and must not lower the limit; the
+    same replies queued by a serial server still do."""
+
+    def reply(req) -> str:  # 1 to 60 entities, by task number
+        n = 1 + int(req["messages"][-1]["content"].split()[1]) * 7 % 60
+        return '{"entities": [' + ", ".join(['{"text": "MOF-5", "label": "x"}'] * n) + "]}"
+
+    with FakeOpenAI(reply) as fake:
+        fake.latency = 0.2
+        c = client(fake, concurrency=8)
+        ask(c, 96)
+    assert c.report()["concurrency_lowered"] == 0, c.report()
+    assert fake.max_in_flight == 8
+    with FakeOpenAI(reply) as fake:  # the same replies from a serial server: queueing is seen
+        fake.serial, fake.latency = True, 0.05
+        c = client(fake, concurrency=4)
+        ask(c, 32)
+    assert c.report()["concurrency_lowest"] <= 2, c.report()
+
+
 def test_a_timeout_drops_to_one_call_at_a_time_and_growth_waits_for_headroom():
     limit = AdaptiveLimit(4, timeout=10)
     limit.timed_out()

@@ -195,6 +195,70 @@ def test_bounded_concurrency(mof):
     assert fake.max_in_flight == 3
 
 
+def test_the_next_call_goes_out_while_a_result_is_still_being_reported(mof):
+    """Reading and reporting a task's result (``on_done``: the CLI's progress, the backend's save)
+    happens behind the callers: with one call at a time, the second request reaches the endpoint
+    while the first task's ``on_done`` is still running."""
+    import threading
+
+    texts, schema, spans, gold_by_text, sim = mof
+    with FakeOpenAI(gold_responder(gold_by_text)) as fake:
+        second_sent, overlapped = threading.Event(), []
+
+        def on_done(result):
+            if not overlapped:  # the first result: wait for the next request (never, before)
+                overlapped.append(second_sent.wait(timeout=5))
+
+        def respond(req):
+            if len(fake.requests) >= 2:
+                second_sent.set()
+            return gold_responder(gold_by_text)(req)
+
+        fake.responder = respond
+        results = prelabel(
+            texts,
+            {0: spans[0]},
+            LLMAnnotator(client_for(fake), schema),
+            sim,
+            queries=[1, 2, 3],
+            concurrency=1,
+            on_done=on_done,
+        )
+    assert overlapped == [True]
+    assert all(r.annotation is not None for r in results)
+
+
+def test_a_reader_that_falls_behind_leaves_the_reading_to_the_callers(mof):
+    """While the reader is stuck (here in the first ``on_done``), at most ``READ_BACKLOG`` replies
+    wait for it; the callers read and report the next ones themselves, so a starved reader never
+    leaves a backlog to read after the last reply."""
+    import threading
+
+    from alllabel.prelabel.run import READ_BACKLOG
+
+    texts, schema, spans, gold_by_text, sim = mof
+    reported_meanwhile, first, waited = threading.Event(), threading.Lock(), []
+
+    def on_done(result):
+        if first.acquire(blocking=False):  # the first result: the reader waits
+            waited.append(reported_meanwhile.wait(timeout=10))
+        else:  # reported while the reader is stuck: by a caller
+            reported_meanwhile.set()
+
+    with FakeOpenAI(gold_responder(gold_by_text)) as fake:
+        results = prelabel(
+            texts,
+            {0: spans[0]},
+            LLMAnnotator(client_for(fake), schema),
+            sim,
+            queries=list(range(1, READ_BACKLOG + 4)),
+            concurrency=1,
+            on_done=on_done,
+        )
+    assert waited == [True]
+    assert all(r.annotation is not None for r in results)
+
+
 def test_logprob_confidence(mof):
     texts, schema, spans, gold_by_text, sim = mof
     with FakeOpenAI(gold_responder(gold_by_text), logprob=-0.2) as fake:

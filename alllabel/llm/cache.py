@@ -100,6 +100,7 @@ class LLMCache:
         )
         self._db.commit()
         self._lock = threading.Lock()
+        self._has_spend_table = False
 
     def get(self, key: str) -> Completion | None:
         with self._lock:
@@ -136,12 +137,18 @@ class LLMCache:
 
     def spent(self, run_key: str) -> float:
         """US$ billed so far for ``run_key`` (the command line's spend ledger, ``add_spent``)."""
-        self.execute(_SPEND_TABLE)
+        self._spend_table()
         rows = self.execute("SELECT usd FROM spend WHERE run_key = ?", (run_key,))
         return rows[0][0] if rows else 0.0
 
+    def _spend_table(self) -> None:
+        # Once per cache: ``add_spent`` runs at every billed call, one commit is enough there.
+        if not self._has_spend_table:
+            self.execute(_SPEND_TABLE)
+            self._has_spend_table = True
+
     def add_spent(self, run_key: str, usd: float) -> None:
-        self.execute(_SPEND_TABLE)
+        self._spend_table()
         self.execute(
             "INSERT INTO spend VALUES (?, ?) ON CONFLICT(run_key) DO UPDATE SET usd = usd + ?",
             (run_key, usd, usd),

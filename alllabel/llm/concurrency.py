@@ -7,8 +7,10 @@ times out while it never ran. The limit therefore:
 * starts at the configured concurrency, which is also its ceiling;
 * halves when calls keep taking clearly longer than the fastest seen (2 in a row, or half a
   round): the gradient ``fastest / latency`` of Netflix's concurrency-limits, on the median
-  of the last three latencies per unit of work, so long replies are not mistaken for queueing (on a
-  serial server it is about ``1 / limit``); drops to 1 at once on a timeout;
+  of the last three latencies, both per unit of work (so long replies are not mistaken for
+  queueing) and in seconds (so short replies from an endpoint with a fixed latency are not
+  either): only a call slow in both counts (on a serial server both are about ``1 / limit``);
+  drops to 1 at once on a timeout;
 * grows again by 1 after ``limit * 2^lowered`` calls that kept up (fewer probes of a server that
   has refused them before), while ``limit + 1`` calls of the slowest latency seen lately would
   still end within half the timeout (on a serial server the last of n queued calls waits n
@@ -89,8 +91,10 @@ class AdaptiveLimit:
             self._per_unit.append(per_unit)
             if self.fixed:
                 return
-            recent = sorted(list(self._per_unit)[-RECENT:])
-            gradient = min(self._per_unit) / recent[len(recent) // 2]  # the recent median
+            per_unit = _gradient(self._per_unit)
+            # Queued calls are slow in both measures; a parallel endpoint with a fixed latency
+            # makes short replies look slow per unit of work, but not in seconds.
+            gradient = max(per_unit, _gradient(self._latency))
             # Slow for several calls in a row, not one: a loaded machine has its moments.
             self._slow = self._slow + 1 if gradient < GRADIENT_LOW else 0
             if self._slow >= max(2, self.limit // 2) and self.limit > 1:
@@ -134,6 +138,12 @@ class AdaptiveLimit:
                 "concurrency_lowered": self.lowered,
                 "concurrency_from_endpoint": self.fixed,
             }
+
+
+def _gradient(values: deque[float]) -> float:
+    """The fastest remembered against the median of the last ``RECENT`` (1: no slower lately)."""
+    recent = sorted(list(values)[-RECENT:])
+    return min(values) / max(recent[len(recent) // 2], 1e-9)
 
 
 class TimeoutAnswer(httpx2.BaseTransport):

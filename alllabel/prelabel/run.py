@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from alllabel.llm.client import LLMError, run_bounded
@@ -30,6 +31,10 @@ from alllabel.prelabel.spend import SpendGuard
 from alllabel.selection.similarity import Similarity
 
 log = logging.getLogger(__name__)
+
+# Replies waiting for ``online``'s reader beyond which a caller reads its own: when the CPU is
+# starved the reader falls behind, and a backlog read after the last reply only delays the end.
+READ_BACKLOG = 8
 
 
 @dataclass
@@ -172,6 +177,29 @@ def prelabel(
     return r.results
 
 
+class _Counter:
+    """A count under its own lock (``with counter: counter.n += 1``)."""
+
+    def __init__(self):
+        self.n, self._lock = 0, threading.Lock()
+
+    def __enter__(self):
+        self._lock.acquire()
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def _outcome(r: object) -> object:
+    """A task's result, or the error it raised, from ``online``'s reader or its caller."""
+    if not isinstance(r, Future):
+        return r
+    try:
+        return r.result()
+    except Exception as e:  # noqa: BLE001 - recorded in the task's result, never raised
+        return e
+
+
 def _cap_for(annotator, max_cost_usd: float | None) -> float | None:
     """The cap that applies: none for an annotator without prices (it costs nothing); an
     error for a priced one whose prices are unknown."""
@@ -195,6 +223,7 @@ class _Run:
         self.guard, self.executor, self.at_price = guard, executor, at_price
         self.results = PrelabelResults([None] * len(work.queries))
         self.on_done = self.min_span_score = self.stop = None
+        self._reader, self._backlog = None, _Counter()  # ``online``'s reader and its queue
 
     def finish(self, j: int, result: PrelabelResult) -> PrelabelResult:
         if result.annotation is not None and self.min_span_score is not None:
@@ -224,38 +253,75 @@ class _Run:
         return holds.cost_cap(g.max_usd, g.total, cause=cause)
 
     def online(self, concurrency: int) -> None:
-        def one(j: int) -> PrelabelResult:
-            if self.stop is not None and self.stop.is_set():
-                return self.finish(
-                    j, PrelabelResult(self.work.queries[j], None, held=holds.stopped())
-                )
-            if self.guard.max_usd is not None:  # admission in task order
-                worst = float("inf")
-                try:
-                    worst = self.worst(j, False)
-                finally:  # every task takes its admission turn, or later ones would wait forever
-                    admitted = self.guard.admit(j, j, worst)
-                if not admitted:
-                    return self.finish(
-                        j, PrelabelResult(self.work.queries[j], None, held=self.cap_hold())
-                    )
-            return self.finish(j, self.attempt(j))
-
-        raw = run_bounded(one, range(len(self.work.queries)), concurrency)
+        # A caller sends its next prompt as soon as its reply is in and billed; one reader thread
+        # parses, aligns, scores and reports behind the callers (reading in each caller delayed
+        # every next call by the time it took: issue 17, concurrency 64).
+        with ThreadPoolExecutor(1, thread_name_prefix="prelabel-read") as self._reader:
+            raw = run_bounded(self._one, range(len(self.work.queries)), concurrency)
+            raw = [_outcome(r) for r in raw]
         for j, r in enumerate(raw):
             if not isinstance(r, PrelabelResult):  # an unexpected error: recorded, never raised
                 self.finish(
                     j, PrelabelResult(self.work.queries[j], None, f"{type(r).__name__}: {r}")
                 )
 
+    def _one(self, j: int) -> PrelabelResult | Future:
+        """Task ``j`` online: admitted under the cap, called, settled; read now or behind."""
+        if self.stop is not None and self.stop.is_set():
+            return self.finish(j, PrelabelResult(self.work.queries[j], None, held=holds.stopped()))
+        if self.guard.max_usd is not None:  # admission in task order
+            worst = float("inf")
+            try:
+                worst = self.worst(j, False)
+            finally:  # every task takes its admission turn, or later ones would wait forever
+                admitted = self.guard.admit(j, j, worst)
+            if not admitted:
+                return self.finish(
+                    j, PrelabelResult(self.work.queries[j], None, held=self.cap_hold())
+                )
+        if self.work.prompts[j] is None:  # a direct annotator: no call to overlap
+            return self.finish(j, self.attempt(j))
+        answers = self.executor.execute(self.work.prompts[j].windows)
+        self.settle(j, answers)  # before the next admission, as the cap needs
+        with self._backlog:
+            behind = self._backlog.n >= READ_BACKLOG
+            self._backlog.n += not behind
+        if behind:  # a starved CPU: the reader lags, the callers read as they go
+            return self.finish(j, self.read(j, answers))
+        return self._reader.submit(self._read_behind, j, answers)
+
+    def _read_behind(self, j: int, answers: list[Answer]) -> PrelabelResult:
+        try:
+            return self.finish(j, self.read(j, answers))
+        finally:
+            with self._backlog:
+                self._backlog.n -= 1
+
     def attempt(self, j: int, answers: list[Answer] | None = None) -> PrelabelResult:
-        """Execute (unless ``answers`` are given) -> read; settle the task's cost."""
+        """Execute (unless ``answers`` are given) -> settle the task's cost -> read."""
         i, demos, prompts = self.work.queries[j], self.work.demos[j], self.work.prompts[j]
         if prompts is None:
             result = PrelabelResult(i, self.annotator.annotate(self.texts[i], demos))
             self.guard.settle(j, 0.0)
             return result
         answers = self.executor.execute(prompts.windows) if answers is None else answers
+        self.settle(j, answers)
+        return self.read(j, answers)
+
+    def settle(self, j: int, answers: list[Answer]) -> None:
+        """The task's worst case replaced by its bill: the answers' (and, without a ledger of the
+        caller's, cached answers at the price they were bought) or, after an error, the bill."""
+        billed = sum(a.billed_usd for a in answers)
+        error = next((a for a in answers if a.error is not None), None)
+        if error is None:
+            self.guard.settle(j, billed + self._cached_cost(answers))
+        else:
+            self.guard.settle(j, billed, failed=True, truncated=error.truncated)
+
+    def read(self, j: int, answers: list[Answer]) -> PrelabelResult:
+        """Parse -> align -> score settled ``answers``; a reply that cannot be read fails the task
+        (its cost then counts as spent on failures)."""
+        i, demos, prompts = self.work.queries[j], self.work.demos[j], self.work.prompts[j]
         billed = sum(a.billed_usd for a in answers)
         error = next((a for a in answers if a.error is not None), None)
         if error is None:
@@ -263,12 +329,11 @@ class _Run:
                 a = self.annotator.read(
                     self.texts[i], demos, prompts, [x.completion for x in answers]
                 )
-                self.guard.settle(j, billed + self._cached_cost(answers))
                 return PrelabelResult(i, a, billed_usd=billed)
             except (LLMError, ValueError) as e:
                 error = Answer(error=e)
+                self.guard.failed_after(billed, self._cached_cost(answers), error.truncated)
         e = error.error
-        self.guard.settle(j, billed, failed=True, truncated=error.truncated)
         log.warning("task %d: pre-annotation failed: %s", i, e)
         blocking = isinstance(e, LLMError) and e.status in (401, 403, 404)
         return PrelabelResult(

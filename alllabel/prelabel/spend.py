@@ -74,3 +74,13 @@ class SpendGuard:
                 self.truncated += truncated
             else:
                 self.succeeded += 1
+
+    def failed_after(self, usd: float, refund: float = 0.0, truncated: bool = False) -> None:
+        """A task settled as a success failed after all (its reply could not be read): its bill
+        ``usd`` counts as spent on failures, and ``refund`` (cached answers counted at the price
+        they were bought) no longer counts, as if it had been settled as failed."""
+        with self._cond:
+            self.committed -= refund
+            self.failed_usd += usd
+            self.truncated += truncated
+            self.succeeded -= 1
