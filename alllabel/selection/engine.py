@@ -18,7 +18,8 @@ from fractions import Fraction
 import numpy as np
 
 from alllabel.selection.blocks import BlockRunner
-from alllabel.selection.kernels import scan_rows, sumrank_add
+from alllabel.selection.kernels import rank_rows, scan_rows, sumrank_add
+from alllabel.selection.rowsums import linear_sums_available, seed
 from alllabel.selection.similarity import Similarity, default_block_rows
 
 log = logging.getLogger(__name__)
@@ -56,22 +57,32 @@ def _scan_block(sim, idx, width, sentinel, excluded, grid):
     Row sums are on an int64 fixed-point grid: exact, so independent of summation order and of
     the block size (mathematically tied means stay tied). Excluded items do not count.
     A backend that normalises rows by their max (BM25) hands over raw rows: the kernel
-    normalises them on the way, with the same float operations."""
+    normalises them on the way, with the same float operations.
+    ``grid`` None: no sums, and a backend whose raw rows rank as U (``rank_raw``) is ranked
+    raw (kernels.rank_rows); the seed then comes from linear sums (rowsums.seed)."""
     buf = _buffer("rows", (len(idx), sim.n), np.float64)
-    fused = getattr(sim, "fused_rows", False)
-    block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
     lists = np.empty((len(idx), width), dtype=np.int32)
-    rowsum = np.empty(len(idx), dtype=np.int64)
     vals = _buffer("vals", (len(idx), width), np.float64)
     rowmax = np.empty(len(idx))
-    scan_rows(block, idx, excluded, grid, width, sentinel, lists, vals, rowsum, rowmax, fused)
+    fused = getattr(sim, "fused_rows", False)
+    if grid is None and getattr(sim, "rank_raw", False):
+        rank_rows(
+            sim._raw_rows(idx, out=buf), idx, excluded, width, sentinel, lists, vals, rowmax, fused
+        )
+        rowsum = None
+    else:
+        block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
+        rowsum = np.empty(len(idx), dtype=np.int64)
+        scan_rows(
+            block, idx, excluded, grid or 1.0, width, sentinel, lists, vals, rowsum, rowmax, fused
+        )
     if fused:
         sim._rowmax[idx] = rowmax
     return lists, rowsum, _row_max_of(sim, idx)
 
 
 def _ranked_block(sim, idx, width, sentinel, excluded):
-    lists, _, rowmax = _scan_block(sim, idx, width, sentinel, excluded, 1.0)
+    lists, _, rowmax = _scan_block(sim, idx, width, sentinel, excluded, None)
     return lists, rowmax
 
 
@@ -109,6 +120,8 @@ class Engine:
         self.runner = runner
         self.lists: np.ndarray | None = None
         self.rowsum: np.ndarray | None = None
+        bound = max(float(getattr(sim, "bound", 1.0)), 1e-300) * self.n
+        self.grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
 
     def _ext(self, mask: np.ndarray) -> np.ndarray:
         return np.append(mask, False)  # the sentinel is never a candidate or a D1 item
@@ -131,14 +144,14 @@ class Engine:
         if self.lists is not None and self.lists.shape[1] >= width:
             return  # kept from an earlier scan of the same U (replan.Planner)
         self.lists = np.empty((n, width), dtype=np.int32)
-        self.rowsum = np.empty(n, dtype=np.int64)
-        bound = max(float(getattr(self.sim, "bound", 1.0)), 1e-300) * n
-        grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
+        sums = not linear_sums_available(self.sim)  # else the seed needs no per-cell sums
+        self.rowsum = np.empty(n, dtype=np.int64) if sums else None
         done = 0
         for idx, (lists, rowsum) in self._map(
-            _scan_block, np.arange(n), width, n, self.excluded, grid
+            _scan_block, np.arange(n), width, n, self.excluded, self.grid if sums else None
         ):
-            self.rowsum[idx] = rowsum
+            if sums:
+                self.rowsum[idx] = rowsum
             self.lists[idx] = lists
             done += len(idx)
             self.progress("scan", done, n)
@@ -170,7 +183,7 @@ class Engine:
             np.maximum(maxsim, self.sim.column(j), out=maxsim)
         if not chosen:
             if seed_item is None:  # lowest mean similarity; first on ties
-                seed_item = int(np.argmin(np.where(taken, np.iinfo(np.int64).max, self.rowsum)))
+                seed_item = self._seed(taken)
             picked.append(seed_item)
             taken[seed_item] = True
             np.maximum(maxsim, self.sim.column(seed_item), out=maxsim)
@@ -181,6 +194,11 @@ class Engine:
             np.maximum(maxsim, self.sim.column(u), out=maxsim)
             self.progress("diversity", len(picked), count)
         return picked
+
+    def _seed(self, taken: np.ndarray) -> int:
+        if self.rowsum is None:  # the scan skipped the per-cell sums
+            return seed(self.sim, ~taken, self.excluded, self.grid)
+        return int(np.argmin(np.where(taken, np.iinfo(np.int64).max, self.rowsum)))
 
     def sumrank_pick(
         self, queries: np.ndarray, candidate: np.ndarray, x: int, count: int

@@ -125,6 +125,26 @@ def _row_to_u(u, i, excluded, grid, normalise, rowmax, r):  # pragma: no cover -
     return acc
 
 
+@numba.njit(nogil=True)
+def _top_list(u, width, sentinel, bv, bi, lists_r, vals_r):  # pragma: no cover - compiled
+    """The first ``width`` items of row ``u``'s ranking (unrankable cells are -inf)."""
+    m = 0
+    if width > 0:
+        guess = _guess(u, width, bv)
+        m = _filter(u, width, guess, bv, bi)
+        if m < width and guess > -np.inf:  # the guess was too high: filter again, exactly
+            m = _filter(u, width, -np.inf, bv, bi)
+    if m > width:
+        _compact(bv, bi, m, width)
+        m = width
+    order = np.argsort(-bv[:m], kind="mergesort")  # stable: equal values in index order
+    for p in range(m):
+        lists_r[p] = bi[order[p]]
+        vals_r[p] = bv[order[p]]
+    for p in range(m, width):
+        lists_r[p] = sentinel
+
+
 @numba.njit(nogil=True, cache=True)
 def scan_rows(
     block, rows, excluded, grid, width, sentinel, lists, vals, rowsum, rowmax, normalise
@@ -149,21 +169,36 @@ def scan_rows(
     for r in range(block.shape[0]):
         u = block[r]
         rowsum[r] = _row_to_u(u, rows[r], excluded, grid, normalise, rowmax, r)
-        m = 0
-        if width > 0:
-            guess = _guess(u, width, bv)
-            m = _filter(u, width, guess, bv, bi)
-            if m < width and guess > -np.inf:  # the guess was too high: filter again, exactly
-                m = _filter(u, width, -np.inf, bv, bi)
-        if m > width:
-            _compact(bv, bi, m, width)
-            m = width
-        order = np.argsort(-bv[:m], kind="mergesort")  # stable: equal values in index order
-        for p in range(m):
-            lists[r, p] = bi[order[p]]
-            vals[r, p] = bv[order[p]]
-        for p in range(m, width):
-            lists[r, p] = sentinel
+        _top_list(u, width, sentinel, bv, bi, lists[r], vals[r])
+
+
+@numba.njit(nogil=True, cache=True)
+def rank_rows(block, rows, excluded, width, sentinel, lists, vals, rowmax, raw):  # pragma: no cover
+    """``scan_rows`` without the grid sums and without turning the rows into U.
+
+    For a backend whose U is a strictly increasing function of its raw scores on each row
+    (BM25 with non-negative weights: U = raw / row max, and distinct integers below 2**52 stay
+    distinct after the division; SBERT: a power-of-two scale), ranking the raw row is ranking
+    U's row, ties included. ``raw``: also record the row max over j != i (every column, as
+    ``BM25Similarity.rows`` does). ``vals`` get the raw values. Saves the divide and rint of
+    every cell: the sums are only needed for the seed (``Engine.seed``, from linear sums).
+    """
+    cap = max(4 * width, 256)
+    bv = np.empty(cap, dtype=np.float64)
+    bi = np.empty(cap, dtype=np.int64)
+    n = block.shape[1]
+    for r in range(block.shape[0]):
+        u = block[r]
+        i = rows[r]
+        u[i] = -np.inf
+        if raw:
+            top = -np.inf if n > 1 else 0.0
+            for j in range(n):
+                top = max(top, u[j])
+            rowmax[r] = top
+        for j in excluded:
+            u[j] = -np.inf
+        _top_list(u, width, sentinel, bv, bi, lists[r], vals[r])
 
 
 @numba.njit(nogil=True, cache=True)

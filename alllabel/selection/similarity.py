@@ -229,6 +229,8 @@ class BM25Similarity(_IntegerDotSimilarity):
         w = counts.copy()
         w.data = np.rint(weights * self.scale)
         self.vocab_size = len(vocab)
+        # Non-negative weights (idf floored above 0): U = raw / row max ranks as raw does.
+        self.rank_raw = bool((w.data >= 0).all())
 
         # Terms in more than a tenth of the texts go through BLAS (dense), the rest through
         # their postings lists. A term costs N^2 multiply-adds dense and about df^2 sparse, and a
@@ -307,6 +309,7 @@ class SBERTSimilarity(_IntegerDotSimilarity):
     """
 
     QUANT = 2.0**20
+    rank_raw = True  # U = raw * 2**-40: the raw rows rank as U does (engine._scan_block)
 
     def __init__(
         self,
