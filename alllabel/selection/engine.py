@@ -18,9 +18,9 @@ from fractions import Fraction
 import numpy as np
 
 from alllabel.selection.blocks import BlockRunner
-from alllabel.selection.kernels import rank_rows, scan_rows, sumrank_add
+from alllabel.selection.kernels import postings_rank_rows, rank_rows, scan_rows, sumrank_add
 from alllabel.selection.rowsums import linear_sums_available, seed
-from alllabel.selection.similarity import Similarity, default_block_rows
+from alllabel.selection.similarity import BM25Similarity, Similarity, default_block_rows
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,7 @@ def _scan_block(sim, idx, width, sentinel, excluded, grid):
     rowmax = np.empty(len(idx))
     fused = getattr(sim, "fused_rows", False)
     if grid is None and getattr(sim, "rank_raw", False):
-        rank_rows(
-            sim._raw_rows(idx, out=buf), idx, excluded, width, sentinel, lists, vals, rowmax, fused
-        )
+        _rank_raw(sim, idx, buf, excluded, width, sentinel, lists, vals, rowmax, fused)
         rowsum = None
     else:
         block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
@@ -79,6 +77,17 @@ def _scan_block(sim, idx, width, sentinel, excluded, grid):
     if fused:
         sim._rowmax[idx] = rowmax
     return lists, rowsum, _row_max_of(sim, idx)
+
+
+def _rank_raw(sim, idx, buf, excluded, width, sentinel, lists, vals, rowmax, fused):
+    if isinstance(sim, BM25Similarity):  # BLAS part here, the postings row by row with ranking
+        block = sim.dense_rows(idx, out=buf)
+        q, w = sim._qs, sim._ws_t
+        args = (q.indptr, q.indices, q.data, w.indptr, w.indices, w.data)
+        postings_rank_rows(*args, block, idx, excluded, width, sentinel, lists, vals, rowmax)
+    else:
+        block = sim._raw_rows(idx, out=buf)
+        rank_rows(block, idx, excluded, width, sentinel, lists, vals, rowmax, fused)
 
 
 def _ranked_block(sim, idx, width, sentinel, excluded):

@@ -172,6 +172,20 @@ def scan_rows(
         _top_list(u, width, sentinel, bv, bi, lists[r], vals[r])
 
 
+@numba.njit(nogil=True)
+def _rank_row(u, i, excluded, width, sentinel, bv, bi, lists_r, vals_r, rowmax, r, raw):
+    # pragma: no cover - compiled
+    u[i] = -np.inf
+    if raw:
+        top = -np.inf if u.shape[0] > 1 else 0.0
+        for j in range(u.shape[0]):
+            top = max(top, u[j])
+        rowmax[r] = top
+    for j in excluded:
+        u[j] = -np.inf
+    _top_list(u, width, sentinel, bv, bi, lists_r, vals_r)
+
+
 @numba.njit(nogil=True, cache=True)
 def rank_rows(block, rows, excluded, width, sentinel, lists, vals, rowmax, raw):  # pragma: no cover
     """``scan_rows`` without the grid sums and without turning the rows into U.
@@ -186,19 +200,43 @@ def rank_rows(block, rows, excluded, width, sentinel, lists, vals, rowmax, raw):
     cap = max(4 * width, 256)
     bv = np.empty(cap, dtype=np.float64)
     bi = np.empty(cap, dtype=np.int64)
-    n = block.shape[1]
+    for r in range(block.shape[0]):
+        _rank_row(
+            block[r], rows[r], excluded, width, sentinel, bv, bi, lists[r], vals[r], rowmax, r, raw
+        )
+
+
+@numba.njit(nogil=True, cache=True)
+def postings_rank_rows(
+    q_ptr,
+    q_idx,
+    q_val,
+    w_ptr,
+    w_doc,
+    w_val,
+    block,
+    rows,
+    excluded,
+    width,
+    sentinel,
+    lists,
+    vals,
+    rowmax,
+):  # pragma: no cover - compiled
+    """``add_postings`` then ``rank_rows`` (raw), row by row: each row is ranked while it is
+    still in cache from its postings, instead of a second pass over the whole block."""
+    cap = max(4 * width, 256)
+    bv = np.empty(cap, dtype=np.float64)
+    bi = np.empty(cap, dtype=np.int64)
     for r in range(block.shape[0]):
         u = block[r]
         i = rows[r]
-        u[i] = -np.inf
-        if raw:
-            top = -np.inf if n > 1 else 0.0
-            for j in range(n):
-                top = max(top, u[j])
-            rowmax[r] = top
-        for j in excluded:
-            u[j] = -np.inf
-        _top_list(u, width, sentinel, bv, bi, lists[r], vals[r])
+        for p in range(q_ptr[i], q_ptr[i + 1]):
+            t = q_idx[p]
+            c = q_val[p]
+            for s in range(w_ptr[t], w_ptr[t + 1]):
+                u[w_doc[s]] += c * w_val[s]
+        _rank_row(u, i, excluded, width, sentinel, bv, bi, lists[r], vals[r], rowmax, r, True)
 
 
 @numba.njit(nogil=True, cache=True)

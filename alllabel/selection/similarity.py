@@ -250,8 +250,12 @@ class BM25Similarity(_IntegerDotSimilarity):
         self._rowmax = np.full(n, np.nan)
         log.debug("BM25: %d texts, %d terms (%d dense), scale 2^%d", n, len(vocab), len(dense), q)
 
+    def dense_rows(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The frequent terms' part of the raw rows (BLAS); the postings add the rest."""
+        return np.matmul(self._qd[idx], self._wd.T, out=out)
+
     def _raw_rows(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        out = np.matmul(self._qd[idx], self._wd.T, out=out)
+        out = self.dense_rows(idx, out)
         q, w = self._qs, self._ws_t
         add_postings(q.indptr, q.indices, q.data, idx, w.indptr, w.indices, w.data, out)
         return out
