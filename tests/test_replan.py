@@ -30,6 +30,8 @@ def _same_state(p, fresh):
         assert np.array_equal(p.lists[r, :m], fresh.lists[r, :m]), r
         if p.complete[r]:
             assert p.length[r] == fresh.length[r], r
+    for j, col in p.columns.items():  # kept columns of U, carried through adds and removals
+        assert np.array_equal(col, fresh.sim.column(j)), j
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -41,6 +43,7 @@ def test_sbert_add_remove_annotate_equal_full_replan(seed):
     budget = 12
     p = Planner(texts, kind="sbert", embeddings=vec, budget=budget, slack=4, block_rows=17)
     _same(p.select(budget), _full(texts, vec, budget))
+    assert len(p.columns) >= 2  # the diversity stage's columns are kept for the next plan
 
     new = _vectors(rng, 30)
     p.add([f"new {i}" for i in range(30)], embeddings=new)
@@ -50,7 +53,9 @@ def test_sbert_add_remove_annotate_equal_full_replan(seed):
     _same(p.select(budget), _full(texts, vec, budget))
 
     gone = rng.choice(len(texts), size=25, replace=False)
+    cached = set(p.columns)
     p.remove(gone)
+    assert len(p.columns) == len(cached - set(gone.tolist()))  # the others' columns are kept
     assert p.last_rescan is None
     keep = np.setdiff1d(np.arange(len(texts)), gone)
     texts, vec = [texts[i] for i in keep], vec[keep]

@@ -129,6 +129,9 @@ class Engine:
         self.runner = runner
         self.lists: np.ndarray | None = None
         self.rowsum: np.ndarray | None = None
+        # Columns of U kept by the caller between plans (replan.Planner), item -> column.
+        self.columns: dict[int, np.ndarray] | None = None
+        self.columns_max = 0
         bound = max(float(getattr(sim, "bound", 1.0)), 1e-300) * self.n
         self.grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
 
@@ -179,6 +182,16 @@ class Engine:
             pos += len(idx)
         return out
 
+    def _column(self, j: int) -> np.ndarray:
+        if self.columns is None:
+            return self.sim.column(j)
+        col = self.columns.get(j)
+        if col is None:
+            col = self.sim.column(j)
+            if len(self.columns) < self.columns_max:
+                self.columns[j] = col
+        return col
+
     # --- stages -----------------------------------------------------------------------------
     def diversity(self, chosen: list[int], count: int, seed_item: int | None = None) -> list[int]:
         """Farthest-first from ``chosen``; with nothing chosen, start from ``seed_item`` or the warm seed."""
@@ -189,18 +202,18 @@ class Engine:
         taken[chosen] = True
         maxsim = np.full(self.n, -np.inf)
         for j in chosen:
-            np.maximum(maxsim, self.sim.column(j), out=maxsim)
+            np.maximum(maxsim, self._column(j), out=maxsim)
         if not chosen:
             if seed_item is None:  # lowest mean similarity; first on ties
                 seed_item = self._seed(taken)
             picked.append(seed_item)
             taken[seed_item] = True
-            np.maximum(maxsim, self.sim.column(seed_item), out=maxsim)
+            np.maximum(maxsim, self._column(seed_item), out=maxsim)
         while len(picked) < count:
             u = int(np.argmin(np.where(taken, np.inf, maxsim)))
             picked.append(u)
             taken[u] = True
-            np.maximum(maxsim, self.sim.column(u), out=maxsim)
+            np.maximum(maxsim, self._column(u), out=maxsim)
             self.progress("diversity", len(picked), count)
         return picked
 

@@ -316,3 +316,15 @@ def sumrank_add(
                 out_ranks[m] = rank
                 m += 1
     return m
+
+
+@numba.njit(nogil=True, cache=True)
+def row_grid_sums(block, grid):  # pragma: no cover - compiled
+    """sum_c rint(block[r, c] * grid) per row, as int64 (what the scan adds for those cells)."""
+    out = np.zeros(block.shape[0], dtype=np.int64)
+    for r in range(block.shape[0]):
+        acc = np.int64(0)
+        for c in range(block.shape[1]):
+            acc += np.int64(np.rint(block[r, c] * grid))
+        out[r] = acc
+    return out

@@ -27,7 +27,7 @@ import numpy as np
 
 from alllabel.selection.blocks import BlockRunner, LocalRunner
 from alllabel.selection.engine import BUFFERS, Engine
-from alllabel.selection.kernels import merge_columns, scan_rows
+from alllabel.selection.kernels import merge_columns, row_grid_sums, scan_rows
 from alllabel.selection.similarity import (
     BM25Similarity,
     SBERTSimilarity,
@@ -66,6 +66,7 @@ class Planner:
         slack: int = 64,
         block_rows: int | None = None,
         runner: BlockRunner | None = None,
+        column_cache_mib: int = 256,
     ):
         if kind not in ("bm25", "sbert"):
             raise ValueError(f"unknown similarity {kind!r}; use 'bm25' or 'sbert'")
@@ -74,6 +75,10 @@ class Planner:
         self.vectors = None if embeddings is None else np.asarray(embeddings, dtype=np.float64)
         self.block_rows, self.runner = block_rows, runner or LocalRunner()
         self.slack = slack
+        # SBERT: the diversity stage's columns of U, kept for the next plan (item -> column;
+        # extended by add, cut by remove); they cost N x 8 bytes each, at most this many MiB.
+        self.columns: dict[int, np.ndarray] = {}
+        self.column_cache_mib = column_cache_mib
         self.rankable = np.ones(len(self.texts), dtype=bool)
         if exclude is not None:
             self.rankable[np.asarray(list(exclude), dtype=np.int64)] = False
@@ -126,6 +131,7 @@ class Planner:
     def _rescan(self, why: str) -> None:
         log.info("full rescan: %s", why)
         self.last_rescan = why
+        self.columns = {}
         self.grid = _grid(self.sim)
         rows = np.arange(self.n)
         self.lists, self.vals, self.rowsum = self._rows(rows, self.width)
@@ -155,6 +161,9 @@ class Planner:
         self._grow(n0)
 
     def _grow(self, n0: int) -> None:
+        """New rows in chunks; U is symmetric (cosine), so each chunk's old columns, transposed,
+        are the old rows x new columns block: merged into the old lists and row sums, and into
+        the kept columns, from the one product."""
         n, w = self.n, self.width
         old, new = np.arange(n0), np.arange(n0, n)
         self.lists = np.vstack([self.lists, np.empty((len(new), w), np.int32)])
@@ -163,17 +172,25 @@ class Planner:
         self.length = np.concatenate([self.length, np.empty(len(new), self.length.dtype)])
         self.complete = np.concatenate([self.complete, np.empty(len(new), bool)])
         was_complete = self.complete[old].copy()
-        lists, vals, sums = self._rows(new, w)
-        self.lists[new], self.vals[new], self.rowsum[new] = lists, vals, sums
+        excluded = np.flatnonzero(~self.rankable)
+        cols = {j: np.concatenate([c, np.empty(len(new))]) for j, c in self.columns.items()}
+        step = self.block_rows or default_block_rows(n)
+        buf = np.empty((min(step, len(new)), n))
+        for s in range(0, len(new), step):
+            idx = new[s : s + step]
+            block = self.sim.rows(idx, out=buf[: len(idx)])
+            for j, c in cols.items():
+                c[idx] = block[:, j]
+            keep = self.rankable[idx]
+            t = np.ascontiguousarray(block[keep, :n0].T)  # U[old, new] = U[new, old]
+            merge_columns(t, old, idx[keep], self.lists, self.vals, self.length, was_complete)
+            self.rowsum[old] += row_grid_sums(t, self.grid)
+            part = (self.lists[idx], self.vals[idx], np.empty(len(idx), np.int64))
+            scan_rows(block, idx, excluded, self.grid, w, n, *part, np.empty(len(idx)), False)
+            self.lists[idx], self.vals[idx], self.rowsum[idx] = part
+        self.columns = cols
         self.complete[new] = self._complete(new)
         self.length[new] = np.minimum(w, int(self.rankable.sum()) - self.rankable[new])
-        cols = new[self.rankable[new]]
-        step = max(1, (self.block_rows or default_block_rows(n)) * n // max(len(cols), 1))
-        for s in range(0, n0, step):
-            idx = old[s : s + step]
-            block = np.ascontiguousarray(self.sim.scores(idx, cols))
-            merge_columns(block, idx, cols, self.lists, self.vals, self.length, was_complete[idx])
-            self.rowsum[idx] += np.rint(block * self.grid).astype(np.int64).sum(axis=1)
         self.complete[old] = was_complete & self._complete(old)
 
     def remove(self, indices: Iterable[int]) -> None:
@@ -214,6 +231,7 @@ class Planner:
         self.vals = np.take_along_axis(vals, order, axis=1)
         self.length = valid.sum(axis=1)
         self.rowsum, self.complete = self.rowsum[keep], self.complete[keep]
+        self.columns = {int(remap[j]): c[keep] for j, c in self.columns.items() if keep[j]}
 
     # --- planning ---------------------------------------------------------------------------
     def select(self, budget: int, *, pre_chosen: Iterable[int] = (), **kwargs) -> Selection:
@@ -272,8 +290,13 @@ class Planner:
         lists = self.lists[:, :need].copy()
         lists[np.arange(need)[None, :] >= self.length[:, None]] = self.n  # end of a ranking
         engine.lists, engine.rowsum = lists, self.rowsum.copy()
+        engine.columns = self.columns
+        engine.columns_max = self.column_cache_mib * 2**20 // (8 * self.n)
         rng = np.random.default_rng(seed)
         try:
-            return _run(engine, "allabel", key, pre, budget, self.k, self.ratios, rng)
+            sel = _run(engine, "allabel", key, pre, budget, self.k, self.ratios, rng)
         finally:
             BUFFERS.__dict__.clear()
+        used = set(pre) | set(sel.indices)  # the columns a plan like this one reads again
+        self.columns = {j: c for j, c in self.columns.items() if j in used}
+        return sel
