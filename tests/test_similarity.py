@@ -155,3 +155,22 @@ def test_bm25_scan_ranks_raw_rows_without_cell_sums():
         want = select(U, 25, **kw)
         got = select(sim, 25, block_rows=32, **kw)
         assert (got.indices, got.stages) == (want.indices, want.stages)
+
+
+def test_sbert_columns_computed_ahead_give_the_dense_picks():
+    # The diversity stage computes SBERT columns 16 at a time (the pick and the likely next
+    # ones, SBERTSimilarity.columns); bit-identical to column(j), so the picks are the dense
+    # matrix's, on tie-heavy vectors and with pre-chosen items.
+    rng = np.random.default_rng(4)
+    for trial in range(4):
+        n = 300
+        vec = rng.integers(0, 3, size=(n, 4)).astype(float) + np.eye(1, 4)
+        sim = SBERTSimilarity([f"t{i}" for i in range(n)], embeddings=vec)
+        js = rng.choice(n, size=5, replace=False)
+        assert all(np.array_equal(c, sim.column(int(j))) for c, j in zip(sim.columns(js), js))
+        U = matrix(sim)
+        pre = rng.choice(n, size=trial * 3, replace=False).tolist()
+        for budget in (40, 100):
+            want = select(U, budget, pre_chosen=pre)
+            got = select(sim, budget, pre_chosen=pre)
+            assert (got.indices, got.stages) == (want.indices, want.stages), (trial, budget)

@@ -25,6 +25,7 @@ from alllabel.selection.similarity import BM25Similarity, Similarity, default_bl
 log = logging.getLogger(__name__)
 
 BUFFERS = threading.local()
+AHEAD = 16  # diversity: columns computed per pass over the data (the pick and 15 likely next)
 
 
 def _buffer(name: str, shape: tuple[int, int], dtype) -> np.ndarray:
@@ -132,6 +133,7 @@ class Engine:
         # Columns of U kept by the caller between plans (replan.Planner), item -> column.
         self.columns: dict[int, np.ndarray] | None = None
         self.columns_max = 0
+        self._ahead: dict[int, np.ndarray] = {}  # columns computed ahead (diversity)
         bound = max(float(getattr(sim, "bound", 1.0)), 1e-300) * self.n
         self.grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
 
@@ -182,14 +184,29 @@ class Engine:
             pos += len(idx)
         return out
 
-    def _column(self, j: int) -> np.ndarray:
-        if self.columns is None:
-            return self.sim.column(j)
-        col = self.columns.get(j)
+    def _column(self, j: int, score: np.ndarray | None = None) -> np.ndarray:
+        """Column j of U: kept by the caller, computed ahead, or computed now - with a backend
+        that computes several at once (``columns``), together with the columns of the items
+        that ``score`` (the diversity's distances) ranks next, the likely next picks: one pass
+        over the data instead of one per column (a memory-bound matrix-vector product)."""
+        kept = self.columns if self.columns is not None else {}
+        col = kept.get(j)
         if col is None:
-            col = self.sim.column(j)
-            if len(self.columns) < self.columns_max:
-                self.columns[j] = col
+            col = self._ahead.pop(j, None)
+        if col is None:
+            many = getattr(self.sim, "columns", None)
+            if many is None or score is None:
+                col = self.sim.column(j)
+            else:
+                k = min(AHEAD, len(score))
+                nxt = np.argpartition(score, k - 1)[:k].tolist()
+                ahead = [c for c in nxt if c != j and np.isfinite(score[c]) and c not in kept]
+                js = [j] + ahead
+                cols = many(np.array(js))
+                self._ahead = dict(zip(js[1:], cols[1:]))
+                col = cols[0]
+        if self.columns is not None and j not in kept and len(kept) < self.columns_max:
+            kept[j] = col
         return col
 
     # --- stages -----------------------------------------------------------------------------
@@ -210,10 +227,12 @@ class Engine:
             taken[seed_item] = True
             np.maximum(maxsim, self._column(seed_item), out=maxsim)
         while len(picked) < count:
-            u = int(np.argmin(np.where(taken, np.inf, maxsim)))
+            score = np.where(taken, np.inf, maxsim)
+            u = int(np.argmin(score))
             picked.append(u)
             taken[u] = True
-            np.maximum(maxsim, self._column(u), out=maxsim)
+            score[u] = np.inf
+            np.maximum(maxsim, self._column(u, score), out=maxsim)
             self.progress("diversity", len(picked), count)
         return picked
 

@@ -345,6 +345,10 @@ class SBERTSimilarity(_IntegerDotSimilarity):
     def _raw_column(self, j: int) -> np.ndarray:
         return self._e @ self._e[j]
 
+    def columns(self, js: np.ndarray) -> np.ndarray:
+        """Rows r = column js[r] of U (symmetric), one pass over the embeddings for all."""
+        return self._normalise(self._e[js] @ self._e.T, None)
+
     def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
         raw *= 1.0 / (self.QUANT * self.QUANT)  # a power of two: exact, in place
         return raw
