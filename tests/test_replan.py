@@ -25,6 +25,7 @@ def _same(a, b):
 def _same_state(p, fresh):
     """Every kept prefix is a prefix of the full ranking; complete lists hold all of it."""
     assert np.array_equal(p.rowsum, fresh.rowsum)
+    assert np.array_equal(p.sim._e, fresh.sim._e)  # grown / cut, not rebuilt: the same bits
     for r in range(p.n):
         m = min(p.length[r], fresh.length[r])
         assert np.array_equal(p.lists[r, :m], fresh.lists[r, :m]), r

@@ -25,6 +25,7 @@ from alllabel.selection.similarity import BM25Similarity, Similarity, default_bl
 log = logging.getLogger(__name__)
 
 BUFFERS = threading.local()
+MEMO_ENTRIES = 2**25  # recomputed list entries kept while one stage runs (128 MiB)
 AHEAD = 16  # diversity: columns computed per pass over the data (the pick and 15 likely next)
 
 
@@ -254,22 +255,31 @@ class Engine:
         weight = _weights(np.arange(depth + 1), k)  # the same float per rank as elementwise
         sums = np.zeros(self.n + 1)
         none = np.zeros(self.n + 1, dtype=bool)
-        self._walk(queries, need, cand, depth, weight, sums, none)
+        # Lists the scan did not keep are recomputed (rows of U): once, not again for every
+        # near-tied group the exact sums walk (the weak queries' lists of the uncertainty stage).
+        narrow = self.lists is None or self.lists.shape[1] < self._width(need)
+        memo: dict | None = {} if narrow and len(queries) * need <= MEMO_ENTRIES else None
+        self._walk(queries, need, cand, depth, weight, sums, none, memo)
 
         def exact(members: np.ndarray) -> dict[int, Fraction]:
             mask = np.zeros(self.n + 1, dtype=bool)
             mask[members] = True
-            items, ranks = self._walk(queries, need, cand, depth, weight, np.zeros_like(sums), mask)
+            zeros = np.zeros_like(sums)
+            items, ranks = self._walk(queries, need, cand, depth, weight, zeros, mask, memo)
             return _exact_sums(members, items, ranks, k)
 
         return best(sums[: self.n], candidate, count, exact)
 
-    def _walk(self, queries, need, cand, depth, weight, sums, members):
+    def _walk(self, queries, need, cand, depth, weight, sums, members, memo=None):
         """Rule (2) over the queries' lists in blocks; the (item, rank) entries of ``members``."""
         items_all, ranks_all = [], []
         step = max(1, (self.block_rows or 4096))
         for start in range(0, len(queries), step):
-            lists = self.ranked(queries[start : start + step], need)
+            lists = None if memo is None else memo.get(start)
+            if lists is None:
+                lists = self.ranked(queries[start : start + step], need)
+                if memo is not None:
+                    memo[start] = lists
             cap = lists.size if members.any() else 0
             items, ranks = np.empty(cap, np.int32), np.empty(cap, np.int32)
             m = sumrank_add(lists, cand, depth, weight, sums, members, items, ranks)

@@ -19,6 +19,7 @@ same data:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,15 @@ log = logging.getLogger(__name__)
 def _grid(sim: Similarity) -> float:
     bound = max(float(getattr(sim, "bound", 1.0)), 1e-300) * sim.n
     return 2.0 ** min(100, math.floor(62 - math.log2(bound)))
+
+
+def _sbert_like(sim: SBERTSimilarity, embeddings: np.ndarray, quantised: np.ndarray):
+    """``sim`` with other rows (appended or removed): the same bits as a build from scratch,
+    since each vector is normalised and quantised on its own."""
+    out = copy.copy(sim)
+    out.n, out.embeddings, out._e = len(embeddings), embeddings, quantised
+    out._rowmax = np.full(out.n, np.nan)
+    return out
 
 
 class Planner:
@@ -151,8 +161,17 @@ class Planner:
         self.rankable = np.concatenate([self.rankable, new_ok])
         if self.kind == "sbert":
             new = embeddings if embeddings is not None else SBERTSimilarity(texts).embeddings
-            self.vectors = np.vstack([self.vectors, np.asarray(new, dtype=np.float64)])
-        self._build()
+            new = np.asarray(new, dtype=np.float64)
+            self.vectors = np.vstack([self.vectors, new])
+            # Vectors are normalised and quantised one by one: the new ones alone, appended.
+            part = SBERTSimilarity(texts, embeddings=new)
+            self.sim = _sbert_like(
+                self.sim,
+                np.vstack([self.sim.embeddings, part.embeddings]),
+                np.vstack([self.sim._e, part._e]),
+            )
+        else:
+            self._build()
         if self.kind == "bm25":
             return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
         if _grid(self.sim) != self.grid:
@@ -182,7 +201,7 @@ class Planner:
             for j, c in cols.items():
                 c[idx] = block[:, j]
             keep = self.rankable[idx]
-            t = np.ascontiguousarray(block[keep, :n0].T)  # U[old, new] = U[new, old]
+            t = (block[:, :n0] if keep.all() else block[keep, :n0]).T  # U[old, new] = U[new, old]
             merge_columns(t, old, idx[keep], self.lists, self.vals, self.length, was_complete)
             self.rowsum[old] += row_grid_sums(t, self.grid)
             part = (self.lists[idx], self.vals[idx], np.empty(len(idx), np.int64))
@@ -206,16 +225,20 @@ class Planner:
             self.vectors = self.vectors[keep]
         ranked_gone = gone[self.rankable[gone]]
         self.rankable = self.rankable[keep]
-        self._build()
+        if self.kind == "sbert":
+            self.sim = _sbert_like(self.sim, self.sim.embeddings[keep], self.sim._e[keep])
+        else:
+            self._build()
         if self.kind == "bm25":
             return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
         if _grid(self.sim) != old_grid:
             return self._rescan("the row-sum grid changed with N")
         self.last_rescan = None
-        for j in ranked_gone:  # a removed column no longer counts in any row's sum
-            col = np.rint(old_sim.column(int(j)) * old_grid).astype(np.int64)
-            col[j] = 0
-            self.rowsum -= col
+        for s in range(0, len(ranked_gone), 16):  # removed columns no longer count in row sums
+            js = ranked_gone[s : s + 16]
+            cols = old_sim.columns(js)  # row r: column js[r] of U (SBERT: symmetric)
+            cols[np.arange(len(js)), js] = 0.0  # the cell (j, j) was never counted
+            self.rowsum -= row_grid_sums(np.ascontiguousarray(cols.T), old_grid)
         self._shrink(keep)
 
     def _shrink(self, keep: np.ndarray) -> None:
@@ -259,6 +282,8 @@ class Planner:
         """
         if need >= n_rankable - 1:
             target = np.full(self.n, need)
+        elif not pre:
+            target = np.full(self.n, min(need0, need))
         else:
             in_pre = np.zeros(self.n + 1, dtype=bool)
             in_pre[pre] = True
