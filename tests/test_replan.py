@@ -108,3 +108,19 @@ def test_bm25_changes_rescan_and_match_full_replan():
     p.remove(range(0, 160, 7))
     kept = [t for i, t in enumerate(texts) if i % 7]
     _same(p.select(10, pre_chosen=[5]), select(BM25Similarity(kept), 10, pre_chosen=[5]))
+
+
+def test_add_appends_in_spare_rows_and_leaves_the_callers_vectors_alone():
+    rng = np.random.default_rng(2)
+    vec = rng.standard_normal((40, 6))
+    given = vec.copy()
+    p = Planner([f"t{i}" for i in range(40)], kind="sbert", embeddings=vec, budget=4)
+    buffers = {name: p._spare[name] for name in ("lists", "vals", "quantised")}
+    new = rng.standard_normal((2, 6))
+    p.add(["a", "b"], embeddings=new)  # 40 -> 42 fits the sixteenth of spare rows
+    assert p.lists.base is buffers["lists"] and p.vals.base is buffers["vals"]
+    assert p.sim._e.base is buffers["quantised"]
+    assert np.array_equal(vec, given)  # the vectors were normalised in a copy
+    all_vec = np.vstack([given, new])
+    _same(p.select(4), _full(p.texts, all_vec, 4))
+    assert np.array_equal(p.sim._e, SBERTSimilarity(p.texts, embeddings=all_vec)._e)

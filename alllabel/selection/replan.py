@@ -89,6 +89,7 @@ class Planner:
         # extended by add, cut by remove); they cost N x 8 bytes each, at most this many MiB.
         self.columns: dict[int, np.ndarray] = {}
         self.column_cache_mib = column_cache_mib
+        self._spare: dict[str, np.ndarray] = {}  # buffers with room for added rows (_append)
         self.rankable = np.ones(len(self.texts), dtype=bool)
         if exclude is not None:
             self.rankable[np.asarray(list(exclude), dtype=np.int64)] = False
@@ -102,6 +103,21 @@ class Planner:
     def n(self) -> int:
         return len(self.texts)
 
+    def _append(self, name: str, a: np.ndarray, new: np.ndarray | int) -> np.ndarray:
+        """``a`` with rows appended (``new``, or that many unset), in its buffer's spare rows
+        when there is room: an add does not copy the N kept rows (arrays of up to a GB at 100k).
+        A new buffer gets a sixteenth more rows than needed."""
+        extra = new if isinstance(new, int) else len(new)
+        n, buf = len(a), self._spare.get(name)
+        if buf is None or a.base is not buf or len(buf) < n + extra or buf.dtype != a.dtype:
+            buf = np.empty((n + extra + max(extra, (n + extra) // 16),) + a.shape[1:], a.dtype)
+            buf[:n] = a
+            self._spare[name] = buf
+        out = buf[: n + extra]
+        if not isinstance(new, int):
+            out[n:] = new
+        return out
+
     def _build(self) -> None:
         if self.kind == "bm25":
             self.sim: Similarity = BM25Similarity(self.texts)
@@ -109,6 +125,9 @@ class Planner:
             self.sim = SBERTSimilarity(self.texts, embeddings=self.vectors)
             if self.vectors is None:
                 self.vectors = self.sim.embeddings.copy()
+            self.vectors = self._append("vectors", self.vectors, 0)  # room for adds
+            self.sim.embeddings = self._append("embeddings", self.sim.embeddings, 0)
+            self.sim._e = self._append("quantised", self.sim._e, 0)
 
     def _need(self, budget: int, n_pre: int) -> int:
         sizes = stage_sizes(budget, self.ratios)
@@ -147,6 +166,8 @@ class Planner:
         self.lists, self.vals, self.rowsum = self._rows(rows, self.width)
         self.complete = self._complete(rows)
         self.length = np.minimum(self.width, int(self.rankable.sum()) - self.rankable)
+        for name in ("lists", "vals", "rowsum", "length", "complete"):
+            setattr(self, name, self._append(name, getattr(self, name), 0))
 
     # --- changes ----------------------------------------------------------------------------
     def add(self, texts: Sequence[str], embeddings=None, exclude: Iterable[int] = ()) -> None:
@@ -162,13 +183,13 @@ class Planner:
         if self.kind == "sbert":
             new = embeddings if embeddings is not None else SBERTSimilarity(texts).embeddings
             new = np.asarray(new, dtype=np.float64)
-            self.vectors = np.vstack([self.vectors, new])
+            self.vectors = self._append("vectors", self.vectors, new)
             # Vectors are normalised and quantised one by one: the new ones alone, appended.
             part = SBERTSimilarity(texts, embeddings=new)
             self.sim = _sbert_like(
                 self.sim,
-                np.vstack([self.sim.embeddings, part.embeddings]),
-                np.vstack([self.sim._e, part._e]),
+                self._append("embeddings", self.sim.embeddings, part.embeddings),
+                self._append("quantised", self.sim._e, part._e),
             )
         else:
             self._build()
@@ -185,11 +206,8 @@ class Planner:
         the kept columns, from the one product."""
         n, w = self.n, self.width
         old, new = np.arange(n0), np.arange(n0, n)
-        self.lists = np.vstack([self.lists, np.empty((len(new), w), np.int32)])
-        self.vals = np.vstack([self.vals, np.empty((len(new), w))])
-        self.rowsum = np.concatenate([self.rowsum, np.empty(len(new), np.int64)])
-        self.length = np.concatenate([self.length, np.empty(len(new), self.length.dtype)])
-        self.complete = np.concatenate([self.complete, np.empty(len(new), bool)])
+        for name in ("lists", "vals", "rowsum", "length", "complete"):
+            setattr(self, name, self._append(name, getattr(self, name), len(new)))
         was_complete = self.complete[old].copy()
         excluded = np.flatnonzero(~self.rankable)
         cols = {j: np.concatenate([c, np.empty(len(new))]) for j, c in self.columns.items()}

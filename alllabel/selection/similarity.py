@@ -330,7 +330,7 @@ class SBERTSimilarity(_IntegerDotSimilarity):
         if embeddings is None:
             embed = cache.embed if cache is not None else embed_texts
             embeddings = embed(texts, model=model, batch_size=batch_size)
-        e = np.asarray(embeddings, dtype=np.float64)
+        e = np.array(embeddings, dtype=np.float64)  # a copy: the caller's vectors stay as given
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         self.embeddings = e
         self._e = np.rint(e * self.QUANT)
