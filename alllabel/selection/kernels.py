@@ -328,11 +328,3 @@ def row_grid_sums(block, grid):  # pragma: no cover - compiled
             acc += np.int64(np.rint(block[r, c] * grid))
         out[r] = acc
     return out
-
-
-@numba.njit(nogil=True, cache=True)
-def add_column_grid_sums(block, grid, out):  # pragma: no cover - compiled
-    """out[c] += sum_r rint(block[r, c] * grid), as int64 (a block's cells, summed by column)."""
-    for r in range(block.shape[0]):
-        for c in range(block.shape[1]):
-            out[c] += np.int64(np.rint(block[r, c] * grid))

@@ -28,12 +28,7 @@ import numpy as np
 
 from alllabel.selection.blocks import BlockRunner, LocalRunner
 from alllabel.selection.engine import BUFFERS, Engine
-from alllabel.selection.kernels import (
-    add_column_grid_sums,
-    merge_columns,
-    row_grid_sums,
-    scan_rows,
-)
+from alllabel.selection.kernels import merge_columns, row_grid_sums, scan_rows
 from alllabel.selection.similarity import (
     BM25Similarity,
     SBERTSimilarity,
@@ -224,13 +219,9 @@ class Planner:
             for j, c in cols.items():
                 c[idx] = block[:, j]
             keep = self.rankable[idx]
-            sub = block[:, :n0] if keep.all() else block[keep, :n0]  # U[new, old] = U[old, new]
-            hit = self._may_enter(sub, was_complete)
-            t = np.ascontiguousarray(sub[:, hit].T)  # the few old rows a new item can enter
-            merge_columns(
-                t, old[hit], idx[keep], self.lists, self.vals, self.length, was_complete[hit]
-            )
-            add_column_grid_sums(sub, self.grid, self.rowsum[:n0])
+            t = (block[:, :n0] if keep.all() else block[keep, :n0]).T  # U[old, new] = U[new, old]
+            merge_columns(t, old, idx[keep], self.lists, self.vals, self.length, was_complete)
+            self.rowsum[old] += row_grid_sums(t, self.grid)
             part = (self.lists[idx], self.vals[idx], np.empty(len(idx), np.int64))
             scan_rows(block, idx, excluded, self.grid, w, n, *part, np.empty(len(idx)), False)
             self.lists[idx], self.vals[idx], self.rowsum[idx] = part
@@ -238,14 +229,6 @@ class Planner:
         self.complete[new] = self._complete(new)
         self.length[new] = np.minimum(w, int(self.rankable.sum()) - self.rankable[new])
         self.complete[old] = was_complete & self._complete(old)
-
-    def _may_enter(self, sub: np.ndarray, complete: np.ndarray) -> np.ndarray:
-        """Old rows (columns of ``sub``) a new item may enter: above the list's last value, or
-        any value while a complete list has room (merge_columns' rule, one vector pass)."""
-        n0, size = sub.shape[1], self.length[: sub.shape[1]]
-        last = self.vals[np.arange(n0), np.maximum(size - 1, 0)]
-        thr = np.where(size > 0, last, np.inf)
-        return (complete & (size < self.width)) | (sub > thr[None, :]).any(axis=0)
 
     def remove(self, indices: Iterable[int]) -> None:
         """Delete tasks; the others keep their order (indices above a removed one shift down)."""
