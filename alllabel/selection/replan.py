@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from alllabel.selection.blocks import BlockRunner, LocalRunner
-from alllabel.selection.engine import BUFFERS, Engine
+from alllabel.selection.engine import BUFFERS, Engine, _buffer
 from alllabel.selection.kernels import merge_columns, row_grid_sums, scan_rows
 from alllabel.selection.similarity import (
     BM25Similarity,
@@ -52,6 +52,18 @@ def _sbert_like(sim: SBERTSimilarity, embeddings: np.ndarray, quantised: np.ndar
     out.n, out.embeddings, out._e = len(embeddings), embeddings, quantised
     out._rowmax = np.full(out.n, np.nan)
     return out
+
+
+def _plan_block(sim, idx, excluded, grid, width):
+    """One block of rows: top lists with values and grid sums (module level: Dask can run it)."""
+    n = sim.n
+    block = sim.rows(idx, out=_buffer("rows", (len(idx), n), np.float64))
+    lists = np.empty((len(idx), width), dtype=np.int32)
+    vals = np.empty((len(idx), width))
+    sums = np.empty(len(idx), dtype=np.int64)
+    scan_rows(block, idx, excluded, grid, width, n, lists, vals, sums, np.empty(len(idx)), False)
+    rowmax = getattr(sim, "_rowmax", None)
+    return lists, vals, sums, None if rowmax is None else rowmax[idx].copy()
 
 
 class Planner:
@@ -136,20 +148,27 @@ class Planner:
         return max(self.k, sizes["similarity"]) + before + 1
 
     def _rows(self, rows: np.ndarray, width: int):
-        """Top lists, their values and row sums of ``rows`` (a scan of those rows only)."""
-        n, grid = self.n, self.grid
+        """Top lists, their values and row sums of ``rows`` (a scan of those rows only), in
+        blocks on the runner (threads: all cores; a rescan at 100k took twice a full select
+        on one)."""
+        n = self.n
         lists = np.empty((len(rows), width), dtype=np.int32)
         vals = np.empty((len(rows), width))
         sums = np.empty(len(rows), dtype=np.int64)
         step = self.block_rows or default_block_rows(n)
-        buf = np.empty((min(step, max(len(rows), 1)), n))
+        blocks = [rows[s : s + step] for s in range(0, len(rows), step)]
         excluded = np.flatnonzero(~self.rankable)
-        for s in range(0, len(rows), step):
-            idx = rows[s : s + step]
-            block = self.sim.rows(idx, out=buf[: len(idx)])
-            sl = slice(s, s + len(idx))
-            args = (lists[sl], vals[sl], sums[sl], np.empty(len(idx)), False)
-            scan_rows(block, idx, excluded, grid, width, n, *args)
+        pos = 0
+        args = (excluded, self.grid, width)
+        for idx, (b_lists, b_vals, b_sums, rowmax) in self.runner.map(
+            _plan_block, self.sim, blocks, *args
+        ):
+            sl = slice(pos, pos + len(idx))
+            lists[sl], vals[sl], sums[sl] = b_lists, b_vals, b_sums
+            if rowmax is not None:  # computed on a Dask worker: keep it here too
+                self.sim._rowmax[idx] = rowmax
+            pos += len(idx)
+        BUFFERS.__dict__.clear()  # this thread's scratch block, when it ran one itself
         return lists, vals, sums
 
     def _complete(self, rows: np.ndarray) -> np.ndarray:
