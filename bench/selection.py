@@ -9,6 +9,11 @@ prints the time ratio naive / ours and whether both chose the same tasks.
 
     .venv/bin/python bench/selection.py                    # 1000 (+naive), 20000, 100000
     .venv/bin/python bench/selection.py --sizes 2000 --naive-max 2000
+    .venv/bin/python bench/selection.py --sizes 20000 100000 --baseline /path/to/old/checkout
+
+``--baseline DIR`` runs each size also with the code of another checkout (its own
+bench/selection.py, in a fresh process right after ours) and prints its line and the ratios
+baseline / ours of seconds, CPU seconds and peak memory, and whether the picks are the same.
 """
 
 import argparse
@@ -77,6 +82,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000, 100000])
     ap.add_argument("--budget", type=int, default=1000, help="M (capped at 5%% of N for small N)")
     ap.add_argument("--naive-max", type=int, default=1000)
+    ap.add_argument("--baseline", help="another checkout to compare with, in the same run")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one size, JSON out
     a = ap.parse_args()
     if a.one:
@@ -103,24 +109,40 @@ def main() -> None:
         f"{'N':>7} {'M':>5} {'seconds':>8} {'cpu s':>7} {'peak MiB':>9} {'load':>9} {'picks':>12}  naive"
     )
     for n in a.sizes:
-        # Each size in a fresh process, so its peak memory is its own.
-        out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--budget", str(a.budget)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = child(Path(__file__), n, a.budget)
         extra = ""
         if n <= a.naive_max:
             t_ours, idx_ours = ours(n, r["m"])
             t_naive, idx_naive = naive(n, r["m"])
             extra = f"{t_naive:.1f}s = {t_naive / t_ours:.0f}x ours ({t_ours:.2f}s in this process), same tasks: {idx_naive == idx_ours}"
-        load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
-        print(
-            f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {r['peak_mib']:>9.0f} {load:>9} {r['picks']:>12}  {extra}",
-            flush=True,
-        )
+        print(row(n, r, extra), flush=True)
+        if a.baseline:
+            b = child(Path(a.baseline) / "bench" / "selection.py", n, a.budget)
+            ratios = "  ".join(
+                f"{k} {b[k] / r[k]:.2f}x" for k in ("seconds", "cpu", "peak_mib") if r[k]
+            )
+            same = b["picks"] == r["picks"]
+            print(row(n, b, f"baseline; baseline/ours: {ratios}, same picks: {same}"), flush=True)
+
+
+def child(script: Path, n: int, budget: int) -> dict:
+    """One size in a fresh process (so its peak memory is its own), with ``script``'s code."""
+    out = subprocess.run(
+        [sys.executable, str(script), "--one", str(n), "--budget", str(budget)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=script.parents[1],
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def row(n: int, r: dict, extra: str) -> str:
+    load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
+    return (
+        f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {r['peak_mib']:>9.0f} "
+        f"{load:>9} {r['picks']:>12}  {extra}"
+    )
 
 
 if __name__ == "__main__":

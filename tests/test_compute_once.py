@@ -30,14 +30,14 @@ def full_row_retrieve(sim, queries, pool, k=3):
 
 
 class CountingBM25(BM25Similarity):
-    """The real BM25 backend, counting the full N-wide rows it computes (``rows`` and the
-    scan's fused path both go through ``_raw_rows``)."""
+    """The real BM25 backend, counting the full N-wide rows it computes (``rows``, the scan's
+    fused path and its raw ranking all start with ``dense_rows``)."""
 
     full_rows = 0
 
-    def _raw_rows(self, idx, out=None):
+    def dense_rows(self, idx, out=None):
         self.full_rows += len(idx)
-        return super()._raw_rows(idx, out)
+        return super().dense_rows(idx, out)
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,14 @@ def _same(a, b):
 def _same_state(p, fresh):
     """Every kept prefix is a prefix of the full ranking; complete lists hold all of it."""
     assert np.array_equal(p.rowsum, fresh.rowsum)
+    assert np.array_equal(p.sim._e, fresh.sim._e)  # grown / cut, not rebuilt: the same bits
     for r in range(p.n):
         m = min(p.length[r], fresh.length[r])
         assert np.array_equal(p.lists[r, :m], fresh.lists[r, :m]), r
         if p.complete[r]:
             assert p.length[r] == fresh.length[r], r
+    for j, col in p.columns.items():  # kept columns of U, carried through adds and removals
+        assert np.array_equal(col, fresh.sim.column(j)), j
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -41,6 +44,7 @@ def test_sbert_add_remove_annotate_equal_full_replan(seed):
     budget = 12
     p = Planner(texts, kind="sbert", embeddings=vec, budget=budget, slack=4, block_rows=17)
     _same(p.select(budget), _full(texts, vec, budget))
+    assert len(p.columns) >= 2  # the diversity stage's columns are kept for the next plan
 
     new = _vectors(rng, 30)
     p.add([f"new {i}" for i in range(30)], embeddings=new)
@@ -50,7 +54,9 @@ def test_sbert_add_remove_annotate_equal_full_replan(seed):
     _same(p.select(budget), _full(texts, vec, budget))
 
     gone = rng.choice(len(texts), size=25, replace=False)
+    cached = set(p.columns)
     p.remove(gone)
+    assert len(p.columns) == len(cached - set(gone.tolist()))  # the others' columns are kept
     assert p.last_rescan is None
     keep = np.setdiff1d(np.arange(len(texts)), gone)
     texts, vec = [texts[i] for i in keep], vec[keep]
@@ -102,3 +108,19 @@ def test_bm25_changes_rescan_and_match_full_replan():
     p.remove(range(0, 160, 7))
     kept = [t for i, t in enumerate(texts) if i % 7]
     _same(p.select(10, pre_chosen=[5]), select(BM25Similarity(kept), 10, pre_chosen=[5]))
+
+
+def test_add_appends_in_spare_rows_and_leaves_the_callers_vectors_alone():
+    rng = np.random.default_rng(2)
+    vec = rng.standard_normal((40, 6))
+    given = vec.copy()
+    p = Planner([f"t{i}" for i in range(40)], kind="sbert", embeddings=vec, budget=4)
+    buffers = {name: p._spare[name] for name in ("lists", "vals", "quantised")}
+    new = rng.standard_normal((2, 6))
+    p.add(["a", "b"], embeddings=new)  # 40 -> 42 fits the sixteenth of spare rows
+    assert p.lists.base is buffers["lists"] and p.vals.base is buffers["vals"]
+    assert p.sim._e.base is buffers["quantised"]
+    assert np.array_equal(vec, given)  # the vectors were normalised in a copy
+    all_vec = np.vstack([given, new])
+    _same(p.select(4), _full(p.texts, all_vec, 4))
+    assert np.array_equal(p.sim._e, SBERTSimilarity(p.texts, embeddings=all_vec)._e)

@@ -18,12 +18,15 @@ from fractions import Fraction
 import numpy as np
 
 from alllabel.selection.blocks import BlockRunner
-from alllabel.selection.kernels import scan_rows, sumrank_add
-from alllabel.selection.similarity import Similarity, default_block_rows
+from alllabel.selection.kernels import postings_rank_rows, rank_rows, scan_rows, sumrank_add
+from alllabel.selection.rowsums import linear_sums_available, seed
+from alllabel.selection.similarity import BM25Similarity, Similarity, default_block_rows
 
 log = logging.getLogger(__name__)
 
 BUFFERS = threading.local()
+MEMO_ENTRIES = 2**25  # recomputed list entries kept while one stage runs (128 MiB)
+AHEAD = 16  # diversity: columns computed per pass over the data (the pick and 15 likely next)
 
 
 def _buffer(name: str, shape: tuple[int, int], dtype) -> np.ndarray:
@@ -56,22 +59,41 @@ def _scan_block(sim, idx, width, sentinel, excluded, grid):
     Row sums are on an int64 fixed-point grid: exact, so independent of summation order and of
     the block size (mathematically tied means stay tied). Excluded items do not count.
     A backend that normalises rows by their max (BM25) hands over raw rows: the kernel
-    normalises them on the way, with the same float operations."""
+    normalises them on the way, with the same float operations.
+    ``grid`` None: no sums, and a backend whose raw rows rank as U (``rank_raw``) is ranked
+    raw (kernels.rank_rows); the seed then comes from linear sums (rowsums.seed)."""
     buf = _buffer("rows", (len(idx), sim.n), np.float64)
-    fused = getattr(sim, "fused_rows", False)
-    block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
     lists = np.empty((len(idx), width), dtype=np.int32)
-    rowsum = np.empty(len(idx), dtype=np.int64)
     vals = _buffer("vals", (len(idx), width), np.float64)
     rowmax = np.empty(len(idx))
-    scan_rows(block, idx, excluded, grid, width, sentinel, lists, vals, rowsum, rowmax, fused)
+    fused = getattr(sim, "fused_rows", False)
+    if grid is None and getattr(sim, "rank_raw", False):
+        _rank_raw(sim, idx, buf, excluded, width, sentinel, lists, vals, rowmax, fused)
+        rowsum = None
+    else:
+        block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
+        rowsum = np.empty(len(idx), dtype=np.int64)
+        scan_rows(
+            block, idx, excluded, grid or 1.0, width, sentinel, lists, vals, rowsum, rowmax, fused
+        )
     if fused:
         sim._rowmax[idx] = rowmax
     return lists, rowsum, _row_max_of(sim, idx)
 
 
+def _rank_raw(sim, idx, buf, excluded, width, sentinel, lists, vals, rowmax, fused):
+    if isinstance(sim, BM25Similarity):  # BLAS part here, the postings row by row with ranking
+        block = sim.dense_rows(idx, out=buf)
+        q, w = sim._qs, sim._ws_t
+        args = (q.indptr, q.indices, q.data, w.indptr, w.indices, w.data)
+        postings_rank_rows(*args, block, idx, excluded, width, sentinel, lists, vals, rowmax)
+    else:
+        block = sim._raw_rows(idx, out=buf)
+        rank_rows(block, idx, excluded, width, sentinel, lists, vals, rowmax, fused)
+
+
 def _ranked_block(sim, idx, width, sentinel, excluded):
-    lists, _, rowmax = _scan_block(sim, idx, width, sentinel, excluded, 1.0)
+    lists, _, rowmax = _scan_block(sim, idx, width, sentinel, excluded, None)
     return lists, rowmax
 
 
@@ -109,6 +131,12 @@ class Engine:
         self.runner = runner
         self.lists: np.ndarray | None = None
         self.rowsum: np.ndarray | None = None
+        # Columns of U kept by the caller between plans (replan.Planner), item -> column.
+        self.columns: dict[int, np.ndarray] | None = None
+        self.columns_max = 0
+        self._ahead: dict[int, np.ndarray] = {}  # columns computed ahead (diversity)
+        bound = max(float(getattr(sim, "bound", 1.0)), 1e-300) * self.n
+        self.grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
 
     def _ext(self, mask: np.ndarray) -> np.ndarray:
         return np.append(mask, False)  # the sentinel is never a candidate or a D1 item
@@ -131,14 +159,14 @@ class Engine:
         if self.lists is not None and self.lists.shape[1] >= width:
             return  # kept from an earlier scan of the same U (replan.Planner)
         self.lists = np.empty((n, width), dtype=np.int32)
-        self.rowsum = np.empty(n, dtype=np.int64)
-        bound = max(float(getattr(self.sim, "bound", 1.0)), 1e-300) * n
-        grid = 2.0 ** min(100, math.floor(62 - math.log2(bound)))
+        sums = not linear_sums_available(self.sim)  # else the seed needs no per-cell sums
+        self.rowsum = np.empty(n, dtype=np.int64) if sums else None
         done = 0
         for idx, (lists, rowsum) in self._map(
-            _scan_block, np.arange(n), width, n, self.excluded, grid
+            _scan_block, np.arange(n), width, n, self.excluded, self.grid if sums else None
         ):
-            self.rowsum[idx] = rowsum
+            if sums:
+                self.rowsum[idx] = rowsum
             self.lists[idx] = lists
             done += len(idx)
             self.progress("scan", done, n)
@@ -157,6 +185,31 @@ class Engine:
             pos += len(idx)
         return out
 
+    def _column(self, j: int, score: np.ndarray | None = None) -> np.ndarray:
+        """Column j of U: kept by the caller, computed ahead, or computed now - with a backend
+        that computes several at once (``columns``), together with the columns of the items
+        that ``score`` (the diversity's distances) ranks next, the likely next picks: one pass
+        over the data instead of one per column (a memory-bound matrix-vector product)."""
+        kept = self.columns if self.columns is not None else {}
+        col = kept.get(j)
+        if col is None:
+            col = self._ahead.pop(j, None)
+        if col is None:
+            many = getattr(self.sim, "columns", None)
+            if many is None or score is None:
+                col = self.sim.column(j)
+            else:
+                k = min(AHEAD, len(score))
+                nxt = np.argpartition(score, k - 1)[:k].tolist()
+                ahead = [c for c in nxt if c != j and np.isfinite(score[c]) and c not in kept]
+                js = [j] + ahead
+                cols = many(np.array(js))
+                self._ahead = dict(zip(js[1:], cols[1:]))
+                col = cols[0]
+        if self.columns is not None and j not in kept and len(kept) < self.columns_max:
+            kept[j] = col
+        return col
+
     # --- stages -----------------------------------------------------------------------------
     def diversity(self, chosen: list[int], count: int, seed_item: int | None = None) -> list[int]:
         """Farthest-first from ``chosen``; with nothing chosen, start from ``seed_item`` or the warm seed."""
@@ -167,20 +220,27 @@ class Engine:
         taken[chosen] = True
         maxsim = np.full(self.n, -np.inf)
         for j in chosen:
-            np.maximum(maxsim, self.sim.column(j), out=maxsim)
+            np.maximum(maxsim, self._column(j), out=maxsim)
         if not chosen:
             if seed_item is None:  # lowest mean similarity; first on ties
-                seed_item = int(np.argmin(np.where(taken, np.iinfo(np.int64).max, self.rowsum)))
+                seed_item = self._seed(taken)
             picked.append(seed_item)
             taken[seed_item] = True
-            np.maximum(maxsim, self.sim.column(seed_item), out=maxsim)
+            np.maximum(maxsim, self._column(seed_item), out=maxsim)
         while len(picked) < count:
-            u = int(np.argmin(np.where(taken, np.inf, maxsim)))
+            score = np.where(taken, np.inf, maxsim)
+            u = int(np.argmin(score))
             picked.append(u)
             taken[u] = True
-            np.maximum(maxsim, self.sim.column(u), out=maxsim)
+            score[u] = np.inf
+            np.maximum(maxsim, self._column(u, score), out=maxsim)
             self.progress("diversity", len(picked), count)
         return picked
+
+    def _seed(self, taken: np.ndarray) -> int:
+        if self.rowsum is None:  # the scan skipped the per-cell sums
+            return seed(self.sim, ~taken, self.excluded, self.grid)
+        return int(np.argmin(np.where(taken, np.iinfo(np.int64).max, self.rowsum)))
 
     def sumrank_pick(
         self, queries: np.ndarray, candidate: np.ndarray, x: int, count: int
@@ -195,22 +255,31 @@ class Engine:
         weight = _weights(np.arange(depth + 1), k)  # the same float per rank as elementwise
         sums = np.zeros(self.n + 1)
         none = np.zeros(self.n + 1, dtype=bool)
-        self._walk(queries, need, cand, depth, weight, sums, none)
+        # Lists the scan did not keep are recomputed (rows of U): once, not again for every
+        # near-tied group the exact sums walk (the weak queries' lists of the uncertainty stage).
+        narrow = self.lists is None or self.lists.shape[1] < self._width(need)
+        memo: dict | None = {} if narrow and len(queries) * need <= MEMO_ENTRIES else None
+        self._walk(queries, need, cand, depth, weight, sums, none, memo)
 
         def exact(members: np.ndarray) -> dict[int, Fraction]:
             mask = np.zeros(self.n + 1, dtype=bool)
             mask[members] = True
-            items, ranks = self._walk(queries, need, cand, depth, weight, np.zeros_like(sums), mask)
+            zeros = np.zeros_like(sums)
+            items, ranks = self._walk(queries, need, cand, depth, weight, zeros, mask, memo)
             return _exact_sums(members, items, ranks, k)
 
         return best(sums[: self.n], candidate, count, exact)
 
-    def _walk(self, queries, need, cand, depth, weight, sums, members):
+    def _walk(self, queries, need, cand, depth, weight, sums, members, memo=None):
         """Rule (2) over the queries' lists in blocks; the (item, rank) entries of ``members``."""
         items_all, ranks_all = [], []
         step = max(1, (self.block_rows or 4096))
         for start in range(0, len(queries), step):
-            lists = self.ranked(queries[start : start + step], need)
+            lists = None if memo is None else memo.get(start)
+            if lists is None:
+                lists = self.ranked(queries[start : start + step], need)
+                if memo is not None:
+                    memo[start] = lists
             cap = lists.size if members.any() else 0
             items, ranks = np.empty(cap, np.int32), np.empty(cap, np.int32)
             m = sumrank_add(lists, cand, depth, weight, sums, members, items, ranks)

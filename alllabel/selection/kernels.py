@@ -125,6 +125,26 @@ def _row_to_u(u, i, excluded, grid, normalise, rowmax, r):  # pragma: no cover -
     return acc
 
 
+@numba.njit(nogil=True)
+def _top_list(u, width, sentinel, bv, bi, lists_r, vals_r):  # pragma: no cover - compiled
+    """The first ``width`` items of row ``u``'s ranking (unrankable cells are -inf)."""
+    m = 0
+    if width > 0:
+        guess = _guess(u, width, bv)
+        m = _filter(u, width, guess, bv, bi)
+        if m < width and guess > -np.inf:  # the guess was too high: filter again, exactly
+            m = _filter(u, width, -np.inf, bv, bi)
+    if m > width:
+        _compact(bv, bi, m, width)
+        m = width
+    order = np.argsort(-bv[:m], kind="mergesort")  # stable: equal values in index order
+    for p in range(m):
+        lists_r[p] = bi[order[p]]
+        vals_r[p] = bv[order[p]]
+    for p in range(m, width):
+        lists_r[p] = sentinel
+
+
 @numba.njit(nogil=True, cache=True)
 def scan_rows(
     block, rows, excluded, grid, width, sentinel, lists, vals, rowsum, rowmax, normalise
@@ -149,21 +169,74 @@ def scan_rows(
     for r in range(block.shape[0]):
         u = block[r]
         rowsum[r] = _row_to_u(u, rows[r], excluded, grid, normalise, rowmax, r)
-        m = 0
-        if width > 0:
-            guess = _guess(u, width, bv)
-            m = _filter(u, width, guess, bv, bi)
-            if m < width and guess > -np.inf:  # the guess was too high: filter again, exactly
-                m = _filter(u, width, -np.inf, bv, bi)
-        if m > width:
-            _compact(bv, bi, m, width)
-            m = width
-        order = np.argsort(-bv[:m], kind="mergesort")  # stable: equal values in index order
-        for p in range(m):
-            lists[r, p] = bi[order[p]]
-            vals[r, p] = bv[order[p]]
-        for p in range(m, width):
-            lists[r, p] = sentinel
+        _top_list(u, width, sentinel, bv, bi, lists[r], vals[r])
+
+
+@numba.njit(nogil=True)
+def _rank_row(u, i, excluded, width, sentinel, bv, bi, lists_r, vals_r, rowmax, r, raw):
+    # pragma: no cover - compiled
+    u[i] = -np.inf
+    if raw:
+        top = -np.inf if u.shape[0] > 1 else 0.0
+        for j in range(u.shape[0]):
+            top = max(top, u[j])
+        rowmax[r] = top
+    for j in excluded:
+        u[j] = -np.inf
+    _top_list(u, width, sentinel, bv, bi, lists_r, vals_r)
+
+
+@numba.njit(nogil=True, cache=True)
+def rank_rows(block, rows, excluded, width, sentinel, lists, vals, rowmax, raw):  # pragma: no cover
+    """``scan_rows`` without the grid sums and without turning the rows into U.
+
+    For a backend whose U is a strictly increasing function of its raw scores on each row
+    (BM25 with non-negative weights: U = raw / row max, and distinct integers below 2**52 stay
+    distinct after the division; SBERT: a power-of-two scale), ranking the raw row is ranking
+    U's row, ties included. ``raw``: also record the row max over j != i (every column, as
+    ``BM25Similarity.rows`` does). ``vals`` get the raw values. Saves the divide and rint of
+    every cell: the sums are only needed for the seed (``Engine.seed``, from linear sums).
+    """
+    cap = max(4 * width, 256)
+    bv = np.empty(cap, dtype=np.float64)
+    bi = np.empty(cap, dtype=np.int64)
+    for r in range(block.shape[0]):
+        _rank_row(
+            block[r], rows[r], excluded, width, sentinel, bv, bi, lists[r], vals[r], rowmax, r, raw
+        )
+
+
+@numba.njit(nogil=True, cache=True)
+def postings_rank_rows(
+    q_ptr,
+    q_idx,
+    q_val,
+    w_ptr,
+    w_doc,
+    w_val,
+    block,
+    rows,
+    excluded,
+    width,
+    sentinel,
+    lists,
+    vals,
+    rowmax,
+):  # pragma: no cover - compiled
+    """``add_postings`` then ``rank_rows`` (raw), row by row: each row is ranked while it is
+    still in cache from its postings, instead of a second pass over the whole block."""
+    cap = max(4 * width, 256)
+    bv = np.empty(cap, dtype=np.float64)
+    bi = np.empty(cap, dtype=np.int64)
+    for r in range(block.shape[0]):
+        u = block[r]
+        i = rows[r]
+        for p in range(q_ptr[i], q_ptr[i + 1]):
+            t = q_idx[p]
+            c = q_val[p]
+            for s in range(w_ptr[t], w_ptr[t + 1]):
+                u[w_doc[s]] += c * w_val[s]
+        _rank_row(u, i, excluded, width, sentinel, bv, bi, lists[r], vals[r], rowmax, r, True)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -243,3 +316,15 @@ def sumrank_add(
                 out_ranks[m] = rank
                 m += 1
     return m
+
+
+@numba.njit(nogil=True, cache=True)
+def row_grid_sums(block, grid):  # pragma: no cover - compiled
+    """sum_c rint(block[r, c] * grid) per row, as int64 (what the scan adds for those cells)."""
+    out = np.zeros(block.shape[0], dtype=np.int64)
+    for r in range(block.shape[0]):
+        acc = np.int64(0)
+        for c in range(block.shape[1]):
+            acc += np.int64(np.rint(block[r, c] * grid))
+        out[r] = acc
+    return out

@@ -19,6 +19,7 @@ same data:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -26,8 +27,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from alllabel.selection.blocks import BlockRunner, LocalRunner
-from alllabel.selection.engine import BUFFERS, Engine
-from alllabel.selection.kernels import merge_columns, scan_rows
+from alllabel.selection.engine import BUFFERS, Engine, _buffer
+from alllabel.selection.kernels import merge_columns, row_grid_sums, scan_rows
 from alllabel.selection.similarity import (
     BM25Similarity,
     SBERTSimilarity,
@@ -42,6 +43,27 @@ log = logging.getLogger(__name__)
 def _grid(sim: Similarity) -> float:
     bound = max(float(getattr(sim, "bound", 1.0)), 1e-300) * sim.n
     return 2.0 ** min(100, math.floor(62 - math.log2(bound)))
+
+
+def _sbert_like(sim: SBERTSimilarity, embeddings: np.ndarray, quantised: np.ndarray):
+    """``sim`` with other rows (appended or removed): the same bits as a build from scratch,
+    since each vector is normalised and quantised on its own."""
+    out = copy.copy(sim)
+    out.n, out.embeddings, out._e = len(embeddings), embeddings, quantised
+    out._rowmax = np.full(out.n, np.nan)
+    return out
+
+
+def _plan_block(sim, idx, excluded, grid, width):
+    """One block of rows: top lists with values and grid sums (module level: Dask can run it)."""
+    n = sim.n
+    block = sim.rows(idx, out=_buffer("rows", (len(idx), n), np.float64))
+    lists = np.empty((len(idx), width), dtype=np.int32)
+    vals = np.empty((len(idx), width))
+    sums = np.empty(len(idx), dtype=np.int64)
+    scan_rows(block, idx, excluded, grid, width, n, lists, vals, sums, np.empty(len(idx)), False)
+    rowmax = getattr(sim, "_rowmax", None)
+    return lists, vals, sums, None if rowmax is None else rowmax[idx].copy()
 
 
 class Planner:
@@ -66,6 +88,7 @@ class Planner:
         slack: int = 64,
         block_rows: int | None = None,
         runner: BlockRunner | None = None,
+        column_cache_mib: int = 256,
     ):
         if kind not in ("bm25", "sbert"):
             raise ValueError(f"unknown similarity {kind!r}; use 'bm25' or 'sbert'")
@@ -74,6 +97,11 @@ class Planner:
         self.vectors = None if embeddings is None else np.asarray(embeddings, dtype=np.float64)
         self.block_rows, self.runner = block_rows, runner or LocalRunner()
         self.slack = slack
+        # SBERT: the diversity stage's columns of U, kept for the next plan (item -> column;
+        # extended by add, cut by remove); they cost N x 8 bytes each, at most this many MiB.
+        self.columns: dict[int, np.ndarray] = {}
+        self.column_cache_mib = column_cache_mib
+        self._spare: dict[str, np.ndarray] = {}  # buffers with room for added rows (_append)
         self.rankable = np.ones(len(self.texts), dtype=bool)
         if exclude is not None:
             self.rankable[np.asarray(list(exclude), dtype=np.int64)] = False
@@ -87,6 +115,21 @@ class Planner:
     def n(self) -> int:
         return len(self.texts)
 
+    def _append(self, name: str, a: np.ndarray, new: np.ndarray | int) -> np.ndarray:
+        """``a`` with rows appended (``new``, or that many unset), in its buffer's spare rows
+        when there is room: an add does not copy the N kept rows (arrays of up to a GB at 100k).
+        A new buffer gets a sixteenth more rows than needed."""
+        extra = new if isinstance(new, int) else len(new)
+        n, buf = len(a), self._spare.get(name)
+        if buf is None or a.base is not buf or len(buf) < n + extra or buf.dtype != a.dtype:
+            buf = np.empty((n + extra + max(extra, (n + extra) // 16),) + a.shape[1:], a.dtype)
+            buf[:n] = a
+            self._spare[name] = buf
+        out = buf[: n + extra]
+        if not isinstance(new, int):
+            out[n:] = new
+        return out
+
     def _build(self) -> None:
         if self.kind == "bm25":
             self.sim: Similarity = BM25Similarity(self.texts)
@@ -94,6 +137,9 @@ class Planner:
             self.sim = SBERTSimilarity(self.texts, embeddings=self.vectors)
             if self.vectors is None:
                 self.vectors = self.sim.embeddings.copy()
+            self.vectors = self._append("vectors", self.vectors, 0)  # room for adds
+            self.sim.embeddings = self._append("embeddings", self.sim.embeddings, 0)
+            self.sim._e = self._append("quantised", self.sim._e, 0)
 
     def _need(self, budget: int, n_pre: int) -> int:
         sizes = stage_sizes(budget, self.ratios)
@@ -102,20 +148,27 @@ class Planner:
         return max(self.k, sizes["similarity"]) + before + 1
 
     def _rows(self, rows: np.ndarray, width: int):
-        """Top lists, their values and row sums of ``rows`` (a scan of those rows only)."""
-        n, grid = self.n, self.grid
+        """Top lists, their values and row sums of ``rows`` (a scan of those rows only), in
+        blocks on the runner (threads: all cores; a rescan at 100k took twice a full select
+        on one)."""
+        n = self.n
         lists = np.empty((len(rows), width), dtype=np.int32)
         vals = np.empty((len(rows), width))
         sums = np.empty(len(rows), dtype=np.int64)
         step = self.block_rows or default_block_rows(n)
-        buf = np.empty((min(step, max(len(rows), 1)), n))
+        blocks = [rows[s : s + step] for s in range(0, len(rows), step)]
         excluded = np.flatnonzero(~self.rankable)
-        for s in range(0, len(rows), step):
-            idx = rows[s : s + step]
-            block = self.sim.rows(idx, out=buf[: len(idx)])
-            sl = slice(s, s + len(idx))
-            args = (lists[sl], vals[sl], sums[sl], np.empty(len(idx)), False)
-            scan_rows(block, idx, excluded, grid, width, n, *args)
+        pos = 0
+        args = (excluded, self.grid, width)
+        for idx, (b_lists, b_vals, b_sums, rowmax) in self.runner.map(
+            _plan_block, self.sim, blocks, *args
+        ):
+            sl = slice(pos, pos + len(idx))
+            lists[sl], vals[sl], sums[sl] = b_lists, b_vals, b_sums
+            if rowmax is not None:  # computed on a Dask worker: keep it here too
+                self.sim._rowmax[idx] = rowmax
+            pos += len(idx)
+        BUFFERS.__dict__.clear()  # this thread's scratch block, when it ran one itself
         return lists, vals, sums
 
     def _complete(self, rows: np.ndarray) -> np.ndarray:
@@ -126,11 +179,14 @@ class Planner:
     def _rescan(self, why: str) -> None:
         log.info("full rescan: %s", why)
         self.last_rescan = why
+        self.columns = {}
         self.grid = _grid(self.sim)
         rows = np.arange(self.n)
         self.lists, self.vals, self.rowsum = self._rows(rows, self.width)
         self.complete = self._complete(rows)
         self.length = np.minimum(self.width, int(self.rankable.sum()) - self.rankable)
+        for name in ("lists", "vals", "rowsum", "length", "complete"):
+            setattr(self, name, self._append(name, getattr(self, name), 0))
 
     # --- changes ----------------------------------------------------------------------------
     def add(self, texts: Sequence[str], embeddings=None, exclude: Iterable[int] = ()) -> None:
@@ -145,8 +201,17 @@ class Planner:
         self.rankable = np.concatenate([self.rankable, new_ok])
         if self.kind == "sbert":
             new = embeddings if embeddings is not None else SBERTSimilarity(texts).embeddings
-            self.vectors = np.vstack([self.vectors, np.asarray(new, dtype=np.float64)])
-        self._build()
+            new = np.asarray(new, dtype=np.float64)
+            self.vectors = self._append("vectors", self.vectors, new)
+            # Vectors are normalised and quantised one by one: the new ones alone, appended.
+            part = SBERTSimilarity(texts, embeddings=new)
+            self.sim = _sbert_like(
+                self.sim,
+                self._append("embeddings", self.sim.embeddings, part.embeddings),
+                self._append("quantised", self.sim._e, part._e),
+            )
+        else:
+            self._build()
         if self.kind == "bm25":
             return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
         if _grid(self.sim) != self.grid:
@@ -155,25 +220,33 @@ class Planner:
         self._grow(n0)
 
     def _grow(self, n0: int) -> None:
+        """New rows in chunks; U is symmetric (cosine), so each chunk's old columns, transposed,
+        are the old rows x new columns block: merged into the old lists and row sums, and into
+        the kept columns, from the one product."""
         n, w = self.n, self.width
         old, new = np.arange(n0), np.arange(n0, n)
-        self.lists = np.vstack([self.lists, np.empty((len(new), w), np.int32)])
-        self.vals = np.vstack([self.vals, np.empty((len(new), w))])
-        self.rowsum = np.concatenate([self.rowsum, np.empty(len(new), np.int64)])
-        self.length = np.concatenate([self.length, np.empty(len(new), self.length.dtype)])
-        self.complete = np.concatenate([self.complete, np.empty(len(new), bool)])
+        for name in ("lists", "vals", "rowsum", "length", "complete"):
+            setattr(self, name, self._append(name, getattr(self, name), len(new)))
         was_complete = self.complete[old].copy()
-        lists, vals, sums = self._rows(new, w)
-        self.lists[new], self.vals[new], self.rowsum[new] = lists, vals, sums
+        excluded = np.flatnonzero(~self.rankable)
+        cols = {j: np.concatenate([c, np.empty(len(new))]) for j, c in self.columns.items()}
+        step = self.block_rows or default_block_rows(n)
+        buf = np.empty((min(step, len(new)), n))
+        for s in range(0, len(new), step):
+            idx = new[s : s + step]
+            block = self.sim.rows(idx, out=buf[: len(idx)])
+            for j, c in cols.items():
+                c[idx] = block[:, j]
+            keep = self.rankable[idx]
+            t = (block[:, :n0] if keep.all() else block[keep, :n0]).T  # U[old, new] = U[new, old]
+            merge_columns(t, old, idx[keep], self.lists, self.vals, self.length, was_complete)
+            self.rowsum[old] += row_grid_sums(t, self.grid)
+            part = (self.lists[idx], self.vals[idx], np.empty(len(idx), np.int64))
+            scan_rows(block, idx, excluded, self.grid, w, n, *part, np.empty(len(idx)), False)
+            self.lists[idx], self.vals[idx], self.rowsum[idx] = part
+        self.columns = cols
         self.complete[new] = self._complete(new)
         self.length[new] = np.minimum(w, int(self.rankable.sum()) - self.rankable[new])
-        cols = new[self.rankable[new]]
-        step = max(1, (self.block_rows or default_block_rows(n)) * n // max(len(cols), 1))
-        for s in range(0, n0, step):
-            idx = old[s : s + step]
-            block = np.ascontiguousarray(self.sim.scores(idx, cols))
-            merge_columns(block, idx, cols, self.lists, self.vals, self.length, was_complete[idx])
-            self.rowsum[idx] += np.rint(block * self.grid).astype(np.int64).sum(axis=1)
         self.complete[old] = was_complete & self._complete(old)
 
     def remove(self, indices: Iterable[int]) -> None:
@@ -189,16 +262,20 @@ class Planner:
             self.vectors = self.vectors[keep]
         ranked_gone = gone[self.rankable[gone]]
         self.rankable = self.rankable[keep]
-        self._build()
+        if self.kind == "sbert":
+            self.sim = _sbert_like(self.sim, self.sim.embeddings[keep], self.sim._e[keep])
+        else:
+            self._build()
         if self.kind == "bm25":
             return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
         if _grid(self.sim) != old_grid:
             return self._rescan("the row-sum grid changed with N")
         self.last_rescan = None
-        for j in ranked_gone:  # a removed column no longer counts in any row's sum
-            col = np.rint(old_sim.column(int(j)) * old_grid).astype(np.int64)
-            col[j] = 0
-            self.rowsum -= col
+        for s in range(0, len(ranked_gone), 16):  # removed columns no longer count in row sums
+            js = ranked_gone[s : s + 16]
+            cols = old_sim.columns(js)  # row r: column js[r] of U (SBERT: symmetric)
+            cols[np.arange(len(js)), js] = 0.0  # the cell (j, j) was never counted
+            self.rowsum -= row_grid_sums(np.ascontiguousarray(cols.T), old_grid)
         self._shrink(keep)
 
     def _shrink(self, keep: np.ndarray) -> None:
@@ -214,6 +291,7 @@ class Planner:
         self.vals = np.take_along_axis(vals, order, axis=1)
         self.length = valid.sum(axis=1)
         self.rowsum, self.complete = self.rowsum[keep], self.complete[keep]
+        self.columns = {int(remap[j]): c[keep] for j, c in self.columns.items() if keep[j]}
 
     # --- planning ---------------------------------------------------------------------------
     def select(self, budget: int, *, pre_chosen: Iterable[int] = (), **kwargs) -> Selection:
@@ -241,6 +319,8 @@ class Planner:
         """
         if need >= n_rankable - 1:
             target = np.full(self.n, need)
+        elif not pre:
+            target = np.full(self.n, min(need0, need))
         else:
             in_pre = np.zeros(self.n + 1, dtype=bool)
             in_pre[pre] = True
@@ -272,8 +352,13 @@ class Planner:
         lists = self.lists[:, :need].copy()
         lists[np.arange(need)[None, :] >= self.length[:, None]] = self.n  # end of a ranking
         engine.lists, engine.rowsum = lists, self.rowsum.copy()
+        engine.columns = self.columns
+        engine.columns_max = self.column_cache_mib * 2**20 // (8 * self.n)
         rng = np.random.default_rng(seed)
         try:
-            return _run(engine, "allabel", key, pre, budget, self.k, self.ratios, rng)
+            sel = _run(engine, "allabel", key, pre, budget, self.k, self.ratios, rng)
         finally:
             BUFFERS.__dict__.clear()
+        used = set(pre) | set(sel.indices)  # the columns a plan like this one reads again
+        self.columns = {j: c for j, c in self.columns.items() if j in used}
+        return sel

@@ -229,6 +229,8 @@ class BM25Similarity(_IntegerDotSimilarity):
         w = counts.copy()
         w.data = np.rint(weights * self.scale)
         self.vocab_size = len(vocab)
+        # Non-negative weights (idf floored above 0): U = raw / row max ranks as raw does.
+        self.rank_raw = bool((w.data >= 0).all())
 
         # Terms in more than a tenth of the texts go through BLAS (dense), the rest through
         # their postings lists. A term costs N^2 multiply-adds dense and about df^2 sparse, and a
@@ -248,8 +250,12 @@ class BM25Similarity(_IntegerDotSimilarity):
         self._rowmax = np.full(n, np.nan)
         log.debug("BM25: %d texts, %d terms (%d dense), scale 2^%d", n, len(vocab), len(dense), q)
 
+    def dense_rows(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The frequent terms' part of the raw rows (BLAS); the postings add the rest."""
+        return np.matmul(self._qd[idx], self._wd.T, out=out)
+
     def _raw_rows(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        out = np.matmul(self._qd[idx], self._wd.T, out=out)
+        out = self.dense_rows(idx, out)
         q, w = self._qs, self._ws_t
         add_postings(q.indptr, q.indices, q.data, idx, w.indptr, w.indices, w.data, out)
         return out
@@ -307,6 +313,7 @@ class SBERTSimilarity(_IntegerDotSimilarity):
     """
 
     QUANT = 2.0**20
+    rank_raw = True  # U = raw * 2**-40: the raw rows rank as U does (engine._scan_block)
 
     def __init__(
         self,
@@ -323,7 +330,7 @@ class SBERTSimilarity(_IntegerDotSimilarity):
         if embeddings is None:
             embed = cache.embed if cache is not None else embed_texts
             embeddings = embed(texts, model=model, batch_size=batch_size)
-        e = np.asarray(embeddings, dtype=np.float64)
+        e = np.array(embeddings, dtype=np.float64)  # a copy: the caller's vectors stay as given
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         self.embeddings = e
         self._e = np.rint(e * self.QUANT)
@@ -337,6 +344,10 @@ class SBERTSimilarity(_IntegerDotSimilarity):
 
     def _raw_column(self, j: int) -> np.ndarray:
         return self._e @ self._e[j]
+
+    def columns(self, js: np.ndarray) -> np.ndarray:
+        """Rows r = column js[r] of U (symmetric), one pass over the embeddings for all."""
+        return self._normalise(self._e[js] @ self._e.T, None)
 
     def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
         raw *= 1.0 / (self.QUANT * self.QUANT)  # a power of two: exact, in place
