@@ -282,7 +282,14 @@ class FakeOpenAI:
                 try:
                     for chunk in fake._chunks(body, payload):
                         if fake.interrupt_streams and fake.in_flight > 1 and sent:
-                            break  # another completion waits: end this one unfinished
+                            # Another completion waits: [DONE], and the connection closed
+                            # without the body's end (llama-cpp-python does both).
+                            with fake._lock:
+                                fake.in_flight -= 1
+                                self.counted = False
+                            self._event("[DONE]")
+                            self.close_connection = True
+                            return
                         if chunk is not None:
                             time.sleep(fake.stream_delay)
                             self._event(json.dumps(chunk))

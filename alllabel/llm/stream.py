@@ -142,7 +142,9 @@ def _read(response: httpx2.Response, reply: _Reply) -> None:
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
-                continue  # read on to the end, so the connection can be used again
+                # Nothing is read past it: llama-cpp-python closes the connection right after an
+                # interrupted stream's [DONE] without ending the body (an "incomplete chunked read").
+                break
             reply.add(json.loads(data))
             if reply.chars - checked >= CHECK_EVERY:
                 checked = reply.chars
