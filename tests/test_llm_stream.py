@@ -133,3 +133,13 @@ def test_a_server_that_takes_no_connection_is_tried_max_retries_times_not_square
             s.close()
     tries = sum("Retrying request" in r.getMessage() for r in caplog.records)
     assert tries == 2 and c.report()["retries"] == 0
+
+
+def test_an_error_that_only_mentions_upstream_keeps_streaming():
+    with FakeOpenAI(lambda req: distinct(2)) as fake:
+        fake.script = [{"status": 400, "message": "upstream provider rejected the request"}]
+        c = client(fake)
+        with pytest.raises(LLMError, match="HTTP 400"):
+            c.complete(MSGS)
+        c.complete([{"role": "user", "content": "again"}])
+    assert [bool(r.get("stream")) for r in fake.requests] == [True, True]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from alllabel.llm.config import KNOWN_PRICES, LLMConfig, token_cost
 from alllabel.llm.endpoint import discover
 from alllabel.llm.formats import FormatFallback
 from alllabel.llm.replies import LLMError, completion_from_json, context_hint
-from alllabel.llm.stream import StreamFallback, read_reply
+from alllabel.llm.stream import StreamFallback, estimate, read_reply
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class LLMClient(FormatFallback, StreamFallback):
             )
         started = time.monotonic()
         # What a stream without the server's usage is counted with (the caller's count).
-        self._local.prompt_tokens = prompt_tokens or _estimate(messages)
+        self._local.prompt_tokens = prompt_tokens or estimate(messages)
         with billing() as bill:
             try:
                 result = self._limited_call(messages, schema)
@@ -300,7 +301,7 @@ class LLMClient(FormatFallback, StreamFallback):
     def _charge(self, bill: Bill, messages: list[dict], prompt_tokens: int | None) -> float:
         """US$ billed for one call's attempts; added to ``usage.billed_usd``."""
         if prompt_tokens is None:  # not counted by the caller: 2 characters a token (high side)
-            prompt_tokens = 2 * _estimate(messages)
+            prompt_tokens = 2 * estimate(messages)
         usd = bill.usd(self.config.prices(), prompt_tokens, self.config.max_tokens)
         self.usage.add(billed_usd=usd)
         return usd
@@ -368,7 +369,7 @@ class LLMClient(FormatFallback, StreamFallback):
                 self._logprobs = False
                 self.confidence_source = "similarity (the endpoint refuses logprobs)"
                 return self._call(messages, schema)
-            if status in (400, 422) and self._stream and "stream" in text:
+            if status in (400, 422) and self._stream and re.search(r"\bstream", text):
                 return self._stream_refused(text, messages, schema)
             if probing and status in _REFUSES_FORMAT:
                 return self._fall_back("json_schema", "json_object", status, messages, schema)
@@ -393,8 +394,3 @@ class LLMClient(FormatFallback, StreamFallback):
         result = read_reply(raw.http_response, getattr(self._local, "prompt_tokens", 0))
         result.retries = raw.retries_taken
         return result
-
-
-def _estimate(messages: list[dict]) -> int:
-    """Prompt tokens of ``messages`` when the caller did not count them: 4 characters a token."""
-    return sum(len(str(m.get("content", ""))) for m in messages) // 4 + 8
