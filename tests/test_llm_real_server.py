@@ -55,7 +55,9 @@ def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
     assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: some task failed (reported per task)
     assert "refused response_format json_schema (HTTP 500)" in r.stderr  # llama.cpp's refusal
     usage = json.loads(r.stderr.split("LLM usage: ", 1)[1].splitlines()[0])
-    assert usage["retries"] == 0 and "timed out" not in r.stderr, usage
+    # Only streams the server ended because another call waited are sent again (at most the
+    # first round: then one call at a time); nothing timed out.
+    assert usage["retries"] < 4 and "timed out" not in r.stderr, usage
     assert usage["confidence_source"] == "logprobs" and usage["response_format"] == "json_object"
     assert usage["concurrency_ceiling"] == 4 and "concurrency_lowest" in usage  # in use, shown
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -8,7 +8,10 @@ passes: the HTTP transport. For each attempt of a chat completion:
 * a 200 reply without ``usage``, or no reply at all after the request was sent (read timeout, the
   connection dropped mid-reply): the worst case, the prompt's counted tokens plus ``max_tokens``;
 * an error status (the endpoint refused or failed the request) or a request never sent (connect
-  error, pool timeout): nothing.
+  error, pool timeout): nothing;
+* a streamed reply (``text/event-stream``): left unread here; its reader adds the usage the
+  stream reported, or the worst case when it reported none (a stream cut early included)
+  (``add_streamed``).
 
 Attempts are added to the calling thread's open ``Bill`` (``billing``), so concurrent calls on one
 client keep their bills apart.
@@ -62,6 +65,19 @@ def billing() -> Iterator[Bill]:
         _local.bill = outer
 
 
+def add_streamed(usage: tuple[int, int] | None) -> None:
+    """Add a streamed reply's reported (prompt, completion) tokens to the calling thread's open
+    bill, or the worst case if it reported none."""
+    bill = getattr(_local, "bill", None)
+    if bill is None:
+        return
+    if usage is None:
+        bill.unreported += 1
+    else:
+        bill.prompt_tokens += usage[0]
+        bill.completion_tokens += usage[1]
+
+
 def usage_of(body: bytes) -> tuple[int, int] | None:
     """(prompt, completion) tokens a chat-completion body reports; None if it reports none."""
     try:
@@ -91,6 +107,8 @@ class MeteredTransport(httpx2.BaseTransport):
             raise
         if response.status_code != 200:
             return response
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return response  # billed by its reader (``add_streamed``)
         try:
             body = response.read()
         except _SENT:

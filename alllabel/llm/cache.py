@@ -28,6 +28,8 @@ class Completion:
     )  # what ``validate`` returned (not stored)
     # What the endpoint billed for this call, every attempt included (0 for a cached answer).
     billed_usd: float = field(default=0.0, compare=False)
+    # The tokens are our estimate: a stream without the server's usage (not stored).
+    estimated: bool = field(default=False, compare=False)
 
     def cost(self, prices: tuple[float, float] | None) -> float | None:
         c = token_cost(self.prompt_tokens, self.completion_tokens, prices)
@@ -48,6 +50,10 @@ class Usage:
     batch_price_factor: float = 0.5
     billed_usd: float = 0.0  # every attempt the endpoint billed (``alllabel.llm.billing``)
     call_seconds: float = 0.0  # wall time of the answered calls (latency = this / calls)
+    # Calls (answered or not) whose tokens are estimated: streams the server gave no usage for
+    # (the prompt as counted, one token per streamed piece).
+    tokens_estimated: int = 0
+    loops_cut: int = 0  # replies cut while streaming because they repeated themselves
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from collections.abc import Callable
 import httpx2
 import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from alllabel.llm.billing import Bill, MeteredTransport, billing
 from alllabel.llm.cache import Completion, LLMCache, Usage
@@ -39,6 +40,7 @@ from alllabel.llm.config import KNOWN_PRICES, LLMConfig, token_cost
 from alllabel.llm.endpoint import discover
 from alllabel.llm.formats import FormatFallback
 from alllabel.llm.replies import LLMError, completion_from_json, context_hint
+from alllabel.llm.stream import StreamFallback, estimate, read_reply
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,12 @@ POOL_SIZE = 8
 # Statuses with which endpoints refuse a response_format they do not support (llama.cpp: 500).
 _REFUSES_FORMAT = {400, 422, 500, 501}
 _STRENGTH = {"json_schema": 2, "json_object": 1, "none": 0}
+# Seconds to open a connection: a server that accepts none within this is down or swamped (a
+# queued completion waits after connecting, under the full timeout).
+CONNECT_TIMEOUT = 10.0
 
 
-class LLMClient(FormatFallback):
+class LLMClient(FormatFallback, StreamFallback):
     def __init__(self, config: LLMConfig, cache: LLMCache | None = None):
         if not config.configured:
             raise ValueError(
@@ -83,6 +88,7 @@ class LLMClient(FormatFallback):
         self._next_pool = 0
         self._pool_lock = threading.Lock()
         self._logprobs = config.logprobs
+        self._stream, self._stream_usage = config.stream, True
         self._format = config.response_format
         self._format_confirmed = False
         self._endpoint = config.base_url or "https://api.openai.com/v1"
@@ -96,11 +102,14 @@ class LLMClient(FormatFallback):
                 config.model,
                 config.response_format,
             )
+        self._recall_streaming()
         self.limit = AdaptiveLimit(config.concurrency, config.timeout)
         # Where span confidence comes from: "logprobs", or why not (said once, in the log).
         self.confidence_source = "logprobs" if config.logprobs else "similarity (logprobs off)"
         if config.base_url:
-            reported = discover(config.base_url, config.model, config.api_key)
+            reported = discover(
+                config.base_url, config.model, config.api_key, context_set=bool(config.context)
+            )
             if reported.context and not config.context:
                 config.context = reported.context
                 config.fit_context(reported.context, "reported by the endpoint")
@@ -112,7 +121,7 @@ class LLMClient(FormatFallback):
         return openai.OpenAI(
             api_key=c.api_key or "not-needed",
             base_url=c.base_url,
-            timeout=c.timeout,
+            timeout=httpx2.Timeout(c.timeout, connect=min(c.timeout, CONNECT_TIMEOUT)),
             max_retries=c.max_retries,
             # Every attempt's bill is read in the transport (``alllabel.llm.billing``).
             http_client=openai.DefaultHttpxClient(
@@ -212,13 +221,21 @@ class LLMClient(FormatFallback):
                 retryable=True,
             )
         started = time.monotonic()
+        # What a stream without the server's usage is counted with (the caller's count).
+        self._local.prompt_tokens = prompt_tokens or estimate(messages)
         with billing() as bill:
             try:
                 result = self._limited_call(messages, schema)
             except Exception as e:
                 e.billed_usd = self._charge(bill, messages, prompt_tokens)
                 prompt, reply = getattr(e, "usage", None) or (0, 0)  # a cut reply's tokens
-                self.usage.add(failures=1, prompt_tokens=prompt, completion_tokens=reply)
+                self.usage.add(
+                    failures=1,
+                    prompt_tokens=prompt,
+                    completion_tokens=reply,
+                    tokens_estimated=int(getattr(e, "estimated", False)),
+                    loops_cut=int(getattr(e, "looped", False)),
+                )
                 raise
         self._note_confidence(result)
         result.billed_usd = self._charge(bill, messages, prompt_tokens)
@@ -227,6 +244,7 @@ class LLMClient(FormatFallback):
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             call_seconds=time.monotonic() - started,  # retries included: the wait a task sees
+            tokens_estimated=int(result.estimated),
         )
         if validate is not None:
             try:
@@ -248,8 +266,16 @@ class LLMClient(FormatFallback):
                 try:
                     result = self._call(messages, schema)
                 except LLMError as e:
-                    if not e.timed_out:
+                    interrupted = getattr(e, "interrupted", False)
+                    if not (e.timed_out or interrupted):
                         raise
+                    self._count_unanswered(e)
+                    if interrupted and not self.limit.fixed:
+                        log.warning(
+                            "the LLM endpoint ends a reply when another call waits for its only "
+                            "slot (llama-cpp-python's server): one call at a time from now on"
+                        )
+                        self.limit.set_slots(1)
                     self.limit.timed_out()
                     if attempt == self.config.max_retries:
                         raise LLMError(
@@ -274,10 +300,8 @@ class LLMClient(FormatFallback):
 
     def _charge(self, bill: Bill, messages: list[dict], prompt_tokens: int | None) -> float:
         """US$ billed for one call's attempts; added to ``usage.billed_usd``."""
-        if (
-            prompt_tokens is None
-        ):  # not counted by the caller: 2 characters a token, on the high side
-            prompt_tokens = sum(len(str(m.get("content", ""))) for m in messages) // 2 + 8
+        if prompt_tokens is None:  # not counted by the caller: 2 characters a token (high side)
+            prompt_tokens = 2 * estimate(messages)
         usd = bill.usd(self.config.prices(), prompt_tokens, self.config.max_tokens)
         self.usage.add(billed_usd=usd)
         return usd
@@ -293,6 +317,8 @@ class LLMClient(FormatFallback):
             body=params,
             cast_to=ChatCompletion,
             options={"headers": {RAW_RESPONSE_HEADER: "true"}, "security": {"bearer_auth": True}},
+            stream=bool(params.get("stream")),  # the body is read by ``read_reply``
+            stream_cls=openai.Stream[ChatCompletionChunk],
         )
 
     def _send(self, params: dict, probing: bool):
@@ -314,17 +340,19 @@ class LLMClient(FormatFallback):
 
     def _call(self, messages: list[dict], schema: dict | None) -> Completion:
         params = self.params(messages, schema)
+        self._stream_params(params)
         fmt = (params.get("response_format") or {}).get("type")
         probing = fmt == "json_schema" and not self._format_confirmed
         try:
             raw = self._send(params, probing)
         except openai.APITimeoutError as e:
-            err = LLMError(
-                f"timed out after {self.config.timeout:.0f}s ({self.config.max_retries} retries)",
+            # Read timeouts come back as a TIMED_OUT answer: this is a connection not opened (or
+            # a request not written) in time, already tried max_retries times by the client.
+            raise LLMError(
+                f"the LLM endpoint took no request within {CONNECT_TIMEOUT:.0f}s, "
+                f"{self.config.max_retries + 1} tries: is the server up and not swamped?",
                 retryable=True,
-            )
-            err.timed_out = True
-            raise err from e
+            ) from e
         except openai.APIConnectionError as e:
             raise LLMError(f"cannot reach the LLM endpoint ({e})", retryable=True) from e
         except openai.APIStatusError as e:
@@ -341,6 +369,8 @@ class LLMClient(FormatFallback):
                 self._logprobs = False
                 self.confidence_source = "similarity (the endpoint refuses logprobs)"
                 return self._call(messages, schema)
+            if status in (400, 422) and self._stream and re.search(r"\bstream", text):
+                return self._stream_refused(text, messages, schema)
             if probing and status in _REFUSES_FORMAT:
                 return self._fall_back("json_schema", "json_object", status, messages, schema)
             if fmt == "json_object" and status in (400, 422) and "response_format" in text:
@@ -361,6 +391,6 @@ class LLMClient(FormatFallback):
             self.usage.add(retries=raw.retries_taken)
         if probing:
             self._format_confirmed = True
-        result = completion_from_json(raw.http_response.json())
+        result = read_reply(raw.http_response, getattr(self._local, "prompt_tokens", 0))
         result.retries = raw.retries_taken
         return result

@@ -54,6 +54,7 @@ class LLMConfig:
     concurrency: int = 4
     response_format: str = "json_schema"
     logprobs: bool = True
+    stream: bool = True  # read replies as they come, so a looping one is cut early
     price_input: float | None = None
     price_output: float | None = None
     max_prompt_tokens: int = 8000
@@ -68,7 +69,7 @@ class LLMConfig:
         """OPENAI_API_KEY, OPENAI_BASE_URL, ALLABEL_LLM_MODEL, ALLABEL_LLM_TEMPERATURE,
         ALLABEL_LLM_MAX_TOKENS, ALLABEL_LLM_TIMEOUT, ALLABEL_LLM_MAX_RETRIES,
         ALLABEL_LLM_CONCURRENCY, ALLABEL_LLM_RESPONSE_FORMAT (ALLABEL_LLM_JSON_MODE=0 means
-        "none"), ALLABEL_LLM_LOGPROBS, ALLABEL_PRICE_INPUT, ALLABEL_PRICE_OUTPUT,
+        "none"), ALLABEL_LLM_LOGPROBS, ALLABEL_LLM_STREAM, ALLABEL_PRICE_INPUT, ALLABEL_PRICE_OUTPUT,
         ALLABEL_MAX_PROMPT_TOKENS, ALLABEL_LLM_CONTEXT, ALLABEL_TOKEN_MARGIN, ALLABEL_LLM_BATCH,
         ALLABEL_LLM_BATCH_POLL. Keyword overrides win over the environment. A value that does
         not parse (``ALLABEL_LLM_BATCH=ture``) raises ``env.SettingError`` naming the variable."""
@@ -86,6 +87,7 @@ class LLMConfig:
                 "ALLABEL_LLM_RESPONSE_FORMAT", RESPONSE_FORMATS, default_fmt
             ),
             logprobs=env.flag("ALLABEL_LLM_LOGPROBS", True),
+            stream=env.flag("ALLABEL_LLM_STREAM", True),
             price_input=env.number("ALLABEL_PRICE_INPUT", None, minimum=0),
             price_output=env.number("ALLABEL_PRICE_OUTPUT", None, minimum=0),
             max_prompt_tokens=env.number(
