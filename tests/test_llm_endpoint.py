@@ -47,11 +47,12 @@ def test_a_parallel_server_with_a_fixed_latency_keeps_it_for_short_and_long_repl
 
     def reply(req) -> str:  # 1 to 60 entities, by task number
         n = 1 + int(req["messages"][-1]["content"].split()[1]) * 7 % 60
-        return '{"entities": [' + ", ".join(['{"text": "MOF-5", "label": "x"}'] * n) + "]}"
+        items = [f'{{"text": "MOF-5", "label": "x", "occurrence": {i}}}' for i in range(1, n + 1)]
+        return '{"entities": [' + ", ".join(items) + "]}"  # distinct items: not a loop
 
     with FakeOpenAI(reply) as fake:
         fake.latency = 0.2
-        c = client(fake, concurrency=8)
+        c = client(fake, concurrency=8, stream=False)  # a cloud endpoint's default
         ask(c, 96)
     assert c.report()["concurrency_lowered"] == 0, c.report()
     assert fake.max_in_flight == 8

@@ -143,3 +143,25 @@ def test_an_error_that_only_mentions_upstream_keeps_streaming():
             c.complete(MSGS)
         c.complete([{"role": "user", "content": "again"}])
     assert [bool(r.get("stream")) for r in fake.requests] == [True, True]
+
+
+def test_replies_stream_by_default_from_a_local_endpoint_only(monkeypatch):
+    """Streaming costs client CPU per piece (the bulk run at concurrency 64 fell from ~90 % to
+    55-68 % of its bound, bench/prelabel.py); loops are a small local model's failure."""
+    for var in ("ALLABEL_LLM_STREAM", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    assert LLMConfig.from_env().stream is False  # api.openai.com
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://llm.example.com/v1")
+    assert LLMConfig.from_env().stream is False
+    for local in ("http://127.0.0.1:8080/v1", "http://localhost:11434/v1", "http://10.0.0.5/v1"):
+        monkeypatch.setenv("OPENAI_BASE_URL", local)
+        assert LLMConfig.from_env().stream is True
+    monkeypatch.setenv("ALLABEL_LLM_STREAM", "1")
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://llm.example.com/v1")
+    assert LLMConfig.from_env().stream is True
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
+    monkeypatch.setenv("ALLABEL_LLM_STREAM", "0")
+    assert LLMConfig.from_env().stream is False
+    direct = LLMConfig(api_key="k", base_url="https://api.openai.com/v1")
+    direct.check()
+    assert direct.stream is False
