@@ -391,6 +391,7 @@ class LLMClient(FormatFallback, StreamFallback):
             self.usage.add(retries=raw.retries_taken)
         if probing:
             self._format_confirmed = True
-        result = read_reply(raw.http_response, getattr(self._local, "prompt_tokens", 0))
+        source = str(messages[-1].get("content", "")) if messages else ""
+        result = read_reply(raw.http_response, getattr(self._local, "prompt_tokens", 0), source)
         result.retries = raw.retries_taken
         return result

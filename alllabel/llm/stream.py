@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 import httpx2
@@ -35,8 +36,15 @@ LOOP_TAIL = 1600  # characters looked at (pieces up to LOOP_TAIL / LOOP_TIMES lo
 CHECK_EVERY = 48  # characters written between two checks
 
 
-def loop_unit(text: str) -> str | None:
-    """The piece the reply ends by repeating (a loop), or None."""
+_SPAN_TEXT = re.compile(r'"text"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def loop_unit(text: str, source: str = "") -> str | None:
+    """The piece the reply ends by repeating (a loop), or None.
+
+    A repeated span item is a loop only once it is said more often than its text stands in
+    ``source`` (the prompt's input): "compound 1" written nine times gives nine identical
+    ``{"label": ..., "text": "1"}`` items when a reply leaves out ``occurrence``."""
     end = text[-LOOP_TAIL:]
     if len(end) < LOOP_CHARS:
         return None
@@ -45,8 +53,22 @@ def loop_unit(text: str) -> str | None:
         while end[-(times + 1) * size : len(end) - times * size] == unit:
             times += 1
         if times >= LOOP_TIMES and times * size >= LOOP_CHARS:
-            return unit
+            return None if _said_in_source(unit, times, source) else unit
     return None
+
+
+def _said_in_source(unit: str, times: int, source: str) -> bool:
+    """The repeated item is a span whose text stands at least ``times`` times in ``source``."""
+    found = _SPAN_TEXT.search(unit + unit)  # the unit is cut anywhere in the item: read it whole
+    if found is None or not source:
+        return False
+    try:
+        span = json.loads(f'"{found.group(1)}"')
+    except ValueError:
+        return False
+    # Counted as a substring, the most lenient count: a reply is never cut while the input could
+    # hold its items (the aligner decides what they match); a real loop soon says more.
+    return span != "" and source.count(span) >= times
 
 
 def loop_advice(unit: str, tokens: int) -> str:
@@ -97,18 +119,19 @@ class _Reply:
             self.finish = choice.get("finish_reason") or self.finish
 
 
-def read_reply(response: httpx2.Response, prompt_estimate: int) -> Completion:
+def read_reply(response: httpx2.Response, prompt_estimate: int, source: str = "") -> Completion:
     """The Completion a chat-completion response carries, streamed or not (a server that ignores
     ``stream`` answers with one JSON body). Raises ``LLMError``: ``truncated`` for a loop or a
     reply cut at the cap, ``timed_out`` when the stream stalls past the read timeout,
-    ``interrupted`` when the server ended the stream unfinished. The tokens (reported, or the
+    ``interrupted`` when the server ended the stream unfinished. ``source``: the prompt's input,
+    so a span the input repeats is not taken for a loop. The tokens (reported, or the
     estimate) are in the Completion or the error's ``usage``; the bill (``alllabel.llm.billing``)
     takes the reported ones, or the worst case."""
     if not response.headers.get("content-type", "").startswith("text/event-stream"):
         return completion_from_json(response.json())
     reply = _Reply(prompt_estimate)
     try:
-        _read(response, reply)
+        _read(response, reply, source)
     except LLMError as e:
         e.usage = reply.tokens
         e.estimated = reply.usage is None
@@ -138,7 +161,7 @@ def estimate(messages: list[dict]) -> int:
     return sum(len(str(m.get("content", ""))) for m in messages) // 4 + 8
 
 
-def _read(response: httpx2.Response, reply: _Reply) -> None:
+def _read(response: httpx2.Response, reply: _Reply, source: str = "") -> None:
     """Read the stream into ``reply``; cut it at the first sign of a loop."""
     checked = 0
     try:
@@ -153,7 +176,7 @@ def _read(response: httpx2.Response, reply: _Reply) -> None:
             reply.add(json.loads(data))
             if reply.chars - checked >= CHECK_EVERY:
                 checked = reply.chars
-                unit = loop_unit("".join(reply.parts))
+                unit = loop_unit("".join(reply.parts), source)
                 if unit is not None:
                     err = LLMError(
                         loop_advice(unit, reply.tokens[1]), retryable=False, truncated=True
