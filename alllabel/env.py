@@ -27,7 +27,7 @@ def text(name: str, default: str | None = None, env: Mapping[str, str] | None = 
     return default if value is None else value
 
 
-def flag(name: str, default: bool | None, env: Mapping[str, str] | None = None) -> bool | None:
+def flag(name: str, default: bool, env: Mapping[str, str] | None = None) -> bool:
     value = _raw(name, env)
     if value is None:
         return default
