@@ -33,6 +33,7 @@ from alllabel.llm.concurrency import (
     TIMED_OUT,
     AdaptiveLimit,
     TimeoutAnswer,
+    open_connections,
     run_bounded,
     work_units,
 )
@@ -82,9 +83,9 @@ class LLMClient(FormatFallback, StreamFallback):
         self._pools = [self.openai] + [
             self._new_client() for _ in range(1, -(-config.concurrency // POOL_SIZE))
         ]
-        self._local = threading.local()
-        self._next_pool = 0
-        self._pool_lock = threading.Lock()
+        self._local, self._next_pool, self._pool_lock = threading.local(), 0, threading.Lock()
+        # Several pools: a bulk run's concurrency, its connections opened while it is planned.
+        self.warming = len(self._pools) > 1 and open_connections(self._pools, config.concurrency)
         self._logprobs = config.logprobs
         self._stream, self._stream_usage = config.stream, True
         self._format = config.response_format
@@ -307,10 +308,9 @@ class LLMClient(FormatFallback, StreamFallback):
     @staticmethod
     def _post(client: openai.OpenAI, params: dict, probing: bool = False):
         """POST /chat/completions through the client's own machinery (auth, timeouts, retries,
-        Retry-After) as ``chat.completions.with_raw_response.create`` does, minus its walk of the
-        body against the typed-dict annotations: our body is plain JSON already, and that walk was
-        the largest CPU cost per call (profiled with yappi at concurrency 64). A response_format
-        probe is not retried (a refusal must not cost the backoff schedule)."""
+        Retry-After), minus ``with_raw_response.create``'s walk of our plain JSON body against the
+        typed-dict annotations (the largest CPU cost per call at concurrency 64, by yappi). A
+        response_format probe is not retried (a refusal must not cost the backoff schedule)."""
         options = {"headers": {RAW_RESPONSE_HEADER: "true"}, "security": {"bearer_auth": True}}
         return client.post(
             "/chat/completions",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -193,3 +194,43 @@ def run_bounded(
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         list(pool.map(one, range(len(items))))
     return results
+
+
+def open_connections(clients: list, calls: int) -> threading.Thread:
+    """Open the keep-alive connections ``calls`` concurrent calls spread evenly over ``clients``
+    use, in the background, while the prompts of a bulk run are planned: opening 64 at once in
+    its first round delayed that round's calls by 25-235 ms (``bench/prelabel.py``), and a TLS
+    endpoint adds its handshakes. Each is a ``GET /models`` (what ``discover`` asks too; an error
+    status opens its connection all the same) held until all are open, so none reuses another's.
+    A connection not opened here is opened by its call."""
+    per_client = -(-calls // len(clients))
+    sent, held = (threading.Barrier(len(clients) * per_client) for _ in range(2))
+
+    def one(client) -> None:
+        try:
+            sent.wait(timeout=10)
+            # The httpx client ``LLMClient`` gave it: ``openai`` has no call that only connects.
+            url = f"{client.base_url}models"
+            with client._client.stream("GET", url, headers=client.auth_headers) as reply:
+                held.wait(timeout=10)  # a reply read is a connection free for another to take
+                reply.read()  # read whole: a connection closed mid-reply is not kept
+        except Exception as e:  # noqa: BLE001 - a head start only; the calls report real errors
+            held.abort()  # the others stop waiting for this one
+            log.debug("opening a connection ahead: %r", e)
+
+    def run() -> None:
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=one, args=(c,), daemon=True)
+            for c in clients
+            for _ in range(per_client)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        log.debug("%d connections opened ahead in %.2fs", len(threads), time.monotonic() - started)
+
+    warm = threading.Thread(target=run, daemon=True, name="llm-connections")
+    warm.start()
+    return warm
