@@ -57,13 +57,14 @@ import json
 from alllabel.selection.screening import screen
 texts = json.loads(Path(sys.argv[5]).read_text())
 screen(texts)
+from alllabel.selection.similarity import BM25Similarity
+from alllabel.selection.stages import select
+select(BM25Similarity(texts), 20)  # the one-off selection's kernels
 try:
     from alllabel.selection.replan import Planner
-    Planner(texts, budget=20).select(20)
+    Planner(texts, budget=20).select(20)  # the kept planner's
 except ImportError:  # code from before the Planner
-    from alllabel.selection.similarity import BM25Similarity
-    from alllabel.selection.stages import select
-    select(BM25Similarity(texts), 20)
+    pass
 settings = Settings(state_dir=state, model_version="alllabel", annotator="projection")
 backend = ALLabelBackend(settings, ls_factory=lambda: LabelStudioAPI(url, token), llm_config=LLMConfig())
 make_server("127.0.0.1", port, create_app(backend), threaded=True).serve_forever()
@@ -104,7 +105,9 @@ class Annotator(threading.Thread):
             self.stop.wait(self.pace)
 
 
-def connect(ls, h, pid: int, tree: Path, work: Path, label: str, pace: float, after: float):
+def connect(
+    ls, h, pid, tree: Path, work: Path, label: str, pace: float, after: float, limit: float
+):
     """Connect one backend process (code from ``tree``) and measure; returns the figures."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -129,7 +132,7 @@ def connect(ls, h, pid: int, tree: Path, work: Path, label: str, pace: float, af
         requests.post(f"{ls.url}/api/ml", headers=h, json=body, timeout=60).raise_for_status()
         returned = time.perf_counter() - t0
         ordered = None
-        while time.perf_counter() - t0 < 900:
+        while time.perf_counter() - t0 < limit:
             p = requests.get(f"{ls.url}/api/projects/{pid}/", headers=h, timeout=60).json()
             if ordered is None and p["sampling"] == SAMPLING and p["model_version"] == MV:
                 ordered = time.perf_counter() - t0
@@ -180,6 +183,7 @@ def main() -> None:
     ap.add_argument("--db", default="postgresql", choices=("postgresql", "sqlite"))
     ap.add_argument("--pace", type=float, default=2.0, help="seconds an annotator takes a task")
     ap.add_argument("--after", type=float, default=10.0, help="seconds watched after the switch")
+    ap.add_argument("--limit", type=float, default=900.0, help="seconds a connect may take")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop Label Studio on the way out
     work = Path(tempfile.mkdtemp(prefix="alllabel-connect-"))
@@ -200,7 +204,7 @@ def main() -> None:
             pids[label], took = new_project(ls, f"connect {label}", a.tasks)
             print(f"{label}: imported {a.tasks} tasks in {took:.1f}s", flush=True)
         rows = {
-            label: connect(ls, h, pids[label], tree, work, label, a.pace, a.after)
+            label: connect(ls, h, pids[label], tree, work, label, a.pace, a.after, a.limit)
             for label, tree in trees.items()
         }
     for r in rows.values():
