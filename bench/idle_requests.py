@@ -25,11 +25,9 @@ from _wsgi import create_app  # noqa: E402
 from alllabel.backend.ls_client import LabelStudioAPI  # noqa: E402
 from alllabel.backend.settings import Settings  # noqa: E402
 from alllabel.llm.client import LLMConfig  # noqa: E402
-from bench.corpus import corpus  # noqa: E402
+from bench.ls_project import headers, new_project  # noqa: E402
 from model import ALLabelBackend  # noqa: E402
 from tests.label_studio import LabelStudioServer, free_port  # noqa: E402
-
-CONFIG = '<View><Labels name="label" toName="text"><Label value="precursor"/><Label value="solvent"/></Labels><Text name="text" value="$text"/></View>'
 
 
 def main() -> None:
@@ -39,21 +37,9 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="alllabel-idle-"))
     with LabelStudioServer(work) as ls:
-        h = {"Authorization": f"Token {ls.token}"}
-        pid = requests.post(
-            f"{ls.url}/api/projects/",
-            headers=h,
-            json={"title": "idle cost", "label_config": CONFIG},
-        ).json()["id"]
-        texts = corpus(a.tasks)
-        t = time.perf_counter()
-        for i in range(0, len(texts), 2000):
-            requests.post(
-                f"{ls.url}/api/projects/{pid}/import",
-                headers=h,
-                json=[{"text": x} for x in texts[i : i + 2000]],
-            ).raise_for_status()
-        print(f"imported {a.tasks} tasks in {time.perf_counter() - t:.0f}s")
+        h = headers(ls)
+        pid, took = new_project(ls, "idle cost", a.tasks)
+        print(f"imported {a.tasks} tasks in {took:.0f}s")
         settings = Settings(
             state_dir=work / "state", model_version="alllabel", annotator="projection"
         )
