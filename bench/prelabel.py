@@ -19,11 +19,12 @@ the median of ``--repeat`` runs (each run's figures in ``--json``):
   process, start-up included), the fake server's own CPU per call (it shares the machine), the
   most calls the fake saw in flight and the lowest concurrency the client's adaptive limit took.
 
-``--baseline DIR`` runs another checkout's code (e.g. main's worktree) in the same session,
-alternating with this one at each repetition, so both meet the same load.
+``--baseline DIR|REV`` runs another checkout's code (a directory, or a git revision of this
+repository, extracted with ``git archive``) in the same session, alternating with this one at each
+repetition, so both meet the same load.
 
     .venv/bin/python bench/prelabel.py                         # 600 tasks at C = 1, 4, 16, 64
-    .venv/bin/python bench/prelabel.py --concurrency 16,64 --repeat 5 --baseline /work/main
+    .venv/bin/python bench/prelabel.py --concurrency 16,64 --repeat 5 --baseline main
     .venv/bin/python bench/prelabel.py --concurrency 64 --profile out/prelabel.prof
 
 Data: examples/mof_zhang2024.jsonl (MIT (c) 2023 zw-SIMM).
@@ -98,6 +99,18 @@ def _run(args, base: str, work: Path, data: Path, c: int, code: str, profile) ->
     }
 
 
+def _archive(rev: str, into: Path) -> str:
+    """``rev``'s alllabel package, extracted from this repository into ``into``."""
+    into.mkdir()
+    tar = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "alllabel"], capture_output=True, check=False
+    )
+    if tar.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: not a directory nor a git revision ({tar.stderr!r})")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar.stdout, check=True)
+    return str(into)
+
+
 def _print(name: str, c: int, args, runs: list[dict]) -> None:
     """The median of ``runs``, rates as % of the bound."""
 
@@ -143,7 +156,9 @@ def main() -> None:
         default=str(ROOT),
         help="directory whose alllabel package the CLI runs (e.g. an older checkout, for a baseline)",
     )
-    ap.add_argument("--baseline", help="a second checkout, run alternately with --code")
+    ap.add_argument(
+        "--baseline", help="a second checkout or a git revision, run alternately with --code"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs per C (and code); medians shown")
     ap.add_argument("--json", help="write every run's figures here")
     args = ap.parse_args()
@@ -152,6 +167,8 @@ def main() -> None:
     if args.pool + args.tasks > len(records):
         raise SystemExit(f"the MOF data has {len(records)} records: lower --tasks or --pool")
     work = Path(tempfile.mkdtemp(prefix="alllabel-bench-"))
+    if args.baseline and not Path(args.baseline).is_dir():
+        args.baseline = _archive(args.baseline, work / "baseline")
     data = work / "tasks.jsonl"
     with data.open("w", encoding="utf-8") as f:
         for i, r in enumerate(records[: args.pool + args.tasks]):

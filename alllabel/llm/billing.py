@@ -78,13 +78,24 @@ def add_streamed(usage: tuple[int, int] | None) -> None:
         bill.completion_tokens += usage[1]
 
 
-def usage_of(body: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens a chat-completion body reports; None if it reports none."""
+# The response extension that holds a 200 chat-completion body as parsed here: its reader
+# uses it instead of parsing the body a second time (0.1 ms CPU a call with logprobs).
+PARSED_BODY = "alllabel.parsed_body"
+
+
+def parse(body: bytes) -> dict | None:
+    """A chat-completion body as JSON, or None if it is not a JSON object."""
     try:
-        usage = json.loads(body).get("usage") or {}
-    except (ValueError, AttributeError):
+        data = json.loads(body)
+    except ValueError:
         return None
-    if not usage or usage.get("prompt_tokens") is None:
+    return data if isinstance(data, dict) else None
+
+
+def usage_of(data: dict | None) -> tuple[int, int] | None:
+    """(prompt, completion) tokens a parsed chat-completion body reports; None if it reports none."""
+    usage = (data or {}).get("usage") or {}
+    if not isinstance(usage, dict) or usage.get("prompt_tokens") is None:
         return None
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
@@ -114,7 +125,8 @@ class MeteredTransport(httpx2.BaseTransport):
         except _SENT:
             bill.unreported += 1
             raise
-        usage = usage_of(body)
+        data = parse(body)
+        usage = usage_of(data)
         if usage is None:
             bill.unreported += 1
         else:
@@ -126,8 +138,9 @@ class MeteredTransport(httpx2.BaseTransport):
             for k, v in response.headers.multi_items()
             if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
         ]
+        extensions = {**response.extensions, PARSED_BODY: data} if data else response.extensions
         return httpx2.Response(
-            200, headers=headers, content=body, request=request, extensions=response.extensions
+            200, headers=headers, content=body, request=request, extensions=extensions
         )
 
     def close(self) -> None:

@@ -27,12 +27,13 @@ import openai
 from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from alllabel.llm.billing import Bill, MeteredTransport, billing
+from alllabel.llm.billing import PARSED_BODY, Bill, MeteredTransport, billing
 from alllabel.llm.cache import Completion, LLMCache, Usage
 from alllabel.llm.concurrency import (
     TIMED_OUT,
     AdaptiveLimit,
     TimeoutAnswer,
+    open_connections,
     run_bounded,
     work_units,
 )
@@ -77,16 +78,14 @@ class LLMClient(FormatFallback, StreamFallback):
         self.usage = Usage(batch_price_factor=config.batch_price_factor)
         self._ssl = httpx2.create_ssl_context()  # made once: a context per client costs ~30 ms
         self.openai = self._new_client()
-        # Probing a response_format: no retries, a refusal must not cost the backoff schedule.
-        self._probe = self.openai.with_options(max_retries=0)
         # One connection pool per POOL_SIZE concurrent calls: httpcore scans every connection of
         # its pool on each request and release, the largest client CPU cost at concurrency 64.
         self._pools = [self.openai] + [
             self._new_client() for _ in range(1, -(-config.concurrency // POOL_SIZE))
         ]
-        self._local = threading.local()
-        self._next_pool = 0
-        self._pool_lock = threading.Lock()
+        self._local, self._next_pool, self._pool_lock = threading.local(), 0, threading.Lock()
+        # Several pools: a bulk run's concurrency, its connections opened while it is planned.
+        self.warming = len(self._pools) > 1 and open_connections(self._pools, config.concurrency)
         self._logprobs = config.logprobs
         self._stream, self._stream_usage = config.stream, True
         self._format = config.response_format
@@ -307,16 +306,17 @@ class LLMClient(FormatFallback, StreamFallback):
         return usd
 
     @staticmethod
-    def _post(client: openai.OpenAI, params: dict):
+    def _post(client: openai.OpenAI, params: dict, probing: bool = False):
         """POST /chat/completions through the client's own machinery (auth, timeouts, retries,
-        Retry-After) as ``chat.completions.with_raw_response.create`` does, minus its walk of the
-        body against the typed-dict annotations: our body is plain JSON already, and that walk was
-        the largest CPU cost per call (profiled with yappi at concurrency 64)."""
+        Retry-After), minus ``with_raw_response.create``'s walk of our plain JSON body against the
+        typed-dict annotations (the largest CPU cost per call at concurrency 64, by yappi). A
+        response_format probe is not retried (a refusal must not cost the backoff schedule)."""
+        options = {"headers": {RAW_RESPONSE_HEADER: "true"}, "security": {"bearer_auth": True}}
         return client.post(
             "/chat/completions",
             body=params,
             cast_to=ChatCompletion,
-            options={"headers": {RAW_RESPONSE_HEADER: "true"}, "security": {"bearer_auth": True}},
+            options={**options, "max_retries": 0} if probing else options,
             stream=bool(params.get("stream")),  # the body is read by ``read_reply``
             stream_cls=openai.Stream[ChatCompletionChunk],
         )
@@ -325,7 +325,7 @@ class LLMClient(FormatFallback, StreamFallback):
         """POST the request; a probe (no retries) that meets a transient failure is sent again
         with the usual retries, so only a format refusal comes back from a probe at once."""
         try:
-            return self._post(self._probe if probing else self._pool(), params)
+            return self._post(self._pool(), params, probing)
         except (openai.APITimeoutError, openai.APIConnectionError):
             if not probing:
                 raise
@@ -391,7 +391,10 @@ class LLMClient(FormatFallback, StreamFallback):
             self.usage.add(retries=raw.retries_taken)
         if probing:
             self._format_confirmed = True
-        source = str(messages[-1].get("content", "")) if messages else ""
-        result = read_reply(raw.http_response, getattr(self._local, "prompt_tokens", 0), source)
+        if (parsed := raw.http_response.extensions.get(PARSED_BODY)) is not None:
+            result = completion_from_json(parsed)  # unstreamed, parsed once already for its bill
+        else:
+            source = str(messages[-1].get("content", "")) if messages else ""
+            result = read_reply(raw.http_response, getattr(self._local, "prompt_tokens", 0), source)
         result.retries = raw.retries_taken
         return result

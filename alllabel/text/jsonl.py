@@ -26,10 +26,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+def jsonl_line(record: dict) -> str:
+    """One record as a line of a JSONL file (``write_jsonl``'s format)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    write_lines(path, (jsonl_line(r) for r in records))
+
+
+def write_lines(path: str | Path, lines: Iterable[str]) -> None:
+    """Lines made by ``jsonl_line``, written in one go."""
     with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.write("".join(lines))
 
 
 def texts_of(records: list[dict], field: str = "text") -> list[str]:
