@@ -64,7 +64,8 @@ def _run(args, base: str, work: Path, data: Path, c: int, code: str, profile) ->
         **os.environ,
         "OPENAI_BASE_URL": base,
         "OPENAI_API_KEY": "bench",
-        # The fake stands for a cloud endpoint (fixed latency, parallel), unstreamed (the default).
+        # The fake stands for a cloud endpoint (fixed latency, parallel); on loopback it would
+        # count as local and get streamed replies, a local server's default (ALLABEL_LLM_STREAM).
         "ALLABEL_LLM_STREAM": os.environ.get("ALLABEL_LLM_STREAM", "0"),
         "PYTHONPATH": os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")])),
     }

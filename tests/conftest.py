@@ -17,3 +17,13 @@ def label_studio(tmp_path_factory):
 
     with LabelStudioServer(tmp_path_factory.mktemp("ls"), db="postgresql") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """One real llama.cpp server (SmolLM2-135M, one completion at a time) for the session's real-LLM
+    tests: loaded once, and each test's client starts from scratch (its own cache file)."""
+    from tests.llama_server import LlamaServer
+
+    with LlamaServer(tmp_path_factory.mktemp("llama")) as server:
+        yield server

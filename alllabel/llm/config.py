@@ -54,10 +54,11 @@ class LLMConfig:
     concurrency: int = 4
     response_format: str = "json_schema"
     logprobs: bool = True
-    # Read replies as they come, so a looping one is cut early. Off by default: the loop rule cut
-    # legitimate replies listing one span many times ("compound 1" ...) in tests/test_e2e_bulk.py,
-    # and reading every piece costs client CPU (concurrency 64: ~90 % -> 55-68 % of the bound).
-    stream: bool = False
+    # Read replies as they come, so a looping one is cut early. None: on for a local endpoint
+    # (small local models loop; a cut saves minutes), off for a cloud one (where a loop is rare,
+    # bounded by max_tokens and billed, and reading every piece costs client CPU: at concurrency
+    # 64 the bulk run fell from ~90 % to 55-68 % of its bound with streaming on, bench/prelabel.py).
+    stream: bool | None = None
     price_input: float | None = None
     price_output: float | None = None
     max_prompt_tokens: int = 8000
@@ -90,7 +91,12 @@ class LLMConfig:
                 "ALLABEL_LLM_RESPONSE_FORMAT", RESPONSE_FORMATS, default_fmt
             ),
             logprobs=env.flag("ALLABEL_LLM_LOGPROBS", True),
-            stream=env.flag("ALLABEL_LLM_STREAM", False),
+            # Unset: None, decided by the endpoint in ``check``; 0/1 force it either way.
+            stream=(
+                None
+                if env.text("ALLABEL_LLM_STREAM") is None
+                else env.flag("ALLABEL_LLM_STREAM", False)
+            ),
             price_input=env.number("ALLABEL_PRICE_INPUT", None, minimum=0),
             price_output=env.number("ALLABEL_PRICE_OUTPUT", None, minimum=0),
             max_prompt_tokens=env.number(
@@ -113,6 +119,8 @@ class LLMConfig:
     def check(self) -> None:
         if self.timeout is None:
             self.timeout = LOCAL_TIMEOUT if is_local(self.base_url) else DEFAULT_TIMEOUT
+        if self.stream is None:
+            self.stream = is_local(self.base_url)
         if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
             raise ValueError("LLM concurrency must be >= 1, max_retries >= 0 and timeout > 0")
         if self.response_format not in RESPONSE_FORMATS:

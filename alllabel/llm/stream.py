@@ -3,10 +3,11 @@ soon as it starts repeating instead of running to ``max_tokens`` (a small local 
 MOF paragraph for 2,048 tokens, 138 s, before this).
 
 A loop is one piece of text said ``LOOP_TIMES`` times in a row at the end of the reply, covering
-at least ``LOOP_CHARS`` characters: the same span item over and over, the same few lines cycling,
-one token repeated. A JSON list of distinct spans never ends in eight identical pieces, so the rule
-cannot fire on it; the same entity listed eight times in a row (each with the same
-``occurrence``) is not a normal answer either.
+at least ``LOOP_CHARS`` characters (the same span item over and over, the same few lines cycling,
+one token repeated), and said more often than the prompt's input justifies (``loop_unit``). So a
+legitimate reply is never cut: one whose every span item is said at most as often as its text
+stands in the input (once, when it names its ``occurrence``), and whose other repeats copy the input.
+A list of distinct spans never repeats at all.
 
 Usage: the server's own count when it sends one (``stream_options.include_usage``: OpenAI, vLLM,
 llama.cpp's llama-server); otherwise (llama-cpp-python's server, any stream cut by us) the prompt
@@ -36,15 +37,19 @@ LOOP_TAIL = 1600  # characters looked at (pieces up to LOOP_TAIL / LOOP_TIMES lo
 CHECK_EVERY = 48  # characters written between two checks
 
 
-_SPAN_TEXT = re.compile(r'"text"\s*:\s*"((?:[^"\\]|\\.)*)"')
+# A flat JSON object (a span item), strings with braces or quotes in them included.
+_ITEM = re.compile(r'\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\}')
 
 
 def loop_unit(text: str, source: str = "") -> str | None:
     """The piece the reply ends by repeating (a loop), or None.
 
-    A repeated span item is a loop only once it is said more often than its text stands in
-    ``source`` (the prompt's input): "compound 1" written nine times gives nine identical
-    ``{"label": ..., "text": "1"}`` items when a reply leaves out ``occurrence``."""
+    Never a legitimate reply's: a repeat is a loop only once the reply says more than ``source``
+    (the prompt's input) justifies. A piece holding span items: once one of them is said more
+    often than its text stands in the input ("compound 1" nine times gives nine identical
+    ``{"label": ..., "text": "1"}`` items when a reply leaves out ``occurrence``; an item with
+    ``occurrence`` names one place and is justified once). Any other piece (a token, whitespace,
+    a stretch inside a span's text): once the whole repeated stretch is no longer in the input."""
     end = text[-LOOP_TAIL:]
     if len(end) < LOOP_CHARS:
         return None
@@ -53,22 +58,58 @@ def loop_unit(text: str, source: str = "") -> str | None:
         while end[-(times + 1) * size : len(end) - times * size] == unit:
             times += 1
         if times >= LOOP_TIMES and times * size >= LOOP_CHARS:
-            return None if _said_in_source(unit, times, source) else unit
+            return None if _justified(text, size, source) else unit
     return None
 
 
-def _said_in_source(unit: str, times: int, source: str) -> bool:
-    """The repeated item is a span whose text stands at least ``times`` times in ``source``."""
-    found = _SPAN_TEXT.search(unit + unit)  # the unit is cut anywhere in the item: read it whole
-    if found is None or not source:
-        return False
+def _justified(text: str, size: int, source: str) -> bool:
+    """The reply's repeat of period ``size`` at its end is still what the input holds."""
+    unit = text[-size:]
+    # The unit is cut anywhere in an item: twice over, it holds each of its items whole.
+    items = [_span(m.group()) for m in _ITEM.finditer(unit + unit)]
+    items = [i for i in items if i is not None]
+    if items:
+        said: dict[tuple, int] = {}
+        for found in _ITEM.finditer(text):  # every item of the reply, not only the repeats
+            key = _span(found.group())
+            if key is not None:
+                said[key] = said.get(key, 0) + 1
+        return all(said.get(i, 0) <= _justifies(i, source) for i in items)
+    start = len(text) - size  # the whole run of the period, back to where it began
+    while start > 0 and text[start - 1] == text[start - 1 + size]:
+        start -= 1
+    return _in_source(text[start:], source)
+
+
+def _span(item: str) -> tuple | None:
+    """(label, text, occurrence) of a span item, or None when it is not one."""
     try:
-        span = json.loads(f'"{found.group(1)}"')
+        data = json.loads(item)
     except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+        return None
+    return (str(data.get("label")), data["text"], json.dumps(data.get("occurrence")))
+
+
+def _justifies(item: tuple, source: str) -> int:
+    """How often the input allows ``item`` to be said: once per place its text stands (counted
+    as a substring, the most lenient count; the aligner decides what it matches), once at most
+    when it names its ``occurrence``."""
+    places = source.count(item[1]) if item[1] else 0
+    return min(places, 1) if item[2] != "null" else places
+
+
+def _in_source(run: str, source: str) -> bool:
+    """``run`` (part of the reply) copies the input, as written or JSON-escaped."""
+    if not source:
         return False
-    # Counted as a substring, the most lenient count: a reply is never cut while the input could
-    # hold its items (the aligner decides what they match); a real loop soon says more.
-    return span != "" and source.count(span) >= times
+    if run in source:
+        return True
+    for ascii_only in (True, False):
+        if run in json.dumps(source, ensure_ascii=ascii_only)[1:-1]:
+            return True
+    return False
 
 
 def loop_advice(unit: str, tokens: int) -> str:
