@@ -73,3 +73,29 @@ def test_selection_through_the_band_gives_the_dense_picks():
         want = select(U, 60, **kw)
         got = select(sim, 60, block_rows=64, **kw)
         assert (got.indices, got.stages) == (want.indices, want.stages), kw
+
+
+def test_band_depths_are_the_float64_depths():
+    # Uncertainty depths (position of the first D1 item) from float32 rows, exactly: D1 sets
+    # with duplicates (ties broken by index), exclusions, and a row whose only D1 item is
+    # itself (the float64 way).
+    from alllabel.selection.engine import _depth_block, _depths64
+
+    n = 1500
+    sim = BM25Similarity(_texts(n, seed=4))
+    rng = np.random.default_rng(5)
+    rows = np.concatenate([rng.choice(n - 8, 120, replace=False), np.arange(n - 8, n)])
+    excluded = np.sort(rng.choice(n, 40, replace=False))
+    for d1_size in (1, 5, 60, 400):
+        in_d1 = np.zeros(n, dtype=bool)
+        in_d1[rng.choice(n, d1_size, replace=False)] = True
+        in_d1[[0, n - 8]] = True  # text 0 and its duplicate: tied D1 items
+        in_d1[excluded] = False
+        for ex in (np.empty(0, dtype=np.int64), excluded):
+            got, _ = _depth_block(sim, rows, in_d1, ex)
+            want = _depths64(sim, rows, in_d1, ex)
+            assert np.array_equal(got, want), (d1_size, len(ex))
+    only_self = np.zeros(n, dtype=bool)
+    only_self[rows[0]] = True
+    got, _ = _depth_block(sim, rows[:1], only_self, np.empty(0, np.int64))
+    assert np.array_equal(got, _depths64(sim, rows[:1], only_self, np.empty(0, np.int64)))

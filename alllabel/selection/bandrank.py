@@ -291,3 +291,83 @@ def band_rank_rows(
         for p in range(width):
             lists[r, p] = items[p] if p < m else sentinel
     return nf
+
+
+def band_depths(sim, block, idx, excluded, d1) -> tuple[np.ndarray, np.ndarray]:
+    """Exact uncertainty depths of rows ``idx`` (``engine._exact_depths`` on raw rows) from
+    ``block`` (their float32 dense part; overwritten); ``d1``: the D1 items, ascending.
+    Returns (depths, positions of the rows left undone)."""
+    _, ws32, forward = approx_operands(sim)
+    q, w = sim._qs, sim._ws_t
+    post = (q.indptr, q.indices, q.data, w.indptr, w.indices, ws32)
+    exact = (sim._qd, q.indptr, q.indices, q.data) + forward
+    depth = np.empty(len(idx), dtype=np.int64)
+    failed = np.empty(len(idx), dtype=np.int64)
+    nf = band_depth_rows(block, idx, excluded, d1, post, exact, depth, failed)
+    return depth, failed[:nf]
+
+
+@numba.njit(nogil=True, cache=True)
+def band_depth_rows(block, rows, excluded, d1, post, exact, depth, failed):  # pragma: no cover
+    """depth = 1 + the items ranking before the row's best D1 item (higher exact score, or the
+    same and a smaller index). The best D1 item is found exactly among the D1 items whose
+    float32 value can hold the max; then a cell above b (1 + eps) is surely before it, one
+    below b (1 - eps) surely after, and only the cells between are scored exactly."""
+    q_ptr, q_idx, q_val, w_ptr, w_doc, w_val = post
+    qd, qs_ptr, qs_idx, qs_val, fw_ptr, fw_idx, fw_val = exact
+    nd = qd.shape[1]
+    qc = np.zeros(nd + w_ptr.shape[0] - 1, dtype=np.float64)
+    nf = 0
+    for r in range(block.shape[0]):
+        u = block[r]
+        i = rows[r]
+        for p in range(q_ptr[i], q_ptr[i + 1]):
+            c = q_val[p]
+            for s in range(w_ptr[q_idx[p]], w_ptr[q_idx[p] + 1]):
+                u[w_doc[s]] += c * w_val[s]
+        dense_nz = np.flatnonzero(qd[i])
+        eps = (len(dense_nz) + q_ptr[i + 1] - q_ptr[i] + 4) * U32
+        u[i] = -np.inf
+        for j in excluded:
+            u[j] = -np.inf
+        top = -np.inf
+        for j in d1:
+            top = max(top, u[j])
+        if top == -np.inf or eps > 1e-3:  # no D1 item but the row's own: the float64 way
+            failed[nf] = r
+            nf += 1
+            continue
+        for t in dense_nz:
+            qc[t] = qd[i, t]
+        for p in range(qs_ptr[i], qs_ptr[i + 1]):
+            qc[nd + qs_idx[p]] = qs_val[p]
+        b = -np.inf
+        jb = u.shape[0]
+        for j in d1:  # ascending: on equal exact scores the first stays
+            if u[j] >= top * (1.0 - eps) / (1.0 + eps):
+                s = _exact(j, qc, fw_ptr, fw_idx, fw_val)
+                if s > b:
+                    b, jb = s, j
+        hi = b * (1.0 + eps)
+        lo = b * (1.0 - eps)
+        above = 0
+        for j in range(u.shape[0]):
+            above += np.float64(u[j]) > hi
+        for c in range(0, u.shape[0], CHUNK):
+            end = min(c + CHUNK, u.shape[0])
+            hit = False
+            for j in range(c, end):
+                hit |= (np.float64(u[j]) >= lo) & (np.float64(u[j]) <= hi)
+            if not hit:
+                continue
+            for j in range(c, end):
+                v = np.float64(u[j])
+                if lo <= v <= hi:
+                    s = _exact(j, qc, fw_ptr, fw_idx, fw_val)
+                    above += s > b or (s == b and j < jb)
+        for t in dense_nz:
+            qc[t] = 0.0
+        for p in range(qs_ptr[i], qs_ptr[i + 1]):
+            qc[nd + qs_idx[p]] = 0.0
+        depth[r] = above + 1
+    return nf

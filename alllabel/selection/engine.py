@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from alllabel.selection.bandrank import band_rank, dense_rows32
+from alllabel.selection.bandrank import band_depths, band_rank, dense_rows32
 from alllabel.selection.blocks import BlockRunner
 from alllabel.selection.kernels import postings_rank_rows, rank_rows, scan_rows, sumrank_add
 from alllabel.selection.rowsums import linear_sums_available, seed
@@ -115,8 +115,18 @@ def _ranked_block(sim, idx, width, sentinel, excluded):
 
 
 def _depth_block(sim, idx, in_d1, excluded):
+    if isinstance(sim, BM25Similarity) and sim.rank_raw:  # float32 rows, exact (bandrank)
+        block = dense_rows32(sim, idx, _buffer("rows32", (len(idx), sim.n), np.float32))
+        depth, failed = band_depths(sim, block, idx, excluded, np.flatnonzero(in_d1))
+        if len(failed):
+            depth[failed] = _depths64(sim, idx[failed], in_d1, excluded)
+        return depth, _row_max_of(sim, idx)
+    return _depths64(sim, idx, in_d1, excluded), _row_max_of(sim, idx)
+
+
+def _depths64(sim, idx, in_d1, excluded):
     block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
-    return _exact_depths(_mask_block(block, idx, excluded), idx, in_d1), _row_max_of(sim, idx)
+    return _exact_depths(_mask_block(block, idx, excluded), idx, in_d1)
 
 
 def _weights(ranks: np.ndarray, k: int) -> np.ndarray:
