@@ -118,8 +118,8 @@ def main() -> None:
         print(row(n, r, extra), flush=True)
         if a.baseline:
             b = child(Path(a.baseline) / "bench" / "selection.py", n, a.budget)
-            ratios = "  ".join(
-                f"{k} {b[k] / r[k]:.2f}x" for k in ("seconds", "cpu", "peak_mib") if r[k]
+            ratios = "  ".join(  # an older checkout's bench may not report cpu seconds
+                f"{k} {b[k] / r[k]:.2f}x" for k in ("seconds", "cpu", "peak_mib") if r[k] and k in b
             )
             same = b["picks"] == r["picks"]
             print(row(n, b, f"baseline; baseline/ours: {ratios}, same picks: {same}"), flush=True)
@@ -139,8 +139,9 @@ def child(script: Path, n: int, budget: int) -> dict:
 
 def row(n: int, r: dict, extra: str) -> str:
     load = f"{r['load'][0]:.1f}-{r['load'][1]:.1f}"
+    cpu = f"{r['cpu']:>7.1f}" if "cpu" in r else f"{'-':>7}"
     return (
-        f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {r['peak_mib']:>9.0f} "
+        f"{n:>7} {r['m']:>5} {r['seconds']:>8.1f} {cpu} {r['peak_mib']:>9.0f} "
         f"{load:>9} {r['picks']:>12}  {extra}"
     )
 

@@ -17,6 +17,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from alllabel.selection.bandrank import band_depths, band_rank, dense_rows32
 from alllabel.selection.blocks import BlockRunner
 from alllabel.selection.kernels import postings_rank_rows, rank_rows, scan_rows, sumrank_add
 from alllabel.selection.rowsums import linear_sums_available, seed
@@ -62,15 +63,15 @@ def _scan_block(sim, idx, width, sentinel, excluded, grid):
     normalises them on the way, with the same float operations.
     ``grid`` None: no sums, and a backend whose raw rows rank as U (``rank_raw``) is ranked
     raw (kernels.rank_rows); the seed then comes from linear sums (rowsums.seed)."""
-    buf = _buffer("rows", (len(idx), sim.n), np.float64)
     lists = np.empty((len(idx), width), dtype=np.int32)
     vals = _buffer("vals", (len(idx), width), np.float64)
     rowmax = np.empty(len(idx))
     fused = getattr(sim, "fused_rows", False)
     if grid is None and getattr(sim, "rank_raw", False):
-        _rank_raw(sim, idx, buf, excluded, width, sentinel, lists, vals, rowmax, fused)
+        _rank_raw(sim, idx, excluded, width, sentinel, lists, vals, rowmax, fused)
         rowsum = None
     else:
+        buf = _buffer("rows", (len(idx), sim.n), np.float64)
         block = sim._raw_rows(idx, out=buf) if fused else sim.rows(idx, out=buf)
         rowsum = np.empty(len(idx), dtype=np.int64)
         scan_rows(
@@ -81,7 +82,23 @@ def _scan_block(sim, idx, width, sentinel, excluded, grid):
     return lists, rowsum, _row_max_of(sim, idx)
 
 
-def _rank_raw(sim, idx, buf, excluded, width, sentinel, lists, vals, rowmax, fused):
+def _rank_raw(sim, idx, excluded, width, sentinel, lists, vals, rowmax, fused):
+    if isinstance(sim, BM25Similarity):  # float32 rows, the band scored exactly (bandrank)
+        buf = _buffer("rows32", (len(idx), sim.n), np.float32)
+        block = dense_rows32(sim, idx, buf)
+        failed = band_rank(sim, block, idx, excluded, width, sentinel, lists, rowmax)
+        if len(failed):  # mass ties (rows of zeros): these rows in float64, whole
+            out = lists, vals, rowmax
+            part = [a[failed] for a in out]
+            _rank_raw64(sim, idx[failed], excluded, width, sentinel, *part, fused)
+            for a, p in zip(out, part):
+                a[failed] = p
+        return
+    _rank_raw64(sim, idx, excluded, width, sentinel, lists, vals, rowmax, fused)
+
+
+def _rank_raw64(sim, idx, excluded, width, sentinel, lists, vals, rowmax, fused):
+    buf = _buffer("rows", (len(idx), sim.n), np.float64)
     if isinstance(sim, BM25Similarity):  # BLAS part here, the postings row by row with ranking
         block = sim.dense_rows(idx, out=buf)
         q, w = sim._qs, sim._ws_t
@@ -98,8 +115,18 @@ def _ranked_block(sim, idx, width, sentinel, excluded):
 
 
 def _depth_block(sim, idx, in_d1, excluded):
+    if isinstance(sim, BM25Similarity) and sim.rank_raw:  # float32 rows, exact (bandrank)
+        block = dense_rows32(sim, idx, _buffer("rows32", (len(idx), sim.n), np.float32))
+        depth, failed = band_depths(sim, block, idx, excluded, np.flatnonzero(in_d1))
+        if len(failed):
+            depth[failed] = _depths64(sim, idx[failed], in_d1, excluded)
+        return depth, _row_max_of(sim, idx)
+    return _depths64(sim, idx, in_d1, excluded), _row_max_of(sim, idx)
+
+
+def _depths64(sim, idx, in_d1, excluded):
     block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
-    return _exact_depths(_mask_block(block, idx, excluded), idx, in_d1), _row_max_of(sim, idx)
+    return _exact_depths(_mask_block(block, idx, excluded), idx, in_d1)
 
 
 def _weights(ranks: np.ndarray, k: int) -> np.ndarray:

@@ -280,8 +280,8 @@ class BM25Similarity(_IntegerDotSimilarity):
         add_postings(w.indptr, w.indices, w.data, np.array([j]), q.indptr, q.indices, q.data, out)
         return out[0]
 
-    def __getstate__(self):  # the column postings are rebuilt where they are needed
-        return {**self.__dict__, "_qs_t": None, "_ws_rows": None, "_qd_t": None}
+    def __getstate__(self):  # the column postings and float32 copies are rebuilt where needed
+        return {**self.__dict__, "_qs_t": None, "_ws_rows": None, "_qd_t": None, "_approx": None}
 
     def _normalise(self, raw: np.ndarray, rowmax: np.ndarray) -> np.ndarray:
         # In place (blocks are large); the same float operations for rows and columns.
