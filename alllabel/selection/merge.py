@@ -3,7 +3,7 @@
 An import's new rows of U are, read by column, the old rows' new cells (cosine is symmetric).
 Nearly every cell loses: a row's list holds its best ``width`` of N items, so a new item enters
 only when it beats the list's last value - about width / N of the cells (~9 of 1,000 new items
-per row at 100k). ``Winners`` takes, block by block of new rows, the cells above their old
+per row at 100k). ``winners`` takes, block by block of new rows, the cells above their old
 row's threshold (one vectorised comparison over the block as it lies, no transposed walk);
 ``merge`` then merges each old row's winners of the whole import at once, from the first
 position they change (a merge per block of new rows rewrote most lists once per block).
@@ -11,8 +11,14 @@ position they change (a merge per block of new rows rewrote most lists once per 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
+
+from alllabel.selection.blocks import default_workers
+from alllabel.selection.engine import _buffer
+from alllabel.selection.kernels import rank_rows
 
 
 def thresholds(
@@ -31,36 +37,48 @@ def thresholds(
     return np.where(complete & (size < width), -np.inf, thr)
 
 
-class Winners:
-    """The cells of new items that enter an old row's list, collected over blocks of new rows."""
+def winners(block: np.ndarray, thr: np.ndarray, items: np.ndarray, ok: np.ndarray):
+    """The cells of a block of new rows that enter an old row's list: (old rows, items, values).
 
-    def __init__(self, thr: np.ndarray):
-        self.thr = thr
-        self.rows: list[np.ndarray] = []
-        self.items: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
+    ``block[c, r]`` = U[items[c], r] = U[r, items[c]] for the old rows r < len(thr); ``ok``:
+    the block rows that may be ranked (the others enter no list). Ordered by c, then r."""
+    old = block[:, : len(thr)]
+    c, r = np.nonzero(old > thr[None, :])
+    keep = ok[c]
+    c, r = c[keep], r[keep]
+    return r, items[c], old[c, r]
 
-    def add(self, block: np.ndarray, items: np.ndarray, rankable: np.ndarray) -> None:
-        """``block[c, r]`` = U[items[c], r] = U[r, items[c]] for the old rows r; the items ascend
-        and follow every earlier block's. Unrankable items enter no list."""
-        old = block[:, : len(self.thr)]
-        c, r = np.nonzero(old > self.thr[None, :])  # by c, then r: per row, items ascend
-        ok = rankable[c]
-        c, r = c[ok], r[ok]
-        self.rows.append(r)
-        self.items.append(items[c])
-        self.values.append(old[c, r])
 
-    def merge(self, lists: np.ndarray, vals: np.ndarray, length: np.ndarray) -> None:
-        """Merge every row's winners into its list (kept at most ``lists.shape[1]`` long)."""
-        if not self.rows:
-            return
-        rows = np.concatenate(self.rows)
-        order = np.argsort(rows, kind="stable")  # grouped by row, items still ascending
-        ptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=len(self.thr)))))
-        items = np.concatenate(self.items)[order]
-        values = np.concatenate(self.values)[order]
-        merge_rows(ptr, items, values, lists, vals, length)
+def grow_block(sim, idx, thr, rankable, excluded, width, kept):
+    """A block of new rows of U, computed once: U is symmetric (cosine), so its old columns are
+    the old rows' new cells - their ``winners`` - and its kept columns the kept columns' new
+    cells; then it is ranked in place for the new rows' own lists."""
+    block = sim.rows(idx, out=_buffer("rows", (len(idx), sim.n), np.float64))
+    cells = np.ascontiguousarray(block[:, kept].T)
+    won = winners(block, thr, idx, rankable[idx])
+    lists = np.empty((len(idx), width), dtype=np.int32)
+    vals = np.empty((len(idx), width))
+    rank_rows(block, idx, excluded, width, sim.n, lists, vals, np.empty(len(idx)), False)
+    return lists, vals, won, cells
+
+
+def merge(found: list, lists: np.ndarray, vals: np.ndarray, length: np.ndarray) -> None:
+    """Merge the ``winners`` of every block (in item order) into the old rows' lists, each row
+    once, kept at most ``lists.shape[1]`` long."""
+    if not found:
+        return
+    rows = np.concatenate([f[0] for f in found])
+    order = np.argsort(rows, kind="stable")  # grouped by row, items still ascending
+    ptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=len(length)))))
+    items = np.concatenate([f[1] for f in found])[order]
+    values = np.concatenate([f[2] for f in found])[order]
+    cuts = np.linspace(0, len(length), default_workers() + 1).astype(np.int64)
+
+    def part(a: int, b: int) -> None:  # rows a..b-1 on a thread (the kernel releases the GIL)
+        merge_rows(ptr[a : b + 1], items, values, lists[a:b], vals[a:b], length[a:b])
+
+    with ThreadPoolExecutor(len(cuts) - 1) as pool:
+        list(pool.map(part, cuts[:-1].tolist(), cuts[1:].tolist()))
 
 
 @numba.njit(nogil=True, cache=True)

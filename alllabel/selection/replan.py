@@ -29,14 +29,21 @@ import numpy as np
 from alllabel.selection.blocks import BlockRunner, LocalRunner
 from alllabel.selection.engine import BUFFERS, Engine, _buffer
 from alllabel.selection.kernels import rank_rows, scan_rows
-from alllabel.selection.merge import Winners, thresholds
+from alllabel.selection.merge import grow_block, merge, thresholds
 from alllabel.selection.similarity import (
     BM25Similarity,
     SBERTSimilarity,
     Similarity,
     default_block_rows,
 )
-from alllabel.selection.stages import STAGE_ORDERS, Selection, _run, _validate, stage_sizes
+from alllabel.selection.stages import (
+    STAGE_NAMES,
+    STAGE_ORDERS,
+    Selection,
+    _run,
+    _validate,
+    stage_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +156,19 @@ class Planner:
             self.sim._e = self._append("quantised", self.sim._e, 0)
 
     def _need(self, budget: int, n_pre: int) -> int:
+        """List entries per row the stages read: the similarity stage's (its depth plus what is
+        chosen before it) and the uncertainty stage's weak queries' (likewise): kept that wide,
+        neither stage recomputes rows of U (200 rows and their exact depths at 100k)."""
         sizes = stage_sizes(budget, self.ratios)
         key = str(self.order).upper().replace("-", "")
-        before = n_pre + (sizes["diversity"] if key.index("D") < key.index("S") else 0)
-        return max(self.k, sizes["similarity"]) + before + 1
+
+        def before(stage: str) -> int:
+            return n_pre + sum(sizes[STAGE_NAMES[c]] for c in key[: key.index(stage)])
+
+        need = max(self.k, sizes["similarity"]) + before("S") + 1
+        if sizes["uncertainty"]:
+            need = max(need, max(self.k, sizes["uncertainty"]) + before("U"))
+        return need
 
     def _rows(self, rows: np.ndarray, width: int):
         """Top lists, their values and row sums of ``rows`` (a scan of those rows only), in
@@ -233,28 +249,28 @@ class Planner:
         self._grow(n0)
 
     def _grow(self, n0: int) -> None:
-        """New rows in blocks; U is symmetric (cosine), so a block's old columns are the old
-        rows' new cells: their winners (``merge``) and the kept columns' new cells come from the
-        one product, then the block is ranked in place for the new rows' lists."""
+        """New rows in blocks on the runner (``merge.grow_block``); their winners merged into the old
+        lists once, at the end (``merge``)."""
         n, w = self.n, self.width
         new = np.arange(n0, n)
         for name in self._kept():
             setattr(self, name, self._append(name, getattr(self, name), len(new)))
         was_complete = self.complete[:n0].copy()
-        wins = Winners(thresholds(self.vals, self.length, was_complete, w))
+        thr = thresholds(self.vals, self.length, was_complete, w)
         excluded = np.flatnonzero(~self.rankable)
-        cols = {j: np.concatenate([c, np.empty(len(new))]) for j, c in self.columns.items()}
+        kept = np.array(sorted(self.columns), dtype=np.int64)
+        cols = {j: np.concatenate([self.columns[j], np.empty(len(new))]) for j in kept.tolist()}
         step = self.block_rows or default_block_rows(n)
-        buf = np.empty((min(step, len(new)), n))
-        for s in range(0, len(new), step):
-            idx = new[s : s + step]
-            block = self.sim.rows(idx, out=buf[: len(idx)])
-            for j, c in cols.items():
-                c[idx] = block[:, j]
-            wins.add(block, idx, self.rankable[idx])
-            part = (self.lists[idx[0] : idx[-1] + 1], self.vals[idx[0] : idx[-1] + 1])
-            rank_rows(block, idx, excluded, w, n, *part, np.empty(len(idx)), False)
-        wins.merge(self.lists, self.vals, self.length)
+        blocks = [new[s : s + step] for s in range(0, len(new), step)]
+        found = []
+        args = (thr, self.rankable, excluded, w, kept)
+        for idx, (lists, vals, won, cells) in self.runner.map(grow_block, self.sim, blocks, *args):
+            self.lists[idx], self.vals[idx] = lists, vals
+            for j, cell in zip(kept.tolist(), cells):
+                cols[j][idx] = cell
+            found.append(won)
+        BUFFERS.__dict__.clear()
+        merge(found, self.lists, self.vals, self.length[:n0])
         self.columns = cols
         self.complete[new] = self._complete(new)
         self.length[new] = np.minimum(w, int(self.rankable.sum()) - self.rankable[new])
@@ -355,8 +371,14 @@ class Planner:
         if key not in STAGE_ORDERS:
             raise ValueError(f"unknown stage order {self.order!r}")
         engine = Engine(self.sim, self.k, self.block_rows, None, self.rankable, self.runner)
-        lists = self.lists[:, :need].copy()
-        lists[np.arange(need)[None, :] >= self.length[:, None]] = self.n  # end of a ranking
+        # Entries past a row's length are free: the end-of-ranking sentinel goes there, in
+        # place (a copy of every list cost a third of a second at 100k).
+        lists = self.lists[:, :need]
+        short = np.flatnonzero(self.length < need)
+        if len(short):
+            part = lists[short]
+            part[np.arange(need)[None, :] >= self.length[short, None]] = self.n
+            lists[short] = part
         engine.lists = lists
         engine.rowsum = None if self.rowsum is None else self.rowsum.copy()
         engine.columns = self.columns
