@@ -34,7 +34,7 @@ def mof_setup(n: int):
 
 
 def mof_jsonl(folder: Path, n: int) -> tuple[Path, list[dict]]:
-    """The first n records (id, text, gold entities) written as ``folder/mof.jsonl``: the CLI's input."""
+    """The first n records (id, text, gold entities) as ``folder/mof.jsonl``, the CLI input."""
     from alllabel.text.jsonl import write_jsonl
 
     recs = [

@@ -1,9 +1,9 @@
 """Incremental re-plans: the scan's statistics kept between plans and updated per change.
 
 ``Planner`` holds what the stages need from U - every row's top list (with its values), for
-BM25 the exact row sums on the integer grid - and keeps it equal, bit for bit, to what a full scan of
-the current corpus would give, so ``select`` returns the same picks as ``stages.select`` on the
-same data:
+BM25 the exact row sums on the integer grid - and keeps it equal, bit for bit, to what a full
+scan of the current corpus would give, so ``select`` returns the same picks as
+``stages.select`` on the same data:
 
 * new annotations change no statistic; a row whose list holds too few unchosen items for the
   similarity stage is recomputed alone (its row of U), never the corpus;
@@ -249,8 +249,8 @@ class Planner:
         self._grow(n0)
 
     def _grow(self, n0: int) -> None:
-        """New rows in blocks on the runner (``merge.grow_block``); their winners merged into the old
-        lists once, at the end (``merge``)."""
+        """New rows in blocks on the runner (``merge.grow_block``); their winners are merged
+        into the old lists once, at the end (``merge``)."""
         n, w = self.n, self.width
         new = np.arange(n0, n)
         for name in self._kept():
