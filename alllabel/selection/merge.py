@@ -31,9 +31,9 @@ def thresholds(
     last value ranks before every unlisted old item, so a list grown by all such items is still
     a prefix. A complete list (the whole ranking) with room takes any item (-inf); an empty
     incomplete one none (inf)."""
-    rows = np.arange(len(complete))
-    size = length[rows]
-    thr = np.where(size > 0, vals[rows, np.maximum(size - 1, 0)], np.inf)
+    n0 = len(complete)
+    size = length[:n0]
+    thr = np.where(size > 0, vals[np.arange(n0), np.maximum(size - 1, 0)], np.inf)
     return np.where(complete & (size < width), -np.inf, thr)
 
 
