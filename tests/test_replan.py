@@ -135,3 +135,18 @@ def test_add_appends_in_spare_rows_and_leaves_the_callers_vectors_alone():
     all_vec = np.vstack([given, new])
     _same(p.select(4), _full(p.texts, all_vec, 4))
     assert np.array_equal(p.sim._e, SBERTSimilarity(p.texts, embeddings=all_vec)._e)
+
+
+@pytest.mark.parametrize("seed", [35, 42, 48, 50])  # seeds where a misread changes the picks
+def test_plans_reading_past_a_grown_complete_list_see_its_end(seed):
+    # Complete lists (the whole ranking) padded with the end-of-ranking sentinel N; an add makes
+    # that N a real item. A budget of nearly every item makes the uncertainty stage read one
+    # entry past a list's end: it must read as the end, not as the item that now has that index.
+    rng = np.random.default_rng(seed)
+    vec = _vectors(rng, 10, dim=3)
+    p = Planner([f"t{i}" for i in range(10)], kind="sbert", embeddings=vec, budget=5, slack=64)
+    assert p.complete.all()
+    new = _vectors(rng, 3, dim=3)
+    p.add(["a", "b", "c"], embeddings=new)
+    all_vec = np.vstack([vec, new])
+    _same(p.select(12), _full(p.texts, all_vec, 12))
