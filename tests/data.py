@@ -31,3 +31,30 @@ def mof_setup(n: int):
     }
     gold_by_text = {t: example_from_spans(t, spans[i]).entities for i, t in enumerate(texts)}
     return texts, LabelSchema(labels), spans, gold_by_text, BM25Similarity(texts)
+
+
+def mof_jsonl(folder: Path, n: int) -> tuple[Path, list[dict]]:
+    """The first n records (id, text, gold entities) as ``folder/mof.jsonl``, the CLI input."""
+    from alllabel.text.jsonl import write_jsonl
+
+    recs = [
+        {
+            "id": r["id"],
+            "text": r["text"],
+            "entities": [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]],
+        }
+        for r in mof_records()[:n]
+    ]
+    path = folder / "mof.jsonl"
+    write_jsonl(path, recs)
+    return path, recs
+
+
+def oracle(recs: list[dict]):
+    """A fake endpoint's responder answering each record's text with its gold entities."""
+    from alllabel.prelabel.prompt import example_from_spans
+    from tests.fake_openai import gold_responder
+
+    return gold_responder(
+        {r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs}
+    )

@@ -10,34 +10,17 @@ from pathlib import Path
 import pytest
 
 from alllabel.cli import main
-from alllabel.prelabel.prompt import example_from_spans
 from alllabel.prelabel.quality import sample_f1, span_prf
 from alllabel.text.jsonl import read_jsonl, write_jsonl
-from tests.data import mof_records
-from tests.fake_openai import FakeOpenAI, gold_responder
+from tests.data import mof_jsonl, mof_records, oracle
+from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def data(tmp_path):
-    recs = [
-        {
-            "id": r["id"],
-            "text": r["text"],
-            "entities": [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]],
-        }
-        for r in mof_records()[:40]
-    ]
-    path = tmp_path / "mof.jsonl"
-    write_jsonl(path, recs)
-    return path, recs
-
-
-def oracle(recs):
-    return gold_responder(
-        {r["text"]: example_from_spans(r["text"], r["entities"]).entities for r in recs}
-    )
+    return mof_jsonl(tmp_path, 40)
 
 
 def test_select_writes_queue_order(data, tmp_path):
@@ -179,22 +162,8 @@ def test_max_cost_holds_then_a_higher_cap_resumes(data, tmp_path, monkeypatch, c
             and fake.requests == []
         )
         cap = (est["cost_usd"] + est["quality_check"]["cost_usd"]) / 2  # about half the run
-        assert (
-            main(
-                [
-                    "prelabel",
-                    str(path),
-                    "-o",
-                    str(out),
-                    "--cache",
-                    cache,
-                    "--max-cost",
-                    str(cap),
-                    "--quiet",
-                ]
-            )
-            == 3
-        )
+        capped = ["prelabel", str(path), "-o", str(out), "--cache", cache, "--quiet", "--max-cost"]
+        assert main([*capped, str(cap)]) == 3
         first = read_jsonl(out)
         held = [r for r in first if "held" in r]
         assert (
@@ -203,22 +172,7 @@ def test_max_cost_holds_then_a_higher_cap_resumes(data, tmp_path, monkeypatch, c
             and not any("error" in r for r in first)
         )
         n = len(fake.requests)
-        assert (
-            main(
-                [
-                    "prelabel",
-                    str(path),
-                    "-o",
-                    str(out),
-                    "--cache",
-                    cache,
-                    "--max-cost",
-                    str(cap * 3),
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
+        assert main([*capped, str(cap * 3)]) == 0
         asked = [r["messages"][-1]["content"] for r in fake.requests]
     assert all("prediction" in r for r in read_jsonl(out))
     assert len(asked) == len(set(asked)) and len(asked) - n == sum(

@@ -9,25 +9,13 @@ import pytest
 from alllabel.cli import main
 from alllabel.cli.compare import parse_variant
 from alllabel.llm.config import KNOWN_PRICES
-from alllabel.text.jsonl import write_jsonl
-from tests.data import mof_records
+from tests.data import mof_jsonl, oracle
 from tests.fake_openai import FakeOpenAI
-from tests.test_cli import oracle
 
 
 @pytest.fixture
 def data(tmp_path):
-    recs = [
-        {
-            "id": r["id"],
-            "text": r["text"],
-            "entities": [{k: e[k] for k in ("start", "end", "label")} for e in r["entities"]],
-        }
-        for r in mof_records()[:10]
-    ]
-    path = tmp_path / "mof.jsonl"
-    write_jsonl(path, recs)
-    return path, recs
+    return mof_jsonl(tmp_path, 10)
 
 
 def slow_and_blind(request):

@@ -30,7 +30,7 @@ from alllabel.prelabel.prompt import ChoiceGroup, LabelSchema
 from alllabel.prelabel.run import prelabel
 from alllabel.selection.blocks import make_runner
 from alllabel.selection.screening import screen
-from alllabel.selection.similarity import make_similarity
+from alllabel.selection.similarity import Similarity, make_similarity
 from alllabel.selection.stages import select
 from alllabel.text.jsonl import read_jsonl, texts_of, write_jsonl
 
@@ -104,10 +104,8 @@ def cmd_evaluate(args) -> int:
         )
     labels = _labels(args, records)
     schema = LabelSchema(labels, _descriptions(args.descriptions, labels))
-    annotator, concurrency = _annotator(args, schema)
-    sizes = _pool_sizes(args)
-    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
-    methods = [m.strip() for m in args.methods.split(",")]
+    annotator, sim, common = _evaluation_setup(args, texts, schema)
+    sizes, methods = common["pool_sizes"], common["methods"]
     runs = len(sizes) * sum(1 if m.startswith("allabel") else args.seeds for m in methods)
     runs *= len(args.demos.split(","))
     bar = tqdm(total=runs, desc="evaluating", unit="run", disable=args.quiet)
@@ -125,11 +123,7 @@ def cmd_evaluate(args) -> int:
         labels,
         annotator,
         sim,
-        pool_sizes=sizes,
-        methods=methods,
-        seeds=args.seeds,
-        k=args.k,
-        concurrency=concurrency,
+        **common,
         progress=progress,
         screening=screening,
         demos=[d.strip() for d in args.demos.split(",")],
@@ -157,28 +151,31 @@ def _evaluate_choices(args) -> int:
     values = tuple(sorted({c for g in gold for c in g}))
     multiple = args.multiple or any(len(g) != 1 for g in gold)
     group = ChoiceGroup(args.choices_field, values, multiple=multiple)
-    annotator, concurrency = _annotator(args, LabelSchema([], choices=(group,)))
-    sizes = _pool_sizes(args)
-    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
-    methods = [m.strip() for m in args.methods.split(",")]
+    annotator, sim, common = _evaluation_setup(args, texts, LabelSchema([], choices=(group,)))
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr))
-    rows = evaluate_choices(
-        texts,
-        gold,
-        annotator,
-        sim,
-        pool_sizes=sizes,
-        methods=methods,
-        seeds=args.seeds,
-        k=args.k,
-        concurrency=concurrency,
-        progress=say,
-    )
+    rows = evaluate_choices(texts, gold, annotator, sim, **common, progress=say)
     title = f"{Path(args.input).name} ({args.choices_field}): {annotator.name}, k={args.k}, {args.similarity}"
     paths = write_choice_reports(rows, args.out_dir, title=title)
     _show_reports(paths)
     _usage(annotator)
     return 0
+
+
+def _evaluation_setup(
+    args, texts: list[str], schema: LabelSchema
+) -> tuple[object, Similarity, dict]:
+    """What both evaluations (spans, choices) are given: the annotator, the similarity, and the
+    keyword arguments from the shared options (pool sizes, methods, seeds, k, concurrency)."""
+    annotator, concurrency = _annotator(args, schema)
+    sim = make_similarity(texts, args.similarity, model=args.sbert_model)
+    common = {
+        "pool_sizes": _pool_sizes(args),
+        "methods": [m.strip() for m in args.methods.split(",")],
+        "seeds": args.seeds,
+        "k": args.k,
+        "concurrency": concurrency,
+    }
+    return annotator, sim, common
 
 
 def _pool_sizes(args) -> list[int]:

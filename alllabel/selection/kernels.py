@@ -240,57 +240,6 @@ def postings_rank_rows(
 
 
 @numba.njit(nogil=True, cache=True)
-def merge_columns(block, rows, cols, lists, vals, length, complete):  # pragma: no cover
-    """Merge new columns ``cols`` (ascending, all after every listed item) into top lists.
-
-    ``block[r, c]`` = U[rows[r], cols[c]]. A row's list is a prefix of its ranking of
-    ``length`` items (the whole ranking when ``complete[r]``); a new item enters when it ranks
-    before the list's last item (strictly greater value: equal values go to the older, smaller
-    index), or anywhere while a complete list has room. Lists stay at most ``lists.shape[1]``.
-    """
-    width = lists.shape[1]
-    cv = np.empty(block.shape[1], dtype=np.float64)
-    ci = np.empty(block.shape[1], dtype=np.int64)
-    mv = np.empty(width, dtype=np.float64)
-    mi = np.empty(width, dtype=np.int32)
-    for r in range(block.shape[0]):
-        i = rows[r]
-        size = length[i]
-        open_end = complete[r] and size < width
-        if size == 0 and not open_end:
-            continue
-        thr = vals[i, size - 1] if size > 0 else -np.inf
-        m = 0
-        for c in range(block.shape[1]):  # accepted candidates, insertion-sorted best first
-            v = block[r, c]
-            if open_end or v > thr:
-                p = m
-                while p > 0 and cv[p - 1] < v:  # equal values keep column (index) order
-                    cv[p] = cv[p - 1]
-                    ci[p] = ci[p - 1]
-                    p -= 1
-                cv[p] = v
-                ci[p] = cols[c]
-                m += 1
-        if m == 0:
-            continue
-        a = b = t = 0
-        while t < width and (a < size or b < m):
-            if b >= m or (a < size and vals[i, a] >= cv[b]):  # old index is smaller on ties
-                mv[t] = vals[i, a]
-                mi[t] = lists[i, a]
-                a += 1
-            else:
-                mv[t] = cv[b]
-                mi[t] = ci[b]
-                b += 1
-            t += 1
-        lists[i, :t] = mi[:t]
-        vals[i, :t] = mv[:t]
-        length[i] = t
-
-
-@numba.njit(nogil=True, cache=True)
 def sumrank_add(
     lists, cand, depth, weight, sums, members, out_items, out_ranks
 ):  # pragma: no cover
@@ -316,15 +265,3 @@ def sumrank_add(
                 out_ranks[m] = rank
                 m += 1
     return m
-
-
-@numba.njit(nogil=True, cache=True)
-def row_grid_sums(block, grid):  # pragma: no cover - compiled
-    """sum_c rint(block[r, c] * grid) per row, as int64 (what the scan adds for those cells)."""
-    out = np.zeros(block.shape[0], dtype=np.int64)
-    for r in range(block.shape[0]):
-        acc = np.int64(0)
-        for c in range(block.shape[1]):
-            acc += np.int64(np.rint(block[r, c] * grid))
-        out[r] = acc
-    return out

@@ -1,20 +1,20 @@
 """Incremental re-plans: the scan's statistics kept between plans and updated per change.
 
-``Planner`` holds what the stages need from U - every row's top list (with its values), the
-exact row sums on the integer grid - and keeps it equal, bit for bit, to what a full scan of
-the current corpus would give, so ``select`` returns the same picks as ``stages.select`` on the
-same data:
+``Planner`` holds what the stages need from U - every row's top list (with its values), for
+BM25 the exact row sums on the integer grid - and keeps it equal, bit for bit, to what a full
+scan of the current corpus would give, so ``select`` returns the same picks as
+``stages.select`` on the same data:
 
 * new annotations change no statistic; a row whose list holds too few unchosen items for the
   similarity stage is recomputed alone (its row of U), never the corpus;
 * with a similarity whose scores do not depend on the corpus (SBERT cosine), ``add`` computes
-  the new rows and the block old rows x new columns and merges it into the lists, ``remove``
-  subtracts the removed columns from the row sums and drops them from the lists: time
-  proportional to (change) x N;
+  the new rows once and merges their cells into the old lists (``merge``), ``remove`` drops
+  the removed items from the lists: time proportional to (change) x N. SBERT keeps no row
+  sums: the core-set seed comes from linear sums (``rowsums.seed``), as in the full scan, so
+  N crossing a power of two (the sums' grid) costs nothing;
 * BM25 cannot be updated exactly: idf and avgdl depend on N and the document lengths, so one new
   text changes every weight, every score and every row maximum. ``add``/``remove`` then rebuild
-  and rescan (``last_rescan`` says why), as does a change of the row-sum grid (N crossing a
-  power of two) or a list width that more annotations outgrow.
+  and rescan (``last_rescan`` says why).
 """
 
 from __future__ import annotations
@@ -28,14 +28,22 @@ import numpy as np
 
 from alllabel.selection.blocks import BlockRunner, LocalRunner
 from alllabel.selection.engine import BUFFERS, Engine, _buffer
-from alllabel.selection.kernels import merge_columns, row_grid_sums, scan_rows
+from alllabel.selection.kernels import rank_rows, scan_rows
+from alllabel.selection.merge import grow_block, merge, thresholds
 from alllabel.selection.similarity import (
     BM25Similarity,
     SBERTSimilarity,
     Similarity,
     default_block_rows,
 )
-from alllabel.selection.stages import STAGE_ORDERS, Selection, _run, _validate, stage_sizes
+from alllabel.selection.stages import (
+    STAGE_NAMES,
+    STAGE_ORDERS,
+    Selection,
+    _run,
+    _validate,
+    stage_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +63,19 @@ def _sbert_like(sim: SBERTSimilarity, embeddings: np.ndarray, quantised: np.ndar
 
 
 def _plan_block(sim, idx, excluded, grid, width):
-    """One block of rows: top lists with values and grid sums (module level: Dask can run it)."""
+    """One block of rows: top lists with values, and grid sums unless ``grid`` is None (module
+    level: Dask can run it)."""
     n = sim.n
     block = sim.rows(idx, out=_buffer("rows", (len(idx), n), np.float64))
     lists = np.empty((len(idx), width), dtype=np.int32)
     vals = np.empty((len(idx), width))
-    sums = np.empty(len(idx), dtype=np.int64)
-    scan_rows(block, idx, excluded, grid, width, n, lists, vals, sums, np.empty(len(idx)), False)
+    sums = None if grid is None else np.empty(len(idx), dtype=np.int64)
+    if grid is None:
+        rank_rows(block, idx, excluded, width, n, lists, vals, np.empty(len(idx)), False)
+    else:
+        scan_rows(
+            block, idx, excluded, grid, width, n, lists, vals, sums, np.empty(len(idx)), False
+        )
     rowmax = getattr(sim, "_rowmax", None)
     return lists, vals, sums, None if rowmax is None else rowmax[idx].copy()
 
@@ -142,10 +156,19 @@ class Planner:
             self.sim._e = self._append("quantised", self.sim._e, 0)
 
     def _need(self, budget: int, n_pre: int) -> int:
+        """List entries per row the stages read: the similarity stage's (its depth plus what is
+        chosen before it) and the uncertainty stage's weak queries' (likewise): kept that wide,
+        neither stage recomputes rows of U (200 rows and their exact depths at 100k)."""
         sizes = stage_sizes(budget, self.ratios)
         key = str(self.order).upper().replace("-", "")
-        before = n_pre + (sizes["diversity"] if key.index("D") < key.index("S") else 0)
-        return max(self.k, sizes["similarity"]) + before + 1
+
+        def before(stage: str) -> int:
+            return n_pre + sum(sizes[STAGE_NAMES[c]] for c in key[: key.index(stage)])
+
+        need = max(self.k, sizes["similarity"]) + before("S") + 1
+        if sizes["uncertainty"]:
+            need = max(need, max(self.k, sizes["uncertainty"]) + before("U"))
+        return need
 
     def _rows(self, rows: np.ndarray, width: int):
         """Top lists, their values and row sums of ``rows`` (a scan of those rows only), in
@@ -154,7 +177,7 @@ class Planner:
         n = self.n
         lists = np.empty((len(rows), width), dtype=np.int32)
         vals = np.empty((len(rows), width))
-        sums = np.empty(len(rows), dtype=np.int64)
+        sums = None if self.grid is None else np.empty(len(rows), dtype=np.int64)
         step = self.block_rows or default_block_rows(n)
         blocks = [rows[s : s + step] for s in range(0, len(rows), step)]
         excluded = np.flatnonzero(~self.rankable)
@@ -164,7 +187,9 @@ class Planner:
             _plan_block, self.sim, blocks, *args
         ):
             sl = slice(pos, pos + len(idx))
-            lists[sl], vals[sl], sums[sl] = b_lists, b_vals, b_sums
+            lists[sl], vals[sl] = b_lists, b_vals
+            if sums is not None:
+                sums[sl] = b_sums
             if rowmax is not None:  # computed on a Dask worker: keep it here too
                 self.sim._rowmax[idx] = rowmax
             pos += len(idx)
@@ -180,13 +205,19 @@ class Planner:
         log.info("full rescan: %s", why)
         self.last_rescan = why
         self.columns = {}
-        self.grid = _grid(self.sim)
+        self.grid = _grid(self.sim) if self.kind == "bm25" else None  # SBERT: linear sums
         rows = np.arange(self.n)
         self.lists, self.vals, self.rowsum = self._rows(rows, self.width)
         self.complete = self._complete(rows)
         self.length = np.minimum(self.width, int(self.rankable.sum()) - self.rankable)
-        for name in ("lists", "vals", "rowsum", "length", "complete"):
+        for name in self._kept():
             setattr(self, name, self._append(name, getattr(self, name), 0))
+
+    def _kept(self) -> tuple[str, ...]:
+        """The per-row arrays, grown by ``add`` in their spare rows."""
+        return ("lists", "vals", "length", "complete") + (
+            ("rowsum",) if self.grid is not None else ()
+        )
 
     # --- changes ----------------------------------------------------------------------------
     def add(self, texts: Sequence[str], embeddings=None, exclude: Iterable[int] = ()) -> None:
@@ -214,40 +245,36 @@ class Planner:
             self._build()
         if self.kind == "bm25":
             return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
-        if _grid(self.sim) != self.grid:
-            return self._rescan("the row-sum grid changed with N")
         self.last_rescan = None
         self._grow(n0)
 
     def _grow(self, n0: int) -> None:
-        """New rows in chunks; U is symmetric (cosine), so each chunk's old columns, transposed,
-        are the old rows x new columns block: merged into the old lists and row sums, and into
-        the kept columns, from the one product."""
+        """New rows in blocks on the runner (``merge.grow_block``); their winners are merged
+        into the old lists once, at the end (``merge``)."""
         n, w = self.n, self.width
-        old, new = np.arange(n0), np.arange(n0, n)
-        for name in ("lists", "vals", "rowsum", "length", "complete"):
+        new = np.arange(n0, n)
+        for name in self._kept():
             setattr(self, name, self._append(name, getattr(self, name), len(new)))
-        was_complete = self.complete[old].copy()
+        was_complete = self.complete[:n0].copy()
+        thr = thresholds(self.vals, self.length, was_complete, w)
         excluded = np.flatnonzero(~self.rankable)
-        cols = {j: np.concatenate([c, np.empty(len(new))]) for j, c in self.columns.items()}
+        kept = np.array(sorted(self.columns), dtype=np.int64)
+        cols = {j: np.concatenate([self.columns[j], np.empty(len(new))]) for j in kept.tolist()}
         step = self.block_rows or default_block_rows(n)
-        buf = np.empty((min(step, len(new)), n))
-        for s in range(0, len(new), step):
-            idx = new[s : s + step]
-            block = self.sim.rows(idx, out=buf[: len(idx)])
-            for j, c in cols.items():
-                c[idx] = block[:, j]
-            keep = self.rankable[idx]
-            t = (block[:, :n0] if keep.all() else block[keep, :n0]).T  # U[old, new] = U[new, old]
-            merge_columns(t, old, idx[keep], self.lists, self.vals, self.length, was_complete)
-            self.rowsum[old] += row_grid_sums(t, self.grid)
-            part = (self.lists[idx], self.vals[idx], np.empty(len(idx), np.int64))
-            scan_rows(block, idx, excluded, self.grid, w, n, *part, np.empty(len(idx)), False)
-            self.lists[idx], self.vals[idx], self.rowsum[idx] = part
+        blocks = [new[s : s + step] for s in range(0, len(new), step)]
+        found = []
+        args = (thr, self.rankable, excluded, w, kept)
+        for idx, (lists, vals, won, cells) in self.runner.map(grow_block, self.sim, blocks, *args):
+            self.lists[idx], self.vals[idx] = lists, vals
+            for j, cell in zip(kept.tolist(), cells):
+                cols[j][idx] = cell
+            found.append(won)
+        BUFFERS.__dict__.clear()
+        merge(found, self.lists, self.vals, self.length[:n0])
         self.columns = cols
         self.complete[new] = self._complete(new)
         self.length[new] = np.minimum(w, int(self.rankable.sum()) - self.rankable[new])
-        self.complete[old] = was_complete & self._complete(old)
+        self.complete[:n0] = was_complete & self._complete(np.arange(n0))
 
     def remove(self, indices: Iterable[int]) -> None:
         """Delete tasks; the others keep their order (indices above a removed one shift down)."""
@@ -256,11 +283,9 @@ class Planner:
             return
         keep = np.ones(self.n, dtype=bool)
         keep[gone] = False
-        old_grid, old_sim = self.grid, self.sim
         self.texts = [t for t, k in zip(self.texts, keep) if k]
         if self.kind == "sbert":
             self.vectors = self.vectors[keep]
-        ranked_gone = gone[self.rankable[gone]]
         self.rankable = self.rankable[keep]
         if self.kind == "sbert":
             self.sim = _sbert_like(self.sim, self.sim.embeddings[keep], self.sim._e[keep])
@@ -268,14 +293,7 @@ class Planner:
             self._build()
         if self.kind == "bm25":
             return self._rescan("BM25 idf/avgdl changed with the corpus: every score changed")
-        if _grid(self.sim) != old_grid:
-            return self._rescan("the row-sum grid changed with N")
         self.last_rescan = None
-        for s in range(0, len(ranked_gone), 16):  # removed columns no longer count in row sums
-            js = ranked_gone[s : s + 16]
-            cols = old_sim.columns(js)  # row r: column js[r] of U (SBERT: symmetric)
-            cols[np.arange(len(js)), js] = 0.0  # the cell (j, j) was never counted
-            self.rowsum -= row_grid_sums(np.ascontiguousarray(cols.T), old_grid)
         self._shrink(keep)
 
     def _shrink(self, keep: np.ndarray) -> None:
@@ -290,7 +308,9 @@ class Planner:
         self.lists = np.take_along_axis(mapped, order, axis=1).astype(np.int32)
         self.vals = np.take_along_axis(vals, order, axis=1)
         self.length = valid.sum(axis=1)
-        self.rowsum, self.complete = self.rowsum[keep], self.complete[keep]
+        self.complete = self.complete[keep]
+        if self.rowsum is not None:
+            self.rowsum = self.rowsum[keep]
         self.columns = {int(remap[j]): c[keep] for j, c in self.columns.items() if keep[j]}
 
     # --- planning ---------------------------------------------------------------------------
@@ -333,7 +353,9 @@ class Planner:
         """Recompute these rows' lists at the current width (their rows of U only)."""
         if not len(rows):
             return
-        self.lists[rows], self.vals[rows], self.rowsum[rows] = self._rows(rows, self.width)
+        self.lists[rows], self.vals[rows], sums = self._rows(rows, self.width)
+        if sums is not None:
+            self.rowsum[rows] = sums
         others = int(self.rankable.sum()) - self.rankable[rows]
         self.length[rows] = np.minimum(self.width, others)
         self.complete[rows] = self._complete(rows)
@@ -349,9 +371,16 @@ class Planner:
         if key not in STAGE_ORDERS:
             raise ValueError(f"unknown stage order {self.order!r}")
         engine = Engine(self.sim, self.k, self.block_rows, None, self.rankable, self.runner)
-        lists = self.lists[:, :need].copy()
-        lists[np.arange(need)[None, :] >= self.length[:, None]] = self.n  # end of a ranking
-        engine.lists, engine.rowsum = lists, self.rowsum.copy()
+        # Entries past a row's length are free: the end-of-ranking sentinel goes there, in
+        # place (a copy of every list cost a third of a second at 100k).
+        lists = self.lists[:, :need]
+        short = np.flatnonzero(self.length < need)
+        if len(short):
+            part = lists[short]
+            part[np.arange(need)[None, :] >= self.length[short, None]] = self.n
+            lists[short] = part
+        engine.lists = lists
+        engine.rowsum = None if self.rowsum is None else self.rowsum.copy()
         engine.columns = self.columns
         engine.columns_max = self.column_cache_mib * 2**20 // (8 * self.n)
         rng = np.random.default_rng(seed)
