@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from alllabel import BM25Similarity, SBERTSimilarity, select
+from alllabel.selection import engine
 from alllabel.selection.retrieval import Demonstration, retrieve
 from alllabel.selection.simcache import SimilarityCache
 from alllabel.selection.similarity import iter_row_blocks, matrix
@@ -30,14 +31,28 @@ def full_row_retrieve(sim, queries, pool, k=3):
 
 
 class CountingBM25(BM25Similarity):
-    """The real BM25 backend, counting the full N-wide rows it computes (``rows``, the scan's
-    fused path and its raw ranking all start with ``dense_rows``)."""
+    """The real BM25 backend, counting the full N-wide rows it computes: ``rows`` and the float64
+    paths start with ``dense_rows``; the scan's float32 band with ``bandrank.dense_rows32``
+    (counted by the ``counted_rows32`` fixture)."""
 
     full_rows = 0
 
     def dense_rows(self, idx, out=None):
         self.full_rows += len(idx)
         return super().dense_rows(idx, out)
+
+
+@pytest.fixture
+def counted_rows32(monkeypatch):
+    """The scan's float32 rows counted on a ``CountingBM25`` (the real function still runs)."""
+    real = engine.dense_rows32
+
+    def counting(sim, idx, out):
+        if isinstance(sim, CountingBM25):
+            sim.full_rows += len(idx)
+        return real(sim, idx, out)
+
+    monkeypatch.setattr(engine, "dense_rows32", counting)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +75,7 @@ def test_pool_columns_give_identical_demonstrations_on_mof(mof):
     ]
 
 
-def test_after_a_scan_retrieval_computes_no_full_row(mof):
+def test_after_a_scan_retrieval_computes_no_full_row(mof, counted_rows32):
     sim = CountingBM25(mof)
     sel = select(sim, 30)
     scanned = sim.full_rows
