@@ -35,17 +35,24 @@ def count_connections(fake: FakeOpenAI) -> list[int]:
     return accepted
 
 
+def _warmed_cloud_client(fake: FakeOpenAI, concurrency: int) -> tuple[list, LLMClient]:
+    """A client for a cloud endpoint's defaults (unstreamed: the fake is local) on ``fake`` (0.3 s
+    a reply), once its connections are opened ahead; and the connections the fake accepts."""
+    fake.latency = 0.3
+    accepted = count_connections(fake)
+    cloud = LLMConfig(api_key="k", base_url=fake.base_url, concurrency=concurrency, stream=False)
+    client = LLMClient(cloud)
+    client.warming.join()  # one connection per call in flight, each in its thread's pool
+    return accepted, client
+
+
 def test_a_first_round_of_format_probes_opens_one_connection_per_call_in_flight():
     """Every call of the first round probes json_schema (none has answered yet). Sent through
     one shared client, they all opened their connections in its pool, and the threads of the
     other pools used theirs in the second round: 24 connections for 16 calls in flight."""
     c = 2 * POOL_SIZE
     with FakeOpenAI() as fake:
-        fake.latency = 0.3
-        accepted = count_connections(fake)
-        cloud = LLMConfig(api_key="k", base_url=fake.base_url, concurrency=c, stream=False)
-        client = LLMClient(cloud)  # a cloud endpoint's default: unstreamed (the fake is local)
-        client.warming.join()  # one connection per call in flight, each in its thread's pool
+        accepted, client = _warmed_cloud_client(fake, c)  # one connection per call in flight
         accepted.clear()
         msgs = [[{"role": "user", "content": f"task {i}"}] for i in range(3 * c)]
         results = run_bounded(lambda m: client.complete(m, schema=SCHEMA), msgs, c)
@@ -146,11 +153,7 @@ def test_a_bulk_run_finds_its_connections_opened_while_it_was_planned():
     round opens none (64 at once delayed its calls by 25-235 ms on the bench's endpoint)."""
     c = 2 * POOL_SIZE
     with FakeOpenAI() as fake:
-        fake.latency = 0.3
-        accepted = count_connections(fake)
-        cloud = LLMConfig(api_key="k", base_url=fake.base_url, concurrency=c, stream=False)
-        client = LLMClient(cloud)  # a cloud endpoint's default: unstreamed (the fake is local)
-        client.warming.join()
+        accepted, client = _warmed_cloud_client(fake, c)
         ahead = len(accepted)
         msgs = [[{"role": "user", "content": f"task {i}"}] for i in range(2 * c)]
         results = run_bounded(client.complete, msgs, c)

@@ -216,6 +216,20 @@ def _resolve(items, score, lo, hi):  # pragma: no cover - compiled
         items[q], score[q] = it, sc
 
 
+@numba.njit(nogil=True)
+def _add_rare(u, i, post, qd):  # pragma: no cover - compiled
+    """Add row ``i``'s rare-term float32 postings to ``u`` (its dense part); returns the row's
+    dense terms (nonzero) and relative error bound eps = (m + 4) u, m = its distinct terms
+    (module docstring)."""
+    q_ptr, q_idx, q_val, w_ptr, w_doc, w_val = post
+    for p in range(q_ptr[i], q_ptr[i + 1]):
+        c = q_val[p]
+        for s in range(w_ptr[q_idx[p]], w_ptr[q_idx[p] + 1]):
+            u[w_doc[s]] += c * w_val[s]
+    dense_nz = np.flatnonzero(qd[i])
+    return dense_nz, (len(dense_nz) + q_ptr[i + 1] - q_ptr[i] + 4) * U32
+
+
 @numba.njit(nogil=True, cache=True)
 def band_rank_rows(
     block, rows, excluded, width, sentinel, lists, rowmax, post, exact, failed
@@ -243,12 +257,7 @@ def band_rank_rows(
     for r in range(block.shape[0]):
         u = block[r]
         i = rows[r]
-        for p in range(q_ptr[i], q_ptr[i + 1]):
-            c = q_val[p]
-            for s in range(w_ptr[q_idx[p]], w_ptr[q_idx[p] + 1]):
-                u[w_doc[s]] += c * w_val[s]
-        dense_nz = np.flatnonzero(qd[i])
-        eps = (len(dense_nz) + q_ptr[i + 1] - q_ptr[i] + 4) * U32
+        dense_nz, eps = _add_rare(u, i, post, qd)
         shrink = (1.0 - eps) / (1.0 + eps)
         m = _row_band(u, i, excluded, exv, width, bv, bi, shrink)
         if m < 0 or eps > 1e-3:
@@ -321,12 +330,7 @@ def band_depth_rows(block, rows, excluded, d1, post, exact, depth, failed):  # p
     for r in range(block.shape[0]):
         u = block[r]
         i = rows[r]
-        for p in range(q_ptr[i], q_ptr[i + 1]):
-            c = q_val[p]
-            for s in range(w_ptr[q_idx[p]], w_ptr[q_idx[p] + 1]):
-                u[w_doc[s]] += c * w_val[s]
-        dense_nz = np.flatnonzero(qd[i])
-        eps = (len(dense_nz) + q_ptr[i + 1] - q_ptr[i] + 4) * U32
+        dense_nz, eps = _add_rare(u, i, post, qd)
         u[i] = -np.inf
         for j in excluded:
             u[j] = -np.inf
