@@ -230,6 +230,18 @@ def _add_rare(u, i, post, qd):  # pragma: no cover - compiled
     return dense_nz, (len(dense_nz) + q_ptr[i + 1] - q_ptr[i] + 4) * U32
 
 
+@numba.njit(nogil=True)
+def _query_counts(qc, i, dense_nz, exact, on):  # pragma: no cover - compiled
+    """Row ``i``'s float64 term counts written into ``qc`` (``on``), or cleared again: the query
+    side of ``_exact``'s product with a document's forward index."""
+    qd, qs_ptr, qs_idx, qs_val = exact[0], exact[1], exact[2], exact[3]
+    nd = qd.shape[1]  # the rare terms follow the dense ones
+    for t in dense_nz:
+        qc[t] = qd[i, t] if on else 0.0
+    for p in range(qs_ptr[i], qs_ptr[i + 1]):
+        qc[nd + qs_idx[p]] = qs_val[p] if on else 0.0
+
+
 @numba.njit(nogil=True, cache=True)
 def band_rank_rows(
     block, rows, excluded, width, sentinel, lists, rowmax, post, exact, failed
@@ -264,10 +276,7 @@ def band_rank_rows(
             failed[nf] = r
             nf += 1
             continue
-        for t in dense_nz:
-            qc[t] = qd[i, t]
-        for p in range(qs_ptr[i], qs_ptr[i + 1]):
-            qc[nd + qs_idx[p]] = qs_val[p]
+        _query_counts(qc, i, dense_nz, exact, True)
         _sort_band(bv, bi, m, keys, items, score)
         # The row max: the best exact score among the items that can hold it.
         top = score[0] if m > 0 else -np.inf
@@ -293,10 +302,7 @@ def band_rank_rows(
                     score[p] = _exact(items[p], qc, fw_ptr, fw_idx, fw_val)
                 _resolve(items, score, lo, hi)
             lo = hi
-        for t in dense_nz:
-            qc[t] = 0.0
-        for p in range(qs_ptr[i], qs_ptr[i + 1]):
-            qc[nd + qs_idx[p]] = 0.0
+        _query_counts(qc, i, dense_nz, exact, False)
         for p in range(width):
             lists[r, p] = items[p] if p < m else sentinel
     return nf
@@ -341,10 +347,7 @@ def band_depth_rows(block, rows, excluded, d1, post, exact, depth, failed):  # p
             failed[nf] = r
             nf += 1
             continue
-        for t in dense_nz:
-            qc[t] = qd[i, t]
-        for p in range(qs_ptr[i], qs_ptr[i + 1]):
-            qc[nd + qs_idx[p]] = qs_val[p]
+        _query_counts(qc, i, dense_nz, exact, True)
         b = -np.inf
         jb = u.shape[0]
         for j in d1:  # ascending: on equal exact scores the first stays
@@ -369,9 +372,6 @@ def band_depth_rows(block, rows, excluded, d1, post, exact, depth, failed):  # p
                 if lo <= v <= hi:
                     s = _exact(j, qc, fw_ptr, fw_idx, fw_val)
                     above += s > b or (s == b and j < jb)
-        for t in dense_nz:
-            qc[t] = 0.0
-        for p in range(qs_ptr[i], qs_ptr[i + 1]):
-            qc[nd + qs_idx[p]] = 0.0
+        _query_counts(qc, i, dense_nz, exact, False)
         depth[r] = above + 1
     return nf
